@@ -1,0 +1,204 @@
+"""The data side's typed settings: where the dataset is, how the loader runs, and the view recipe.
+
+These frozen dataclasses are the `data` and `views` sections of a relic-fast TOML config. They live
+here, on the data side, because the pipelines consume them and `dali_pipelines` must not import the
+trainer. Each field carries its documentation and is validated in `__post_init__`; a bad value
+raises `InvalidField`, which names the field so the config loader can name the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InvalidField(ValueError):
+    """A settings field holds a value outside its documented range or choices."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def check(condition: bool, field: str, message: str) -> None:
+    """Raise `InvalidField(field, message)` unless `condition` holds (validation next to the field)."""
+    if not condition:
+        raise InvalidField(field, message)
+
+
+def check_range(pair: tuple[float, float], field: str, low: float, high: float) -> None:
+    """Check that `pair` is an ordered (min, max) range inside [low, high]."""
+    check(len(pair) == 2, field, f"expected [min, max], got {list(pair)}")
+    check(low <= pair[0] <= pair[1] <= high, field,
+          f"expected {low} <= min <= max <= {high}, got {list(pair)}")
+
+
+def check_probability(value: float, field: str) -> None:
+    """Check that `value` is a probability."""
+    check(0.0 <= value <= 1.0, field, f"a probability must lie in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how the DALI loader reads them (`[data]`)."""
+
+    path: str = ""
+    """Dataset location. A folder tree `root/<class>/<image>`, a demo-data root holding `train/`
+    (its `masks/train` tree is then used for saliency), a file list (`.txt`: `relative/path label`
+    per line, paths relative to the list's folder) or a folder of WebDataset `.tar` shards.
+    Empty: the built-in demo dataset, generated on first use. `--data` on the CLI sets it."""
+
+    format: Literal["auto", "folder", "file_list", "webdataset"] = "auto"
+    """Reader to use; `auto` infers it from `path` (a `.txt` file: file_list; a folder of `.tar`
+    files: webdataset; else folder)."""
+
+    masks: str = ""
+    """Root of the saliency-mask tree parallel to the image tree (`<masks>/<same relative path
+    with .png>`). Empty: `<root>/../masks/<split>` when it exists (the demo-data layout), else no
+    masks. Images without a mask are never saliency-blended."""
+
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where DALI decodes and augments: `gpu` uses the `mixed` (nvJPEG) decoder and GPU operators,
+    `cpu` a CPU-only pipeline, `auto` the GPU when CUDA is available."""
+
+    num_threads: int = 4
+    """DALI CPU worker threads per pipeline (per rank)."""
+
+    prefetch_queue_depth: int = 2
+    """Batches DALI prepares ahead of the one being consumed."""
+
+    output_dtype: Literal["uint8", "float16", "bfloat16", "float32"] = "float16"
+    """dtype of the views handed to the trainer. Float types come out normalized; `uint8` comes out
+    as [0, 255] pixels and is normalized on the trainer's device (a quarter of the bytes to move)."""
+
+    drop_last: bool = True
+    """Drop the last incomplete batch of an epoch (True) or pad it by repeating samples (False)."""
+
+    shuffle: bool = True
+    """Shuffle samples each epoch (seeded by `train.seed`, reproducible)."""
+
+    on_bad_file: Literal["stop", "skip"] = "stop"
+    """What to do with an unreadable image met during training: `stop` with a message naming the
+    file (run `relic-fast index` first), or `skip` it and count it."""
+
+    def __post_init__(self) -> None:
+        check(self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")
+        check(self.prefetch_queue_depth >= 1, "prefetch_queue_depth",
+              f"must be >= 1, got {self.prefetch_queue_depth}")
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    """The RELICv2 multi-view augmentation recipe (`[views]`), defaults from RELICV2.md."""
+
+    num_large: int = 4
+    """L: standard-size views per image; they go through the online and the target network."""
+
+    num_small: int = 2
+    """S: small views per image; online network only."""
+
+    large_size: int = 224
+    """Side of a large view in pixels."""
+
+    small_size: int = 96
+    """Side of a small view in pixels."""
+
+    large_area: tuple[float, float] = (0.08, 1.0)
+    """Range of the crop's area as a fraction of the image, large views (BYOL's code)."""
+
+    small_area: tuple[float, float] = (0.05, 0.14)
+    """Range of the crop's area as a fraction of the image, small views (to confirm)."""
+
+    aspect_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    """Range of the crop's aspect ratio (sampled log-uniformly)."""
+
+    flip_p: float = 0.5
+    """Probability of a horizontal flip."""
+
+    jitter_p: float = 0.8
+    """Probability of colour jitter (brightness, contrast, saturation, hue)."""
+
+    brightness: float = 0.4
+    """Brightness jitter strength: add U(-b, b) (`brightness_mode = "additive"`, TF/BYOL) or
+    scale by U(1-b, 1+b) (`"multiplicative"`, DALI's native op)."""
+
+    brightness_mode: Literal["additive", "multiplicative"] = "additive"
+    """Form of the brightness jitter; additive is the paper's (BYOL/TF) form."""
+
+    contrast: float = 0.4
+    """Contrast jitter: scale about each channel's image mean by U(1-c, 1+c)."""
+
+    saturation: float = 0.2
+    """Saturation jitter: scale by U(1-s, 1+s)."""
+
+    hue: float = 0.1
+    """Hue jitter: shift by U(-h, h) of the hue circle."""
+
+    jitter_order: Literal["random", "fixed"] = "random"
+    """Apply the four jitter ops in a random order per sample (the paper) or a fixed one (faster)."""
+
+    grayscale_p: float = 0.2
+    """Probability of converting to grayscale after the jitter."""
+
+    blur_p: tuple[float, ...] = (1.0, 0.1)
+    """Gaussian blur probability per view setting; view k uses entry k mod len (small views too)."""
+
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Range of the blur's sigma in pixels."""
+
+    solarize_p: tuple[float, ...] = (0.0, 0.2)
+    """Solarization probability per view setting; view k uses entry k mod len."""
+
+    saliency_p: float = 0.1
+    """p_m: probability that a large view is cut from the background-removed image (to confirm)."""
+
+    saliency_fill: Literal["mean", "noise", "other_image"] = "mean"
+    """What replaces the background: the dataset mean colour, Gaussian noise, or another image of
+    the batch."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel normalization mean (RGB, on [0, 1] pixels)."""
+
+    std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel normalization standard deviation."""
+
+    def __post_init__(self) -> None:
+        check(self.num_large >= 1, "num_large", f"need at least one large view, got {self.num_large}")
+        check(self.num_small >= 0, "num_small", f"must be >= 0, got {self.num_small}")
+        for name in ("large_size", "small_size"):
+            check(getattr(self, name) >= 8, name, f"must be >= 8 pixels, got {getattr(self, name)}")
+        check_range(self.large_area, "large_area", 0.0, 1.0)
+        check_range(self.small_area, "small_area", 0.0, 1.0)
+        check_range(self.aspect_ratio, "aspect_ratio", 1e-3, 1e3)
+        for name in ("flip_p", "jitter_p", "grayscale_p", "saliency_p"):
+            check_probability(getattr(self, name), name)
+        for name in ("blur_p", "solarize_p"):
+            values = getattr(self, name)
+            check(len(values) >= 1, name, "needs at least one per-view setting")
+            for value in values:
+                check_probability(value, name)
+        check(0.0 <= self.brightness < 1.0, "brightness", f"expected [0, 1), got {self.brightness}")
+        check(0.0 <= self.contrast < 1.0, "contrast", f"expected [0, 1), got {self.contrast}")
+        check(0.0 <= self.saturation < 1.0, "saturation", f"expected [0, 1), got {self.saturation}")
+        check(0.0 <= self.hue <= 0.5, "hue", f"expected [0, 0.5], got {self.hue}")
+        check_range(self.blur_sigma, "blur_sigma", 0.0, 100.0)
+        check(all(s > 0 for s in self.std), "std", f"must be positive, got {list(self.std)}")
+
+    @property
+    def num_views(self) -> int:
+        """L + S: the number of views the online network sees per image."""
+        return self.num_large + self.num_small
+
+    def view_setting(self, view_index: int) -> tuple[float, float]:
+        """(blur_p, solarize_p) of view `view_index` (large views first, then small ones)."""
+        return (self.blur_p[view_index % len(self.blur_p)],
+                self.solarize_p[view_index % len(self.solarize_p)])
+
+    def replace(self, **changes) -> "ViewsConfig":
+        """A copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,389 @@
+"""Typed configuration: TOML recipes in `configs/` become frozen dataclass sections.
+
+Each component receives only its own section. `load_config` reads a TOML file, applies
+`--set section.key=value` overrides, and validates everything before any work starts: an unknown
+section or key, a wrong type or an out-of-range value raises `ConfigError` naming the key, the file
+and the valid choices.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dali_pipelines.recipe import DataConfig, InvalidField, ViewsConfig, check
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or out of range; the message names key and file."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder, projector and predictor (`[model]`)."""
+
+    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200"] = "resnet50"
+    """ResNet depth of the online and target encoders."""
+
+    width: int = 1
+    """Width multiplier applied to the stem and every stage (SimCLR-style 1x, 2x, 4x)."""
+
+    small_stem: bool = False
+    """Use a 3x3 stride-1 stem without max pooling (for images under 64 px)."""
+
+    projector_hidden: int = 4096
+    """Hidden width of the projector MLP."""
+
+    embedding_dim: int = 256
+    """Output size of the projector and the predictor: the space the loss compares in."""
+
+    predictor_hidden: int = 4096
+    """Hidden width of the predictor MLP."""
+
+    sync_batchnorm: bool = True
+    """Synchronize BatchNorm statistics across ranks under DDP (SyncBatchNorm)."""
+
+    def __post_init__(self) -> None:
+        check(self.width in (1, 2, 4), "width", f"choose 1, 2 or 4, got {self.width}")
+        for name in ("projector_hidden", "embedding_dim", "predictor_hidden"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The RELICv2 multi-view loss (`[loss]`)."""
+
+    temperature: float = 0.2
+    """Softmax temperature of the similarity logits (to confirm)."""
+
+    beta: float = 1.0
+    """Weight of the invariance (KL) term relative to the contrastive term (to confirm)."""
+
+    num_negatives: int = 0
+    """Negatives per anchor: 0 means every other sample of the (global) batch; N > 0 samples N."""
+
+    implementation: Literal["auto", "reference", "fused"] = "auto"
+    """`reference`: plain PyTorch; `fused`: the Triton kernel; `auto`: fused on CUDA, else reference."""
+
+    gather_targets: bool = True
+    """Under DDP, contrast local onlines against the all-gathered targets of every rank."""
+
+    def __post_init__(self) -> None:
+        check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        check(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+        check(self.num_negatives >= 0, "num_negatives", f"must be >= 0, got {self.num_negatives}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """LARS, learning-rate and EMA schedules (`[optim]`)."""
+
+    base_lr: float = 0.2
+    """Learning rate per 256 images: lr = base_lr * global_batch / 256."""
+
+    weight_decay: float = 1.5e-6
+    """Weight decay (added before the LARS scaling; not applied to biases and norm parameters)."""
+
+    momentum: float = 0.9
+    """LARS momentum."""
+
+    trust_coefficient: float = 1e-3
+    """LARS trust coefficient eta."""
+
+    warmup_epochs: float = 10.0
+    """Linear warm-up length in epochs, then cosine decay to 0."""
+
+    tau_base: float = 0.996
+    """Initial EMA decay of the target network; rises to 1 on a cosine."""
+
+    implementation: Literal["auto", "native", "apex"] = "auto"
+    """LARS implementation: `native` (torch multi-tensor ops), `apex` (NVIDIA apex, when
+    importable), `auto` (apex when importable, else native)."""
+
+    def __post_init__(self) -> None:
+        check(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(0 <= self.momentum < 1, "momentum", f"expected [0, 1), got {self.momentum}")
+        check(self.trust_coefficient > 0, "trust_coefficient", f"must be > 0, got {self.trust_coefficient}")
+        check(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        check(0 <= self.tau_base <= 1, "tau_base", f"expected [0, 1], got {self.tau_base}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop (`[train]`)."""
+
+    batch_size: int = 4096
+    """Global batch (images) across all ranks; each rank takes batch_size / world_size."""
+
+    epochs: int = 1000
+    """Length of the run in epochs (sets the schedules)."""
+
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs). `--steps` sets it."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device of the networks; `auto` picks CUDA when available."""
+
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the step: `auto` compiles on CUDA only."""
+
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Autocast dtype (fp16 adds a gradient scaler; fp32 disables autocast)."""
+
+    channels_last: bool = True
+    """Keep activations and weights in channels-last (NHWC) memory format."""
+
+    seed: int = 0
+    """Seed of weights, data order and augmentation."""
+
+    log_every: int = 10
+    """Steps between metric reads (host syncs) and metrics.jsonl lines."""
+
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (one is also written at the end)."""
+
+    keep_checkpoints: int = 3
+    """Checkpoints kept in RUN_DIR/checkpoints (older ones are deleted)."""
+
+    knn_every_epochs: int = 0
+    """Run the kNN monitor on the labelled validation split every N epochs (0: never)."""
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        for name in ("max_steps", "knn_every_epochs"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Linear evaluation and the kNN monitor (`[eval]`)."""
+
+    linear_epochs: int = 100
+    """Epochs of linear-classifier training."""
+
+    linear_batch_size: int = 1024
+    """Batch size of linear evaluation."""
+
+    linear_base_lr: float = 0.3
+    """SGD learning rate per 256 images (Nesterov momentum 0.9, no weight decay, cosine)."""
+
+    linear_mode: Literal["augmented", "cached_features"] = "augmented"
+    """`augmented`: the paper's protocol (random-resized-crop + flip each epoch); `cached_features`:
+    extract features once without augmentation and fit on them (fast, for small data)."""
+
+    image_size: int = 224
+    """Evaluation crop size (the short side is resized to size * 256 / 224 first)."""
+
+    knn_k: int = 20
+    """Neighbours voting in the kNN monitor."""
+
+    knn_temperature: float = 0.07
+    """Temperature of the kNN monitor's similarity-weighted votes."""
+
+    def __post_init__(self) -> None:
+        for name in ("linear_epochs", "linear_batch_size", "knn_k", "image_size"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.linear_base_lr > 0, "linear_base_lr", f"must be > 0, got {self.linear_base_lr}")
+        check(self.knn_temperature > 0, "knn_temperature", f"must be > 0, got {self.knn_temperature}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: one typed section per component."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (tuples as lists), e.g. for JSON or TOML output."""
+        return {name: {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in dataclasses.asdict(getattr(self, name)).items()}
+                for name in section_names()}
+
+    def replace(self, **sections: Any) -> "Config":
+        """A copy with whole sections replaced."""
+        return dataclasses.replace(self, **sections)
+
+
+__all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig",
+           "OptimConfig", "TrainConfig", "ViewsConfig", "load_config", "parse_overrides",
+           "to_toml"]
+
+
+def section_names() -> list[str]:
+    """Names of the config sections, in file order."""
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def section_type(name: str) -> type:
+    """The dataclass of section `name`."""
+    return typing.get_type_hints(Config)[name]
+
+
+def _describe(tp: Any) -> str:
+    """Human name of a field type, listing the choices of a Literal."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return f"a list of {len(args)} {_describe(args[0])}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Convert a TOML value to the field type `tp`, or raise TypeError/ValueError explaining why."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"expected {_describe(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected {_describe(tp)}, got {value!r}")
+        if not (len(args) == 2 and args[1] is Ellipsis) and len(value) != len(args):
+            raise ValueError(f"expected {_describe(tp)}, got {len(value)} values")
+        item = args[0]
+        return tuple(_coerce(v, item) for v in value)
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"unsupported field type {tp}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported field type {tp}")
+
+
+def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
+    """Build section `name` from `values`, naming key and source in every error."""
+    cls = section_type(name)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown key '{name}.{key}'; valid keys of [{name}]: "
+                              + ", ".join(hints))
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: '{name}.{key}': {err}") from None
+    try:
+        return cls(**kwargs)
+    except InvalidField as err:
+        hint = hints.get(err.field)
+        extra = f" ({_describe(hint)})" if hint is not None else ""
+        raise ConfigError(f"{source}: '{name}.{err.field}': {err.message}{extra}") from None
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Parse `section.key=value` strings; values are read as TOML, falling back to a plain string."""
+    parsed: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.batch_size=256")
+        dotted, raw = item.split("=", 1)
+        section, key = dotted.strip().split(".", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        parsed.setdefault(section, {})[key] = value
+    return parsed
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>",
+                     overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Build a validated `Config` from nested dicts (file contents, then overrides on top)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for layer, layer_source in ((data, source), (overrides or {}, "--set")):
+        for section, values in layer.items():
+            if section not in section_names():
+                raise ConfigError(f"{layer_source}: unknown section [{section}]; valid sections: "
+                                  + ", ".join(section_names()))
+            if not isinstance(values, dict):
+                raise ConfigError(f"{layer_source}: [{section}] must be a table of keys")
+            merged.setdefault(section, {}).update(values)
+    where = source if not overrides else f"{source} (with --set)"
+    return Config(**{name: _build_section(name, merged.get(name, {}), where)
+                     for name in section_names()})
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read the TOML recipe at `path` (None: all defaults) and apply `--set` overrides."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return config_from_dict(data, source, parse_overrides(overrides))
+
+
+def _toml_value(value: Any) -> str:
+    """TOML literal of a config value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as a TOML document that `load_config` reads back to an equal Config."""
+    lines = []
+    for name, values in config.to_dict().items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass `cls` (for `config show --explain`)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, following in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[stmt.target.id] = " ".join(following.value.value.split())
+    return docs

@@ -1,0 +1,105 @@
+"""What this machine offers: library versions, devices and which fast paths can run.
+
+One report used by `relic-fast info`, by every benchmark's JSON (`machine`) and by the profiler.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+def package_version(distribution: str, module: str | None = None) -> str | None:
+    """Installed version of `distribution` (or of importable `module`), None when absent."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if module is None:
+        return None
+    try:
+        return getattr(importlib.import_module(module), "__version__", "unknown")
+    except ImportError:
+        return None
+
+
+def dali_version() -> str | None:
+    """Version of NVIDIA DALI, whichever CUDA build provides `nvidia.dali`."""
+    try:
+        import nvidia.dali as dali
+    except ImportError:
+        return None
+    return dali.__version__
+
+
+def apex_available() -> bool:
+    """Whether NVIDIA apex's optimizers import (optional; never required)."""
+    try:
+        importlib.import_module("apex.optimizers")
+    except Exception:  # apex raises assorted errors when built without its CUDA extensions
+        return False
+    return True
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo where available."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """Short commit of the working tree this code runs from, when it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_info() -> dict:
+    """Machine, versions, commit and date: recorded next to every measured number."""
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "gpu": gpus[0] if gpus else None,
+        "gpus": len(gpus),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": package_version("torchvision", "torchvision"),
+        "dali": dali_version(),
+        "triton": package_version("triton", "triton"),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    }
+
+
+def fast_paths() -> dict[str, tuple[bool, str]]:
+    """Each optional fast path: (available here, why or why not)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    triton = package_version("triton", "triton") is not None
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    return {
+        "DALI CPU pipeline": (dali_version() is not None, "nvidia.dali imports" if dali_version() else "install nvidia-dali-cuda130"),
+        "DALI GPU pipeline (nvJPEG)": (dali_version() is not None and cuda, "needs DALI and a CUDA GPU"),
+        "fused Triton loss": (triton and (cuda or interpret),
+                              "CUDA GPU" if cuda else ("TRITON_INTERPRET=1 (slow, for tests)" if interpret else "needs CUDA (or TRITON_INTERPRET=1)")),
+        "torch.compile": (hasattr(torch, "compile"), f"torch {torch.__version__}"),
+        "bf16 autocast": (True, "CUDA" if cuda else "CPU (slower than fp32 on most CPUs)"),
+        "apex LARS": (apex_available(), "apex importable" if apex_available() else "not installed: native LARS is used"),
+    }
