@@ -1,0 +1,303 @@
+"""The one measuring harness every benchmark uses (loader, loss, step).
+
+A benchmark builds a zero-argument callable that does one unit of work (consume N batches, run one
+loss forward + backward, one training step), hands it to `measure`, and gets a `Result` row back:
+`time_it` warms up, repeats, and keeps every per-repeat time so that a row carries the median and
+the spread (interquartile range), never a single lucky run. Rows are printed with `print_table`,
+saved with `write_json` (which records the machine, library versions, git commit and date next to
+the numbers) and drawn with `plot_images_per_s`.
+
+Adding a benchmark (a step benchmark, say) is: build the callable, pick `sync`
+(`device_sync(device)`), call `measure(bench="step", pipeline=..., fn=..., items=batch_size, ...)`
+for each configuration, optionally `add_ratios(rows, baseline=...)`, then print / write / plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = ["Timing", "Result", "time_it", "measure", "add_ratios", "device_sync", "reset_peak_memory",
+           "peak_memory_gib", "print_table", "write_json", "plot_images_per_s"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of each measured repeat, with the statistics a report needs."""
+
+    seconds: tuple[float, ...]
+    """One entry per repeat, in the order they ran (warm-up calls excluded)."""
+
+    @property
+    def median(self) -> float:
+        """Median seconds per repeat: the headline number (robust to a stray slow repeat)."""
+        return statistics.median(self.seconds)
+
+    @property
+    def min(self) -> float:
+        """Fastest repeat."""
+        return min(self.seconds)
+
+    @property
+    def max(self) -> float:
+        """Slowest repeat."""
+        return max(self.seconds)
+
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        """(first, third) quartile of the repeats; (min, max) when there are fewer than 4."""
+        if len(self.seconds) < 4:
+            return self.min, self.max
+        q1, _, q3 = statistics.quantiles(self.seconds, n=4, method="inclusive")
+        return q1, q3
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range in seconds: the spread reported next to the median."""
+        q1, q3 = self.quartiles
+        return q3 - q1
+
+
+def time_it(fn: Callable[[], Any], *, warmup: int, repeats: int,
+            sync: Callable[[], Any] | None = None) -> Timing:
+    """Call `fn` `warmup` times untimed, then `repeats` times timed, one clock reading per repeat.
+
+    `sync` (e.g. `torch.cuda.synchronize`) runs before each clock reading so that queued device
+    work is counted in the repeat that launched it, not in the next one.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    if sync is not None:
+        sync()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()  # note: a host-device sync point, on purpose: the repeat ends when the device is done
+        seconds.append(time.perf_counter() - start)
+    return Timing(tuple(seconds))
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of a benchmark report: what ran, how fast (median and spread) and how big."""
+
+    bench: str
+    """Which benchmark produced the row: "loader", "loss", "step"."""
+
+    pipeline: str
+    """The configuration measured: a loader pipeline ("dali-cpu", "torchvision"...), a loss
+    implementation ("reference", "fused"), a step variant ("eager", "compiled")."""
+
+    recipe: str = ""
+    """The view recipe ("4L+2S") or problem size the configuration ran on."""
+
+    threads: int | None = None
+    """CPU worker threads / processes given to the configuration, when it has any."""
+
+    batch_size: int | None = None
+    """Samples per batch (per call of the measured function, unless `items` said otherwise)."""
+
+    images_per_s: float | None = None
+    """Items per second at the median repeat (None for benchmarks that only report time)."""
+
+    images_per_s_spread: tuple[float, float] | None = None
+    """Items per second at the slow and fast quartile repeats: the interquartile spread."""
+
+    ms: float | None = None
+    """Median milliseconds per repeat (per call of the measured function)."""
+
+    ms_spread: tuple[float, float] | None = None
+    """(first, third) quartile of milliseconds per repeat."""
+
+    repeats: int = 0
+    """How many timed repeats the median is taken over."""
+
+    peak_gib: float | None = None
+    """Peak memory of the configuration in GiB (device memory on CUDA), when measured."""
+
+    ratios: dict[str, float] = field(default_factory=dict)
+    """Speed relative to a baseline row, by the baseline's pipeline name: > 1 means faster."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth keeping with the number (device, dtype, image sizes...)."""
+
+    @property
+    def speed(self) -> float:
+        """Higher-is-better speed used for ratios: images/s when known, else repeats per second."""
+        if self.images_per_s is not None:
+            return self.images_per_s
+        if self.ms:
+            return 1000.0 / self.ms
+        return math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the fields, with `extra` merged in at the top level."""
+        row = asdict(self)
+        extra = row.pop("extra")
+        for key in ("images_per_s_spread", "ms_spread"):
+            if row[key] is not None:
+                row[key] = list(row[key])
+        return {**row, **extra}
+
+
+def measure(*, bench: str, pipeline: str, fn: Callable[[], Any], items: int | None, warmup: int,
+            repeats: int, sync: Callable[[], Any] | None = None, **fields: Any) -> Result:
+    """Time `fn` with `time_it` and turn the timing into a `Result` row.
+
+    `items` is how many images one call of `fn` processes (None: report milliseconds only). Other
+    keyword arguments fill the row's fields (`recipe`, `threads`, `batch_size`, `peak_gib`, `extra`).
+    """
+    timing = time_it(fn, warmup=warmup, repeats=repeats, sync=sync)
+    q1, q3 = timing.quartiles
+    rates = {}
+    if items is not None:
+        rates = {"images_per_s": items / timing.median, "images_per_s_spread": (items / q3, items / q1)}
+    return Result(bench=bench, pipeline=pipeline, ms=timing.median * 1e3, ms_spread=(q1 * 1e3, q3 * 1e3),
+                  repeats=len(timing.seconds), **rates, **fields)
+
+
+def add_ratios(results: Sequence[Result], *, baseline: str,
+               match: Iterable[str] = ("recipe", "threads")) -> list[Result]:
+    """Each row with `ratios[baseline]` set: its speed over the `baseline` row's with equal `match` fields.
+
+    Rows with no matching baseline row (and the baseline rows themselves) come back unchanged.
+    """
+    keys = tuple(match)
+    reference = {tuple(getattr(r, k) for k in keys): r for r in results if r.pipeline == baseline}
+    out = []
+    for row in results:
+        base = reference.get(tuple(getattr(row, k) for k in keys))
+        if base is None or row.pipeline == baseline or not base.speed > 0:
+            out.append(row)
+            continue
+        out.append(replace(row, ratios={**row.ratios, baseline: row.speed / base.speed}))
+    return out
+
+
+def device_sync(device: str) -> Callable[[], None] | None:
+    """The sync function for `time_it` on `device`: `torch.cuda.synchronize` on CUDA, else None."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.synchronize
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a fresh peak-memory window on a CUDA `device` (nothing to reset on CPU)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: str) -> float | None:
+    """Peak allocated memory since the last reset on a CUDA `device`, in GiB; None on CPU."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def format_rate(row: Result) -> str:
+    """"median [slow-fast]" images/s, or "" when the row has no rate."""
+    if row.images_per_s is None:
+        return ""
+    text = f"{row.images_per_s:,.1f}"
+    if row.images_per_s_spread is not None:
+        low, high = row.images_per_s_spread
+        text += f" [{low:,.1f}-{high:,.1f}]"
+    return text
+
+
+def table_columns(results: Sequence[Result]) -> list[tuple[str, Callable[[Result], str]]]:
+    """The table's columns: (header, cell formatter), leaving out columns no row fills."""
+    columns: list[tuple[str, Callable[[Result], str]]] = [("pipeline", lambda r: r.pipeline)]
+    if any(r.recipe for r in results):
+        columns.append(("recipe", lambda r: r.recipe))
+    if any(r.threads is not None for r in results):
+        columns.append(("threads", lambda r: "" if r.threads is None else str(r.threads)))
+    if any(r.images_per_s is not None for r in results):
+        columns.append(("images/s median [IQR]", format_rate))
+    columns.append(("ms median", lambda r: "" if r.ms is None else f"{r.ms:,.2f}"))
+    if any(r.peak_gib is not None for r in results):
+        columns.append(("peak GiB", lambda r: "" if r.peak_gib is None else f"{r.peak_gib:.2f}"))
+    baselines = sorted({name for r in results for name in r.ratios})
+    for name in baselines:
+        columns.append((f"x {name}", lambda r, n=name: f"{r.ratios[n]:.2f}" if n in r.ratios else ""))
+    return columns
+
+
+def print_table(results: Sequence[Result], title: str, console: Any = None) -> None:
+    """Print `results` as a rich table (median and interquartile spread, ratios to baselines)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = table_columns(results)
+    for header, _ in columns:
+        table.add_column(header, justify="left" if header in ("pipeline", "recipe") else "right")
+    for row in results:
+        table.add_row(*(cell(row) for _, cell in columns))
+    (console or Console()).print(table)
+
+
+def write_json(path: str | Path, results: Sequence[Result], command: str) -> Path:
+    """Write `{"command", "machine", "results"}` to `path`: the numbers with where they came from."""
+    from relic_fast.environment import machine_info
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"command": command, "machine": machine_info(), "results": [r.to_dict() for r in results]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def bar_label(row: Result) -> str:
+    """A bar's x-axis label: pipeline, then recipe and threads when set."""
+    parts = [row.pipeline]
+    if row.recipe:
+        parts.append(row.recipe)
+    if row.threads is not None:
+        parts.append(f"{row.threads} thr")
+    return "\n".join(parts)
+
+
+def plot_images_per_s(results: Sequence[Result], png_path: str | Path, title: str = "images/s") -> Path:
+    """Save a bar chart of images/s per configuration, error bars spanning the interquartile spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on CI machines
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r.images_per_s is not None]
+    if not rows:
+        raise ValueError("no row has an images/s figure to plot")
+    pipelines = list(dict.fromkeys(r.pipeline for r in rows))
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(pipelines)}
+    heights = [r.images_per_s for r in rows]
+    spreads = [r.images_per_s_spread or (r.images_per_s, r.images_per_s) for r in rows]
+    errors = [[max(h - low, 0.0) for h, (low, _) in zip(heights, spreads)],
+              [max(high - h, 0.0) for h, (_, high) in zip(heights, spreads)]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
+    ax.bar(range(len(rows)), heights, yerr=errors, capsize=4, color=[colours[r.pipeline] for r in rows])
+    ax.set_xticks(range(len(rows)), [bar_label(r) for r in rows], fontsize=8)
+    ax.set_ylabel("images/s (median, IQR bars)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path
