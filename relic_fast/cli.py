@@ -76,3 +76,47 @@ def info() -> None:
     for name, (ok, note) in fast_paths().items():
         paths.add_row(name, "[green]yes[/]" if ok else "[yellow]no[/]", note)
     console.print(paths)
+
+
+@app.command()
+def pretrain(config: ConfigPath = None,
+             data: Annotated[Optional[str], typer.Option("--data", help="Dataset: folder tree, demo-data root, file list (.txt) or WebDataset shard folder. Omitted: the built-in demo dataset (generated on first use).")] = None,
+             out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints/, metrics.jsonl, config.toml, tensorboard/.")] = Path("runs/pretrain"),
+             overrides: SetOption = None,
+             resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest usable checkpoint in --out.")] = False,
+             steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Stop after this many optimizer steps (schedules still span train.epochs).")] = None) -> None:
+    """Pretrain a ResNet with RELICv2 (single process, or one rank under `torchrun -m relic_fast pretrain`)."""
+    import dataclasses
+
+    from relic_fast.trainer import pretrain as run_pretrain
+
+    cfg = resolve_config(config, overrides)
+    if data is not None:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, path=data))
+    if steps is not None:
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, max_steps=steps))
+    summary = run_pretrain(cfg, out_dir=out, resume=resume)
+    console.print(f"[bold green]done:[/] {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+                  f"checkpoint {summary['checkpoint']}")
+
+
+@app.command("index")
+def index_command(
+        source: Annotated[Path, typer.Argument(help="Folder tree DIR/<class>/<image>, a demo-data root, or a file list (.txt: 'path label' per line).")],
+        out: Annotated[Optional[Path], typer.Option(help="Index file to write (default DIR/index.txt, or X.index.txt for a list X.txt). Paths in it are relative to its folder, or absolute.")] = None,
+        workers: Annotated[Optional[int], typer.Option(min=1, help="Validation processes (default: all CPU cores).")] = None,
+        max_pixels: Annotated[int, typer.Option(min=1, help="Reject images larger than this many pixels (width*height).")] = 100_000_000,
+        min_side: Annotated[int, typer.Option(min=1, help="Reject images whose shorter side is below this many pixels.")] = 1) -> None:
+    """Check every image decodes (in parallel, cached), write the clean file list and the rejected TSV."""
+    from relic_fast.dataset_tools.index import index_dataset, summary_rows
+    from relic_fast.dataset_tools.progress import progress_bar
+
+    with progress_bar("validating", console) as (on_start, on_progress):
+        report = index_dataset(source, out=out, workers=workers, max_pixels=max_pixels,
+                               min_side=min_side, on_start=on_start, on_progress=on_progress)
+    table = Table(title="relic-fast index")
+    table.add_column("item")
+    table.add_column("value")
+    for item, value in summary_rows(report):
+        table.add_row(item, value)
+    console.print(table)

@@ -1,0 +1,33 @@
+# The two front-door commands (see README): `make demo` and `make test`.
+# Both create .venv on first use and install the project with the pinned torch of this project's machines.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+## Pretrain the CPU demo recipe on the built-in demo dataset (generated on first use), then evaluate it.
+demo: setup
+	$(VENV)/bin/relic-fast pretrain --config configs/demo_cpu.toml --out $(DEMO_OUT)
+
+## The whole test suite (what CI runs).
+test: setup
+	$(PY) -m pytest -q
+
+## Everything but the tests marked slow.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,147 @@
+"""One RELICv2 training step as small named functions: views in, loss terms out, update applied.
+
+`forward_loss` is the part `torch.compile` sees (online over large and small views, one call per
+resolution; target over large views without grad; the multi-view loss). `train_step` adds backward,
+the LARS step and the EMA update. The loss function is passed in, never hidden in a `forward`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from dali_pipelines.loader import ViewBatch, normalize_views
+from relic_fast.config import LossConfig, ViewsConfig
+from relic_fast.loss import LossTerms, relicv2_loss_terms
+from relic_fast.models import ema_update
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclass
+class StepInputs:
+    """A batch of views on the training device, normalized and in the memory format of the model."""
+
+    large: torch.Tensor
+    small: torch.Tensor | None
+    num_large: int
+    num_small: int
+
+
+def prepare_views(batch: ViewBatch, views: ViewsConfig, device: torch.device, channels_last: bool) -> StepInputs:
+    """Move a loader batch to `device` (no-op for GPU pipelines) and normalize it if the loader deferred that."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def place(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        x = x.to(device, non_blocking=True)
+        if not batch.normalized:
+            x = normalize_views(x, views.mean, views.std, torch.float32)
+        return x.contiguous(memory_format=memory_format)
+
+    return StepInputs(place(batch.large), place(batch.small), batch.num_large, batch.num_small)
+
+
+class MultiViewOnline(nn.Module):
+    """The online network applied to every view: one call per resolution, one module call in all.
+
+    DDP needs a single forward per backward, so both resolutions go through this one module.
+    """
+
+    def __init__(self, online: nn.Module):
+        super().__init__()
+        self.online = online
+
+    def forward(self, large: torch.Tensor, small: torch.Tensor | None) -> torch.Tensor:
+        """Predictions of every view, large views first: ((L+S)*B, D), view-major."""
+        _, predictions = self.online(large)
+        if small is None:
+            return predictions
+        _, small_predictions = self.online(small)
+        return torch.cat([predictions, small_predictions])
+
+
+def forward_loss(online: nn.Module, target: nn.Module, large: torch.Tensor, small: torch.Tensor | None,
+                 num_large: int, num_small: int, loss: LossConfig,
+                 negative_offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Online predictions for every view against target projections of the large views -> [total, contrastive, invariance].
+
+    `online` is a `MultiViewOnline` (possibly DDP-wrapped); `target` maps images to projections.
+    """
+    batch = large.shape[0] // num_large
+    predictions = online(large, small)
+    with torch.no_grad():
+        targets = target(large)
+    online_views = predictions.view(num_large + num_small, batch, -1)
+    target_views = targets.view(num_large, batch, -1)
+    terms = relicv2_loss_terms(online_views, target_views, temperature=loss.temperature, beta=loss.beta,
+                               implementation=loss.implementation, gather_targets=loss.gather_targets,
+                               negative_offsets=negative_offsets)
+    return torch.stack([terms.total, terms.contrastive, terms.invariance])
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a step is NaN or infinite; the update was not applied."""
+
+    def __init__(self, terms: list[float]):
+        super().__init__(f"non-finite loss (total, contrastive, invariance) = {terms}")
+        self.terms = terms
+
+
+@dataclass
+class StepContext:
+    """What a step needs beyond the batch: networks, optimizer, scaler, and the compiled loss forward."""
+
+    online: nn.Module          # possibly DDP-wrapped
+    online_module: nn.Module   # the bare online network (for EMA)
+    target: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    forward: Callable[..., torch.Tensor]
+    loss: LossConfig
+    precision: str
+    device: torch.device
+
+
+def draw_offsets(context: StepContext, global_batch: int) -> torch.Tensor | None:
+    """This step's shared negative offsets when the loss subsamples negatives (else None: all negatives)."""
+    from relic_fast.loss import draw_negative_offsets
+
+    if context.loss.num_negatives == 0:
+        return None
+    count = min(context.loss.num_negatives, global_batch - 1)
+    return draw_negative_offsets(global_batch, count, device=context.device)
+
+
+def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, global_batch: int) -> torch.Tensor:
+    """Forward, backward, LARS step at `lr`, EMA update at `tau`; returns the detached loss terms (no host sync)."""
+    for group in context.optimizer.param_groups:
+        group["lr"] = lr
+    dtype = AUTOCAST_DTYPES[context.precision]
+    offsets = draw_offsets(context, global_batch if context.loss.gather_targets else inputs.large.shape[0] // inputs.num_large)
+    with torch.autocast(context.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        terms = context.forward(context.online, context.target, inputs.large, inputs.small,
+                                inputs.num_large, inputs.num_small, context.loss, offsets)
+    # note: a CPU-GPU sync point, once per step. It lets a non-finite loss stop the run before the
+    # update, so the networks in memory are still the last good state that the trainer checkpoints.
+    if not bool(torch.isfinite(terms).all()):
+        raise NonFiniteLossError(terms.detach().cpu().tolist())
+    context.optimizer.zero_grad(set_to_none=True)
+    if context.scaler is not None:
+        context.scaler.scale(terms[0]).backward()
+        context.scaler.step(context.optimizer)
+        context.scaler.update()
+    else:
+        terms[0].backward()
+        context.optimizer.step()
+    ema_update(context.target, context.online_module, tau)
+    return terms.detach()
+
+
+def loss_terms_of(values: torch.Tensor) -> LossTerms:
+    """The [total, contrastive, invariance] tensor returned by a step as named terms."""
+    return LossTerms(values[0], values[1], values[2])

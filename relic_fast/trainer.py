@@ -1,0 +1,227 @@
+"""The pretraining job: build everything from a `Config`, run steps, log, checkpoint, resume exactly.
+
+Read top-down: `Trainer.__init__` builds the world, data, networks, optimizer and compiled step;
+`train` loops over steps; `_log`, `save`, `restore` are the bookkeeping. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from dali_pipelines.dataset import DatasetSpec, resolve_dataset
+from dali_pipelines.loader import build_pretrain_loader
+from relic_fast.checkpoint import latest_checkpoint, save_checkpoint
+from relic_fast.config import Config, to_toml
+from relic_fast.distributed import World, all_reduce_mean, close_world, init_world
+from relic_fast.models import build_networks, convert_sync_batchnorm
+from relic_fast.monitor import RunMonitor
+from relic_fast.optim import build_lars
+from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
+from relic_fast.step import MultiViewOnline, NonFiniteLossError, StepContext, forward_loss, prepare_views, train_step
+
+
+def training_dataset(config: Config) -> tuple[DatasetSpec, Path | None]:
+    """The pretraining dataset (the built-in demo data when `data.path` is empty) and its labelled val split, if any."""
+    path = config.data.path
+    if not path:
+        from relic_fast.demo_data import ensure_demo_dataset
+        path = str(ensure_demo_dataset())
+    dataset = resolve_dataset(path, config.data.format, config.data.masks)
+    val = Path(path) / "val"
+    return dataset, (val if val.is_dir() else None)
+
+
+def should_compile(choice: str, device: torch.device) -> bool:
+    """`train.compile`: "auto" compiles on CUDA only (CPU compile works but rarely pays for its warm-up)."""
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
+
+
+class Trainer:
+    """A RELICv2 pretraining run in `out_dir`, single-process or one rank of a `torchrun` job."""
+
+    def __init__(self, config: Config, out_dir: Path, resume: bool = False):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.world: World = init_world(config.train.device)
+        torch.manual_seed(config.train.seed + self.world.rank)
+        self.dataset, self.val_root = training_dataset(config)
+        self._check_batch()
+        self.online, self.target = self._build_networks()
+        self.global_batch = config.train.batch_size
+        self.peak_lr = scaled_lr(config.optim.base_lr, self.global_batch)
+        self.optimizer = build_lars(self.online_module, config.optim, self.peak_lr)
+        self.scaler = torch.amp.GradScaler(self.world.device.type) if config.train.precision == "fp16" else None
+        self.step = 0
+        loader_state = self.restore() if resume else None
+        self.loader = self._build_loader(loader_state)
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = config.train.epochs * self.steps_per_epoch
+        self.last_step = min(self.total_steps, config.train.max_steps or self.total_steps)
+        self.warmup_steps = round(config.optim.warmup_epochs * self.steps_per_epoch)
+        forward = forward_loss
+        if should_compile(config.train.compile, self.world.device):
+            # dynamic=False: the two view resolutions compile to two static graphs instead of one dynamic one.
+            forward = torch.compile(forward_loss, dynamic=False)
+        self.context = StepContext(online=self.online, online_module=self.online_module, target=self.target,
+                                   optimizer=self.optimizer, scaler=self.scaler, forward=forward,
+                                   loss=config.loss, precision=config.train.precision, device=self.world.device)
+
+    def _check_batch(self) -> None:
+        """The global batch must split evenly over ranks and fit the dataset."""
+        batch, world = self.config.train.batch_size, self.world.world_size
+        if batch % world:
+            raise ValueError(f"train.batch_size = {batch} does not split over {world} ranks; use a multiple of {world}")
+        if self.dataset.num_samples < batch and self.config.data.drop_last:
+            raise ValueError(f"train.batch_size = {batch} exceeds the dataset's {self.dataset.num_samples} images "
+                             f"({self.dataset.root}); lower it or set data.drop_last = false")
+
+    def _build_networks(self):
+        """Online (DDP-wrapped when distributed) and EMA target networks on the training device."""
+        online, target = build_networks(self.config.model)
+        if self.world.distributed and self.config.model.sync_batchnorm:
+            online, target = convert_sync_batchnorm(online), convert_sync_batchnorm(target)
+        memory_format = torch.channels_last if self.config.train.channels_last else torch.contiguous_format
+        online = online.to(self.world.device, memory_format=memory_format)
+        target = target.to(self.world.device, memory_format=memory_format)
+        self.online_module = online
+        wrapped = MultiViewOnline(online)
+        if self.world.distributed:
+            ids = [self.world.device.index] if self.world.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids, broadcast_buffers=False)
+        return wrapped, target
+
+    def _build_loader(self, state: str | None):
+        """This rank's shard of the pretraining pipeline (restored to `state` on resume)."""
+        data = self.config.data
+        use_gpu = data.device == "gpu" or (data.device == "auto" and self.world.device.type == "cuda")
+        return build_pretrain_loader(self.dataset, self.config.views, data,
+                                     batch_size=self.config.train.batch_size // self.world.world_size,
+                                     seed=self.config.train.seed, shard_id=self.world.rank,
+                                     num_shards=self.world.world_size,
+                                     device_id=self.world.local_rank if use_gpu else None, checkpoint=state)
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> dict[str, Any]:
+        """Run until `last_step`; return a summary (final loss, checkpoint path, throughput)."""
+        if self.world.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.toml").write_text(to_toml(self.config))
+        summary: dict[str, Any] = {"start_step": self.step}
+        with RunMonitor(self.out_dir, self.last_step, self.step, enabled=self.world.is_main) as monitor:
+            self.monitor = monitor
+            try:
+                summary.update(self._run_steps())
+            except NonFiniteLossError as err:
+                path = self.save()
+                monitor.message(f"[bold red]stopped:[/] {err} at step {self.step + 1}; "
+                                f"the last good state is saved in {path}")
+                raise
+        summary["checkpoint"] = self.save()
+        summary["steps"] = self.step
+        return summary
+
+    def _run_steps(self) -> dict[str, Any]:
+        """The step loop: epochs of loader batches until `last_step`, logging and checkpointing on the way."""
+        cfg = self.config.train
+        accumulated = torch.zeros(3, device=self.world.device)
+        window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
+        last: dict[str, Any] = {}
+        while self.step < self.last_step:
+            batches = iter(self.loader)
+            while self.step < self.last_step:
+                fetch_start = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                data_wait += time.perf_counter() - fetch_start
+                inputs = prepare_views(batch, self.config.views, self.world.device, cfg.channels_last)
+                lr = learning_rate(self.step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                                   peak_lr=self.peak_lr)
+                tau = ema_tau(self.step, total_steps=self.total_steps, tau_base=self.config.optim.tau_base)
+                accumulated += train_step(self.context, inputs, lr, tau, self.global_batch)
+                self.step += 1
+                window_steps += 1
+                if self.step % cfg.log_every == 0 or self.step == self.last_step:
+                    elapsed = time.perf_counter() - window_start
+                    last = self._log(accumulated / window_steps, lr, tau, window_steps, elapsed, data_wait)
+                    accumulated.zero_()
+                    window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
+                if self.step % cfg.checkpoint_every == 0 and self.step < self.last_step:
+                    self.save()
+        return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
+                "last_metrics": last}
+
+    def _log(self, mean_terms: torch.Tensor, lr: float, tau: float, steps: int, elapsed: float,
+             data_wait: float) -> dict[str, Any]:
+        """Read the window's metrics from the device (a host sync point) and hand them to the monitor."""
+        total, contrastive, invariance = all_reduce_mean(mean_terms).tolist()  # note: CPU-GPU sync point
+        metrics = {"epoch": self.step / self.steps_per_epoch, "loss": total, "contrastive": contrastive,
+                   "invariance": invariance, "lr": lr, "tau": tau,
+                   "images_per_s": steps * self.global_batch / max(elapsed, 1e-9),
+                   "data_wait_pct": 100.0 * data_wait / max(elapsed, 1e-9)}
+        self.monitor.log(self.step, metrics)
+        return metrics
+
+    # ---------------------------------------------------------------- state
+    def _state(self) -> dict[str, Any]:
+        """Everything `restore` needs to continue exactly (loader positions of every rank included)."""
+        loader_states = [self.loader.checkpoint()]
+        if self.world.distributed:
+            gathered: list[Any] = [None] * self.world.world_size
+            torch.distributed.all_gather_object(gathered, loader_states[0])
+            loader_states = gathered
+        rng = {"cpu": torch.get_rng_state()}
+        if self.world.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
+        return {"step": self.step, "config": self.config.to_dict(), "online": self.online_module.state_dict(),
+                "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng,
+                "loader": loader_states, "world_size": self.world.world_size}
+
+    def save(self) -> Path | None:
+        """Checkpoint the current state (rank 0 writes; every rank takes part in gathering loader states)."""
+        state = self._state()
+        if not self.world.is_main:
+            return None
+        return save_checkpoint(state, self.out_dir, self.step, self.config.train.keep_checkpoints)
+
+    def restore(self) -> str | None:
+        """Load the newest usable checkpoint of `out_dir` (skipping corrupt ones); returns this rank's loader state."""
+        found = latest_checkpoint(self.out_dir, warn=lambda text: print(text) if self.world.is_main else None)
+        if found is None:
+            if self.world.is_main:
+                print(f"--resume: no checkpoint in {self.out_dir}, starting from scratch")
+            return None
+        path, state = found
+        if state["world_size"] != self.world.world_size:
+            raise ValueError(f"{path} was written by {state['world_size']} ranks; resume it with the same number "
+                             f"(this run has {self.world.world_size}): the data position is per rank")
+        self.online_module.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and self.world.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.world.device)
+        self.step = state["step"]
+        if self.world.is_main:
+            print(f"resumed from {path} (step {self.step})")
+        return state["loader"][self.world.rank]
+
+
+def pretrain(config: Config, *, out_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) RELICv2 pretraining as `config` says, writing into `out_dir`; returns a summary."""
+    trainer = Trainer(config, out_dir, resume=resume)
+    try:
+        return trainer.train()
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            close_world()
