@@ -1,0 +1,16 @@
+"""Evaluation of a pretrained encoder: linear probe, kNN monitor, and the demo experiment.
+
+- `features`: frozen-encoder feature extraction (`extract_features`);
+- `knn`: the temperature-weighted cosine kNN classifier (`knn_classify`, `knn_accuracy`);
+- `linear`: the linear-probe fitting and top-k accuracy;
+- `protocol`: dataset-level `linear_eval` and `knn_eval` over the DALI eval loaders;
+- `experiment`: the demo experiment (random init vs RELICv2 with/without saliency masking).
+"""
+
+from relic_fast.evaluation.features import extract_features
+from relic_fast.evaluation.knn import knn_accuracy, knn_classify
+from relic_fast.evaluation.linear import evaluate_head, fit_linear_on_features, topk_accuracy
+from relic_fast.evaluation.protocol import knn_eval, linear_eval
+
+__all__ = ["evaluate_head", "extract_features", "fit_linear_on_features", "knn_accuracy", "knn_classify",
+           "knn_eval", "linear_eval", "topk_accuracy"]
