@@ -102,7 +102,7 @@ def _open_checked(data: bytes, max_pixels: int, min_side: int) -> ImageCheck:
             return ImageCheck(f"too large: {pixels} pixels > cap {max_pixels}")
         except UnidentifiedImageError:
             return ImageCheck(_unrecognized(data[:512]))
-        width, height = _oriented_size(image)
+        width, height = image.size
         info = ImageCheck(None, width, height, image.mode, image.format or "")
         if info.format not in SUPPORTED_FORMATS:
             return info._replace(reason=f"unsupported format: {info.format or 'unknown'}")
@@ -116,6 +116,8 @@ def _open_checked(data: bytes, max_pixels: int, min_side: int) -> ImageCheck:
             return info._replace(reason=f"too small: {width}x{height} < {min_side} pixels a side")
         image.verify()
         image = Image.open(io.BytesIO(data))
+        shown_width, shown_height = _oriented_size(image)  # the shape DALI will decode to
+        info = info._replace(width=shown_width, height=shown_height)
         if image.format == "JPEG":
             # Decodes every Huffman block at 1/8 scale: truncation and corruption still surface.
             image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))

@@ -1,0 +1,213 @@
+"""`relic-fast index`: check every image of a dataset once and write the clean file list readers use.
+
+Scans a folder tree (`DIR/<class>/<image>`, labels from the sorted class-folder names, files found
+the way DALI's folder reader finds them) or an existing file list, checks each file in a process
+pool (`dali_pipelines.validate`), and writes:
+- the index (default `DIR/index.txt`; for a list `train.txt`, `train.index.txt`): one
+  `path label` per line. Readers resolve a list's paths relative to the list's own folder, so each
+  path is written relative to the index file's folder when the image lies under it, else absolute;
+  an index written elsewhere (`--out`) therefore still points at the right files.
+- `<index stem>.rejected.tsv`: `path<TAB>reason` for every rejected file (paths as in the source).
+A cache in the dataset root (`.relic-fast-index-cache.json`, keyed by path, size and mtime_ns)
+makes a re-run over an unchanged tree only stat files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dali_pipelines.validate import (DEFAULT_MAX_PIXELS, ImageCheck, reason_category,
+                                     validate_files)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pnm", ".ppm",
+                            ".pgm", ".pbm", ".jp2", ".webp"})
+"""Extensions DALI's folder reader lists by default (case-insensitive); other files are ignored."""
+
+
+@dataclass
+class Source:
+    """A dataset to index: image paths relative to `root` (or absolute) and their labels."""
+
+    root: Path
+    files: list[str]
+    labels: list[int]
+    class_names: list[str] = field(default_factory=list)
+    ignored: int = 0
+    """Files seen but not listed: not an image extension, or outside any class folder."""
+
+
+@dataclass
+class IndexReport:
+    """What `index_dataset` did: where it wrote, what it kept and rejected, and how much work it took."""
+
+    source: Source
+    index_path: Path
+    rejected_path: Path
+    checks: list[ImageCheck]
+    validated: int
+    cached: int
+    seconds: float
+
+    @property
+    def kept(self) -> int:
+        """Number of usable images written to the index."""
+        return sum(c.reason is None for c in self.checks)
+
+    @property
+    def rejected(self) -> list[tuple[str, str]]:
+        """(path, reason) of every rejected file, in source order."""
+        return [(f, c.reason) for f, c in zip(self.source.files, self.checks) if c.reason is not None]
+
+    def rejected_by_category(self) -> Counter:
+        """Count of rejected files per reason category (`truncated`, `not an image`, ...)."""
+        return Counter(reason_category(reason) for _, reason in self.rejected)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether DALI's folder reader would list a file of this name (by extension, any case)."""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def scan_folder(root: Path) -> Source:
+    """List `root/<class>/**/<image>` in sorted order; class index = position of the sorted folder name.
+
+    Hidden files and folders (leading dot) are skipped; so are files directly in `root` (the
+    index and its companions live there).
+    """
+    class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    files: list[str] = []
+    labels: list[int] = []
+    ignored = sum(1 for e in os.scandir(root) if e.is_file() and not e.name.startswith("."))
+    for label, name in enumerate(class_names):
+        for folder, dirs, names in os.walk(root / name):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel = Path(folder).relative_to(root)
+            for file_name in sorted(names):
+                if file_name.startswith("."):
+                    continue
+                if not is_image_name(file_name):
+                    ignored += 1
+                    continue
+                files.append((rel / file_name).as_posix())
+                labels.append(label)
+    return Source(root, files, labels, class_names, ignored)
+
+
+def read_file_list(path: Path) -> Source:
+    """Parse a `path label` list (label = last token, so paths may hold spaces; `#` comments skipped)."""
+    files: list[str] = []
+    labels: list[int] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
+        files.append(parts[0])
+        labels.append(int(parts[1]))
+    return Source(path.parent, files, labels)
+
+
+def resolve_source(source: Path) -> Source:
+    """A folder tree, a demo-data root (holding `train/`: its train split) or a `.txt` file list."""
+    source = Path(source)
+    if source.is_file():
+        return read_file_list(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such folder or file list")
+    return scan_folder(resolve_source_root(source))
+
+
+def default_index_path(source: Path) -> Path:
+    """`DIR/index.txt` for a folder (`DIR/train/index.txt` for a demo root); `X.index.txt` for `X.txt`."""
+    source = Path(source)
+    if source.is_file():
+        return source.with_name(f"{source.stem}.index.txt")
+    return resolve_source_root(source) / "index.txt"
+
+
+def resolve_source_root(source: Path) -> Path:
+    """The folder a source's relative paths start from: a list's folder, a demo root's `train/`."""
+    source = Path(source)
+    if source.is_file():
+        return source.parent
+    if (source / "train").is_dir():
+        return source / "train"  # a demo-data root resolves to its train split, as in the readers
+    return source
+
+
+def index_line_path(image: Path, index_dir: Path) -> str:
+    """How the index names `image`: relative to the index's folder when under it, else absolute."""
+    image = Path(os.path.abspath(image))
+    index_dir = Path(os.path.abspath(index_dir))
+    if image.is_relative_to(index_dir):
+        return image.relative_to(index_dir).as_posix()
+    return image.as_posix()
+
+
+def write_index(report: IndexReport) -> None:
+    """Write the index (kept files) and the rejected TSV, each via a temporary file and a rename."""
+    source = report.source
+    index_dir = report.index_path.parent
+    kept = [f"{index_line_path(source.root / f, index_dir)} {label}\n"
+            for f, label, check in zip(source.files, source.labels, report.checks) if check.reason is None]
+    rejected = [f"{path}\t{reason}\n" for path, reason in report.rejected]
+    for path, lines in ((report.index_path, kept), (report.rejected_path, rejected)):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(lines))
+        os.replace(tmp, path)
+
+
+def index_dataset(source: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                  workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  min_side: int = 1, on_start: Callable[[int], None] | None = None,
+                  on_progress: Callable[[int], None] | None = None) -> IndexReport:
+    """Validate every image of `source` and write its index and rejected list (see module docstring).
+
+    `on_start(total)` is called once the file count is known, `on_progress(n)` as n more are done.
+    """
+    start = time.perf_counter()
+    source_path = Path(source)
+    dataset = resolve_source(source_path)
+    index_path = Path(out) if out else default_index_path(source_path)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    rejected_path = index_path.with_name(f"{index_path.name.removesuffix('.txt')}.rejected.tsv")
+    if on_start:
+        on_start(len(dataset.files))
+    result = validate_files(dataset.root, dataset.files, workers=workers, max_pixels=max_pixels,
+                            min_side=min_side, on_progress=on_progress)
+    report = IndexReport(dataset, index_path, rejected_path, result.checks, result.validated,
+                         result.cached, 0.0)
+    write_index(report)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def summary_rows(report: IndexReport) -> list[tuple[str, str]]:
+    """(item, value) rows for the summary table: kept, rejected per reason, shapes, work and time."""
+    kept = [c for c in report.checks if c.reason is None]
+    rows = [("source", str(report.source.root)), ("index", str(report.index_path)),
+            ("kept", str(len(kept)))]
+    if report.source.class_names:
+        rows.append(("classes", str(len(report.source.class_names))))
+    for category, count in sorted(report.rejected_by_category().items()):
+        rows.append((f"rejected: {category}", str(count)))
+    if report.rejected:
+        rows.append(("rejected list", str(report.rejected_path)))
+    if report.source.ignored:
+        rows.append(("ignored (not an image name / outside class folders)", str(report.source.ignored)))
+    if kept:
+        formats = Counter(f"{c.format} {c.mode}" for c in kept)
+        rows.append(("formats", ", ".join(f"{k}: {v}" for k, v in formats.most_common(6))))
+        sides = sorted(min(c.width, c.height) for c in kept)
+        rows.append(("short side (min / median / max)",
+                     f"{sides[0]} / {sides[len(sides) // 2]} / {sides[-1]} px"))
+    rows.append(("validated / from cache", f"{report.validated} / {report.cached}"))
+    rows.append(("time", f"{report.seconds:.2f} s"))
+    return rows
