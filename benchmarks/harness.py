@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -253,12 +254,17 @@ def print_table(results: Sequence[Result], title: str, console: Any = None) -> N
 
 
 def write_json(path: str | Path, results: Sequence[Result], command: str) -> Path:
-    """Write `{"command", "machine", "results"}` to `path`: the numbers with where they came from."""
+    """Write `{"command", "machine", "results"}` to `path`: the numbers with where they came from.
+
+    `machine` is `relic_fast.environment.machine_info()` plus the 1-minute load average at writing
+    time: CPU figures measured on a busy machine are not comparable with quiet ones.
+    """
     from relic_fast.environment import machine_info
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command, "machine": machine_info(), "results": [r.to_dict() for r in results]}
+    machine = {**machine_info(), "load_average": round(os.getloadavg()[0], 2)}
+    payload = {"command": command, "machine": machine, "results": [r.to_dict() for r in results]}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

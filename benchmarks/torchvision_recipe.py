@@ -44,6 +44,11 @@ class ViewBatch:
     normalized: bool = True
     """Always True here: the baseline normalizes in the workers."""
 
+    def pin_memory(self) -> "ViewBatch":
+        """A copy in page-locked memory (called by the DataLoader when `pin_memory=True`)."""
+        small = None if self.small is None else self.small.pin_memory()
+        return ViewBatch(self.large.pin_memory(), small, self.labels.pin_memory(), self.normalized)
+
 
 def blur_kernel_size(size: int) -> int:
     """Gaussian blur taps for a view of side `size`: 2 * (size // 20) + 1, BYOL's radius (23 at 224)."""
@@ -138,14 +143,16 @@ class ViewCollate:
 def build_torchvision_loader(files: Sequence[str | Path], labels: Sequence[int], views: ViewsConfig, *,
                              batch_size: int, num_workers: int, seed: int = 0,
                              drop_last: bool = True, shuffle: bool = True,
-                             blur: Literal["torchvision", "pil"] = "torchvision") -> DataLoader:
+                             blur: Literal["torchvision", "pil"] = "torchvision",
+                             pin_memory: bool = False) -> DataLoader:
     """A DataLoader yielding `ViewBatch`es of the recipe `views` over `files` (the baseline).
 
     Workers persist across epochs (as a tuned baseline would); the seed fixes the shuffling and
-    the workers' random streams. `blur` picks torchvision's exact Gaussian blur or PIL's faster one.
+    the workers' random streams. `blur` picks torchvision's exact Gaussian blur or PIL's faster one;
+    `pin_memory` pins batches for fast copies to a GPU.
     """
     dataset = MultiViewDataset(files, labels, views, blur)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=num_workers, collate_fn=ViewCollate(views.num_large),
-                      persistent_workers=num_workers > 0, generator=generator)
+                      persistent_workers=num_workers > 0, generator=generator, pin_memory=pin_memory)

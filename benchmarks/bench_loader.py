@@ -1,0 +1,262 @@
+"""Loader throughput: the DALI RELICv2 pipeline against torchvision + PIL and against the decode ceiling.
+
+For each view recipe ("<L>L[+<S>S]") and thread count, on the same JPEGs, one run measures:
+  dali-cpu / dali-gpu  `dali_pipelines.loader.build_pretrain_loader` (the product's pipeline),
+  torchvision          the same recipe in a torchvision DataLoader with as many workers as threads,
+  decode-only          DALI reading + decoding only (per thread count): no recipe can beat it.
+Each configuration warms up, then times `--repeats` windows of `--batches` batches; rows report the
+median images/s with its interquartile spread, the ratio to torchvision and to the decode ceiling.
+
+    python -m benchmarks.bench_loader --data DIR --json loader.json --png loader.png
+    relic-fast bench loader --data DIR            (the same options; without --data, a 400-image
+                                                    photo corpus is generated once in the temp dir)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from benchmarks.harness import (Result, add_ratios, measure, plot_images_per_s, print_table,
+                                write_json)
+from dali_pipelines.recipe import DataConfig, ViewsConfig
+
+DEFAULT_RECIPES = ("2L", "4L+2S", "2L+6S")
+PIPELINES = ("dali", "torchvision", "decode-only")
+
+
+@dataclass(frozen=True)
+class LoaderBench:
+    """What one `bench_loader` run measures (the command-line options, typed)."""
+
+    data: str
+    recipes: tuple[str, ...] = DEFAULT_RECIPES
+    threads: tuple[int, ...] = (2,)
+    batch_size: int = 32
+    batches: int = 2
+    """Batches per timed repeat (a window of several batches evens out workers finishing together)."""
+    repeats: int = 5
+    warmup: int = 2
+    """Untimed batches before the first repeat (pipeline start-up, worker spawn, first decodes)."""
+    device: str = "cpu"
+    pipelines: tuple[str, ...] = PIPELINES
+    large_size: int | None = None
+    small_size: int | None = None
+    output_dtype: str | None = None
+    baseline_blur: str = "torchvision"
+    seed: int = 0
+
+
+def parse_recipe(text: str) -> tuple[int, int]:
+    """"4L+2S" -> (4, 2), "2L" -> (2, 0): the numbers of large and small views."""
+    match = re.fullmatch(r"\s*(\d+)L(?:\s*\+\s*(\d+)S)?\s*", text, flags=re.IGNORECASE)
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(f"recipe {text!r}: expected '<L>L' or '<L>L+<S>S' with L >= 1, e.g. '4L+2S'")
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def views_for(recipe: str, bench: LoaderBench) -> ViewsConfig:
+    """The default `ViewsConfig` with the recipe's view counts and any size overrides."""
+    num_large, num_small = parse_recipe(recipe)
+    changes = {"num_large": num_large, "num_small": num_small}
+    if bench.large_size is not None:
+        changes["large_size"] = bench.large_size
+    if bench.small_size is not None:
+        changes["small_size"] = bench.small_size
+    return ViewsConfig(**changes)
+
+
+def endless(loader) -> Iterator:
+    """Batches from `loader` across epoch boundaries (each `iter()` of a loader is one epoch)."""
+    while True:
+        yield from loader
+
+
+def consume(batches: Iterator, count: int, to_device: Callable | None = None) -> Callable[[], None]:
+    """A function that takes `count` batches from `batches` (the unit `time_it` times)."""
+
+    def step() -> None:
+        for _ in range(count):
+            batch = next(batches)
+            if to_device is not None:
+                to_device(batch)
+
+    return step
+
+
+def cuda_copy(batch) -> None:
+    """Move a torchvision batch to the GPU as a trainer would (non-blocking from pinned memory)."""
+    batch.large.cuda(non_blocking=True)
+    if batch.small is not None:
+        batch.small.cuda(non_blocking=True)
+
+
+def timed(bench: LoaderBench, pipeline: str, step: Callable[[], None], **fields) -> Result:
+    """Measure `step` (which consumes `bench.batches` batches) into a loader `Result` row."""
+    from benchmarks.harness import device_sync
+
+    sync = device_sync("cuda") if bench.device == "gpu" else None
+    warmup_calls = -(-bench.warmup // bench.batches)  # ceil: at least `warmup` batches untimed
+    extra = {"device": bench.device, "batches_per_repeat": bench.batches, **fields.pop("extra", {})}
+    return measure(bench="loader", pipeline=pipeline, fn=step, items=bench.batches * bench.batch_size,
+                   warmup=warmup_calls, repeats=bench.repeats, sync=sync, batch_size=bench.batch_size,
+                   extra=extra, **fields)
+
+
+def view_sizes(views: ViewsConfig) -> str:
+    """"4x224+2x96": the views one image yields."""
+    text = f"{views.num_large}x{views.large_size}"
+    return text + (f"+{views.num_small}x{views.small_size}" if views.num_small else "")
+
+
+def measure_dali(bench: LoaderBench, dataset, recipe: str, threads: int) -> Result:
+    """Images/s of the product's DALI pipeline on `recipe` with `threads` CPU threads."""
+    from dali_pipelines.loader import build_pretrain_loader
+
+    views = views_for(recipe, bench)
+    data = DataConfig(path=bench.data, device=bench.device, num_threads=threads,
+                      **({"output_dtype": bench.output_dtype} if bench.output_dtype else {}))
+    loader = build_pretrain_loader(dataset, views, data, batch_size=bench.batch_size, seed=bench.seed,
+                                   device_id=0 if bench.device == "gpu" else None)
+    step = consume(endless(loader), bench.batches)
+    row = timed(bench, f"dali-{bench.device}", step, recipe=recipe, threads=threads,
+                extra={"views": view_sizes(views), "output_dtype": data.output_dtype})
+    del step, loader  # free the pipeline's threads and buffers before the next configuration
+    return row
+
+
+def measure_torchvision(bench: LoaderBench, dataset, recipe: str, threads: int) -> Result:
+    """Images/s of the torchvision + PIL baseline on `recipe` with `threads` worker processes."""
+    from benchmarks.torchvision_recipe import build_torchvision_loader
+
+    views = views_for(recipe, bench)
+    files = [dataset.root / f for f in dataset.files]
+    loader = build_torchvision_loader(files, dataset.labels, views, batch_size=bench.batch_size,
+                                      num_workers=threads, seed=bench.seed, blur=bench.baseline_blur,
+                                      pin_memory=bench.device == "gpu")
+    step = consume(endless(loader), bench.batches, cuda_copy if bench.device == "gpu" else None)
+    row = timed(bench, "torchvision", step, recipe=recipe, threads=threads,
+                extra={"views": view_sizes(views), "output_dtype": "float32", "blur": bench.baseline_blur})
+    del step, loader  # shuts the worker processes down
+    return row
+
+
+def measure_decode(bench: LoaderBench, dataset, threads: int) -> Result:
+    """Images/s of DALI reading + decoding the same files: the ceiling for any recipe."""
+    from benchmarks.decode_only import build_decode_pipeline, decode_step
+
+    pipe = build_decode_pipeline(dataset.root, dataset.files, batch_size=bench.batch_size,
+                                 num_threads=threads, device_id=0 if bench.device == "gpu" else None,
+                                 seed=bench.seed)
+    row = timed(bench, "decode-only", decode_step(pipe, bench.batches), threads=threads,
+                extra={"decoder": "mixed" if bench.device == "gpu" else "cpu"})
+    del pipe
+    return row
+
+
+def run(bench: LoaderBench, *, console=None) -> list[Result]:
+    """Measure every (pipeline, recipe, threads) configuration of `bench`; rows with ratios filled."""
+    from dali_pipelines.dataset import resolve_dataset
+
+    dataset = resolve_dataset(bench.data)
+    if dataset.kind == "webdataset":
+        raise ValueError("bench_loader compares readers on a folder tree or a file list; "
+                         f"{bench.data} holds WebDataset shards")
+    if dataset.num_samples < bench.batch_size:
+        raise ValueError(f"{dataset.num_samples} images in {bench.data}: fewer than one batch of {bench.batch_size}")
+    rows = []
+    for threads in bench.threads:
+        if "decode-only" in bench.pipelines:
+            rows.append(measure_decode(bench, dataset, threads))
+        for recipe in bench.recipes:
+            if "dali" in bench.pipelines:
+                rows.append(measure_dali(bench, dataset, recipe, threads))
+            if "torchvision" in bench.pipelines:
+                rows.append(measure_torchvision(bench, dataset, recipe, threads))
+            if console is not None:
+                console.log(f"measured {recipe} with {threads} threads")
+    rows = add_ratios(rows, baseline="torchvision", match=("recipe", "threads"))
+    return add_ratios(rows, baseline="decode-only", match=("threads",))
+
+
+def default_corpus(count: int = 400) -> Path:
+    """The benchmark photo corpus in the temp dir, generated on first use (deterministic)."""
+    from benchmarks.corpus import make_photo_corpus
+
+    out = Path(tempfile.gettempdir()) / f"relic-fast-bench-corpus-{count}"
+    if len(list(out.glob("*/*.jpg"))) != count:
+        make_photo_corpus(out, count=count)
+    return out
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "gpu" when CUDA is available, else "cpu"."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (shared by `python -m benchmarks.bench_loader` and `relic-fast bench loader`)."""
+    parser = argparse.ArgumentParser(prog="bench loader", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--data", help="folder tree or file list of JPEGs (default: a generated 400-photo corpus)")
+    add("--recipe", dest="recipes", nargs="+", default=list(DEFAULT_RECIPES), help="view recipes, e.g. 4L+2S 2L")
+    add("--threads", nargs="+", type=int, default=[os.cpu_count() or 1],
+        help="DALI threads = torchvision workers (default: CPU count)")
+    add("--batch-size", type=int, default=32)
+    add("--batches", type=int, default=2, help="batches per timed repeat (default 2)")
+    add("--repeats", type=int, default=5, help="timed repeats per configuration (default 5)")
+    add("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    add("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where DALI runs (default auto)")
+    add("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    add("--large-size", type=int, help="override the large view side (tiny runs)")
+    add("--small-size", type=int, help="override the small view side (tiny runs)")
+    add("--output-dtype", choices=("uint8", "float16", "bfloat16", "float32"), help="DALI output dtype")
+    add("--baseline-blur", choices=("torchvision", "pil"), default="torchvision",
+        help="blur op of the torchvision baseline (pil: PIL's faster approximation)")
+    add("--seed", type=int, default=0)
+    add("--json", type=Path, help="write the rows, machine and command as JSON here")
+    add("--png", type=Path, help="write a bar chart of images/s here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_loader") -> list[Result]:
+    """Parse `argv`, run the benchmark, print the table, write the JSON and chart when asked."""
+    from rich.console import Console
+
+    args = build_parser().parse_args(argv)
+    for recipe in args.recipes:
+        parse_recipe(recipe)  # fail before any measurement on a typo
+    console = Console()
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1):
+        console.print(f"[yellow]warning:[/] load average {load:.1f} on {os.cpu_count()} CPUs: "
+                      "other processes compete with the measured loaders, CPU figures will be low")
+    data = args.data or str(default_corpus())
+    bench = LoaderBench(data=data, recipes=tuple(args.recipes), threads=tuple(args.threads),
+                        batch_size=args.batch_size, batches=args.batches, repeats=args.repeats,
+                        warmup=args.warmup, device=resolve_device(args.device), pipelines=tuple(args.pipelines),
+                        large_size=args.large_size, small_size=args.small_size, output_dtype=args.output_dtype,
+                        baseline_blur=args.baseline_blur, seed=args.seed)
+    rows = run(bench, console=console)
+    print_table(rows, f"loader throughput: {data}, batch {bench.batch_size}, {bench.device}", console=console)
+    command = shlex.join([*shlex.split(prog), *(sys.argv[1:] if argv is None else argv)])
+    if args.json:
+        console.print(f"wrote {write_json(args.json, rows, command)}")
+    if args.png:
+        console.print(f"wrote {plot_images_per_s(rows, args.png, title='loader images/s')}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

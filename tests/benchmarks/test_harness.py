@@ -1,0 +1,82 @@
+"""Tests of the benchmark infrastructure: the harness, the photo corpus and the torchvision baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.harness import (Result, Timing, add_ratios, measure, plot_images_per_s, print_table,
+                                time_it, write_json)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_it_counts_warmup_and_repeats_and_orders_statistics():
+    calls = []
+    timing = time_it(lambda: calls.append(1), warmup=3, repeats=5, sync=lambda: calls.append(0))
+    assert calls.count(1) == 8, "warm-up calls plus timed calls"
+    assert len(timing.seconds) == 5
+    assert timing.min <= timing.quartiles[0] <= timing.median <= timing.quartiles[1] <= timing.max
+    assert timing.iqr >= 0
+
+
+def test_timing_statistics_on_known_seconds():
+    timing = Timing((4.0, 1.0, 3.0, 2.0, 100.0))
+    assert timing.median == 3.0 and timing.min == 1.0 and timing.max == 100.0
+    assert timing.quartiles == (2.0, 4.0)  # the slow outlier moves neither median nor IQR
+
+
+def test_time_it_rejects_no_repeats():
+    with pytest.raises(ValueError):
+        time_it(lambda: None, warmup=0, repeats=0)
+
+
+def test_measure_turns_items_into_rates():
+    row = measure(bench="loss", pipeline="sleep", fn=lambda: torch.ones(64).sum(), items=32,
+                  warmup=1, repeats=4, recipe="tiny", batch_size=32)
+    assert row.images_per_s == pytest.approx(32 / (row.ms / 1e3))
+    low, high = row.images_per_s_spread
+    assert low <= row.images_per_s <= high
+    assert row.repeats == 4 and row.recipe == "tiny"
+
+
+def test_add_ratios_matches_rows_on_recipe_and_threads():
+    rows = [Result("loader", "torchvision", "2L", 2, images_per_s=10.0),
+            Result("loader", "dali-cpu", "2L", 2, images_per_s=35.0),
+            Result("loader", "dali-cpu", "4L", 2, images_per_s=20.0),
+            Result("loss", "fused", ms=2.0), Result("loss", "reference", ms=8.0)]
+    rows = add_ratios(rows, baseline="torchvision")
+    assert rows[1].ratios == {"torchvision": 3.5}
+    assert rows[2].ratios == {}, "no torchvision row for 4L"
+    assert rows[0].ratios == {}
+    timed = add_ratios(rows, baseline="reference", match=("bench",))
+    assert timed[3].ratios == {"reference": pytest.approx(4.0)}, "ms-only rows: speed-up from time"
+
+
+def test_json_table_and_chart_from_a_tiny_run(tmp_path, capsys):
+    rows = [measure(bench="loader", pipeline=name, fn=lambda n=n: torch.randn(n, n).sum(), items=8,
+                    warmup=1, repeats=4, recipe="2L", threads=1, extra={"device": "cpu"})
+            for name, n in (("slow", 200), ("fast", 20))]
+    rows = add_ratios(rows, baseline="slow")
+    print_table(rows, "tiny")
+    assert "x slow" in capsys.readouterr().out
+    path = write_json(tmp_path / "out" / "bench.json", rows, command="pytest tiny")
+    payload = json.loads(path.read_text())
+    assert set(payload) == {"command", "machine", "results"}
+    assert payload["command"] == "pytest tiny"
+    for key in ("torch", "dali", "commit", "date", "cpu", "gpu", "load_average"):
+        assert key in payload["machine"]
+    first, second = payload["results"]
+    for key in ("bench", "pipeline", "recipe", "threads", "images_per_s", "images_per_s_spread", "ms",
+                "peak_gib", "ratios", "device"):
+        assert key in first
+    assert second["ratios"]["slow"] == pytest.approx(second["images_per_s"] / first["images_per_s"])
+    png = plot_images_per_s(rows, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 1000
+
+
+def test_plot_refuses_rows_without_rates(tmp_path):
+    with pytest.raises(ValueError):
+        plot_images_per_s([Result("loss", "fused", ms=1.0)], tmp_path / "x.png")
