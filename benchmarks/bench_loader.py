@@ -205,9 +205,9 @@ def resolve_device(device: str) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str) -> argparse.ArgumentParser:
     """The command-line options (shared by `python -m benchmarks.bench_loader` and `relic-fast bench loader`)."""
-    parser = argparse.ArgumentParser(prog="bench loader", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--data", help="folder tree or file list of JPEGs (default: a generated 400-photo corpus)")
     add("--recipe", dest="recipes", nargs="+", default=list(DEFAULT_RECIPES), help="view recipes, e.g. 4L+2S 2L")
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
     """Parse `argv`, run the benchmark, print the table, write the JSON and chart when asked."""
     from rich.console import Console
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     for recipe in args.recipes:
         parse_recipe(recipe)  # fail before any measurement on a typo
     console = Console()

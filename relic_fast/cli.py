@@ -161,3 +161,19 @@ def experiment_command(
     resolve_config(config, None)  # a clean error for a bad recipe before any run starts
     run_demo_experiment(config, data_root=data, out_dir=out, seeds=seeds, steps=steps, console=console)
     console.print(f"[bold green]wrote[/] {out / 'experiment.json'}")
+
+
+bench_app = typer.Typer(help="Throughput benchmarks: print a table, write JSON (machine, versions, commit) and a chart.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+# The benchmark modules own their options (argparse), so `python -m benchmarks.X` and
+# `relic-fast bench X` are one implementation: the command forwards its arguments untouched.
+FORWARD_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@bench_app.command("loader", context_settings=FORWARD_ARGS, add_help_option=False)
+def bench_loader_command(ctx: typer.Context) -> None:
+    """Loader images/s: DALI pipeline vs torchvision + PIL vs DALI decode-only, per recipe and thread count (--help for options)."""
+    from benchmarks.bench_loader import main
+
+    main(ctx.args, prog="relic-fast bench loader")
