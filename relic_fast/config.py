@@ -182,6 +182,12 @@ class EvalConfig:
     """`augmented`: the paper's protocol (random-resized-crop + flip each epoch); `cached_features`:
     extract features once without augmentation and fit on them (fast, for small data)."""
 
+    linear_feature_norm: Literal["none", "batchnorm"] = "none"
+    """`none`: the paper's probe, one nn.Linear on the raw pooled features; `batchnorm`: standardize the
+    features first with a BatchNorm1d without affine parameters (MAE's probe; still linear, it can be
+    folded into the layer), which makes the probe's lr independent of the feature scale: fairer
+    between encoders whose features differ in scale (a random init's are tiny), useful for small data."""
+
     image_size: int = 224
     """Evaluation crop size (the short side is resized to size * 256 / 224 first)."""
 
@@ -196,6 +202,8 @@ class EvalConfig:
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         check(self.linear_base_lr > 0, "linear_base_lr", f"must be > 0, got {self.linear_base_lr}")
         check(self.knn_temperature > 0, "knn_temperature", f"must be > 0, got {self.knn_temperature}")
+        check(self.linear_feature_norm in ("none", "batchnorm"), "linear_feature_norm",
+              f"choose none or batchnorm, got {self.linear_feature_norm!r}")
 
 
 @dataclass(frozen=True)

@@ -34,20 +34,46 @@ def scaled_lr(base_lr: float, batch_size: int) -> float:
     return base_lr * batch_size / 256
 
 
-def make_head(feature_dim: int, num_classes: int, device: torch.device | str) -> nn.Linear:
-    """The linear classifier, weights and bias at zero (BYOL's init: the result depends only on data order)."""
-    head = nn.Linear(feature_dim, num_classes).to(device)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    return head
+class LinearProbe(nn.Module):
+    """The probe: an optional parameter-free feature standardization, then one `nn.Linear`.
+
+    `feature_norm="batchnorm"` is a BatchNorm1d without affine parameters whose statistics are the
+    cumulative average over the training batches (momentum=None: exact for a frozen encoder); it is
+    a fixed affine map at evaluation, so the probe stays linear. `"none"` is the identity.
+    The linear layer starts at zero (BYOL's init: the result depends only on data order).
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, feature_norm: str = "none"):
+        super().__init__()
+        if feature_norm not in ("none", "batchnorm"):
+            raise ValueError(f"feature_norm must be none or batchnorm, got {feature_norm!r}")
+        self.norm = (nn.BatchNorm1d(feature_dim, affine=False, momentum=None) if feature_norm == "batchnorm"
+                     else nn.Identity())
+        self.linear = nn.Linear(feature_dim, num_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits of pooled features (B, F)."""
+        if self.training and features.shape[0] < 2 and isinstance(self.norm, nn.BatchNorm1d):
+            # A batch of one has no variance: use the statistics gathered so far, and do not update them.
+            return self.linear(F.batch_norm(features, self.norm.running_mean, self.norm.running_var,
+                                            training=False, eps=self.norm.eps))
+        return self.linear(self.norm(features))
 
 
-def make_sgd(head: nn.Linear, lr: float) -> torch.optim.SGD:
+def make_head(feature_dim: int, num_classes: int, device: torch.device | str,
+              feature_norm: str = "none") -> LinearProbe:
+    """A zero-initialized `LinearProbe` on `device`, in train mode."""
+    return LinearProbe(feature_dim, num_classes, feature_norm).to(device).train()
+
+
+def make_sgd(head: nn.Module, lr: float) -> torch.optim.SGD:
     """SGD with Nesterov momentum 0.9 and no weight decay (the protocol's optimizer)."""
     return torch.optim.SGD(head.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=0.0)
 
 
-def sgd_step(head: nn.Linear, optimizer: torch.optim.Optimizer, features: torch.Tensor,
+def sgd_step(head: nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor,
              labels: torch.Tensor, lr: float) -> torch.Tensor:
     """One cross-entropy step of the head at learning rate `lr`; returns the (device) loss."""
     for group in optimizer.param_groups:
@@ -61,7 +87,7 @@ def sgd_step(head: nn.Linear, optimizer: torch.optim.Optimizer, features: torch.
 
 def fit_linear_on_features(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                            epochs: int, batch_size: int, base_lr: float, seed: int = 0,
-                           device: torch.device | str = "cpu") -> nn.Linear:
+                           device: torch.device | str = "cpu", feature_norm: str = "none") -> LinearProbe:
     """Train the linear head on cached features (`cached_features` mode); returns it.
 
     Each epoch visits every sample once in a fresh seeded order, the last batch partial. The batch
@@ -74,7 +100,7 @@ def fit_linear_on_features(features: torch.Tensor, labels: torch.Tensor, *, num_
     steps_per_epoch = math.ceil(num_samples / batch)
     total_steps = epochs * steps_per_epoch
     peak = scaled_lr(base_lr, batch)
-    head = make_head(features.shape[1], num_classes, device)
+    head = make_head(features.shape[1], num_classes, device, feature_norm)
     optimizer = make_sgd(head, peak)
     generator = torch.Generator().manual_seed(seed)
     step = 0
@@ -84,13 +110,14 @@ def fit_linear_on_features(features: torch.Tensor, labels: torch.Tensor, *, num_
             rows = order[start:start + batch]
             sgd_step(head, optimizer, features[rows], labels[rows], cosine_lr(step, total_steps, peak))
             step += 1
-    return head
+    return head.eval()
 
 
 def fit_linear_augmented(encoder: nn.Module, loader: Iterable, *, steps_per_epoch: int,
                          feature_dim: int, num_classes: int, epochs: int, batch_size: int,
                          base_lr: float, device: torch.device | str, precision: str = "fp32",
-                         on_epoch: Callable[[int, float], None] | None = None) -> nn.Linear:
+                         feature_norm: str = "none",
+                         on_epoch: Callable[[int, float], None] | None = None) -> LinearProbe:
     """Train the linear head on augmented views (`augmented` mode): the paper's protocol.
 
     `loader` yields (images, labels); every `iter(loader)` is one epoch of fresh random crops. The
@@ -99,7 +126,7 @@ def fit_linear_augmented(encoder: nn.Module, loader: Iterable, *, steps_per_epoc
     """
     peak = scaled_lr(base_lr, batch_size)
     total_steps = epochs * steps_per_epoch
-    head = make_head(feature_dim, num_classes, device)
+    head = make_head(feature_dim, num_classes, device, feature_norm)
     optimizer = make_sgd(head, peak)
     step = 0
     with frozen(encoder):
@@ -114,7 +141,7 @@ def fit_linear_augmented(encoder: nn.Module, loader: Iterable, *, steps_per_epoc
                 batches += 1
             if on_epoch is not None:
                 on_epoch(epoch, loss_sum.item() / max(batches, 1))  # host sync, once per epoch
-    return head
+    return head.eval()
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
@@ -126,10 +153,11 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     return [100.0 * hits[:, :min(k, largest)].any(dim=1).float().mean().item() for k in ks]
 
 
-def evaluate_head(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
+def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor,
                   chunk_size: int = 65536) -> dict[str, float]:
-    """{"top1", "top5"} (percent) of the head on cached features; top5 means top-min(5, classes)."""
-    device = head.weight.device
+    """{"top1", "top5"} (percent) of the head (put in eval mode) on cached features; top5 means top-min(5, classes)."""
+    device = next(head.parameters()).device
+    head.eval()
     with torch.no_grad():
         logits = torch.cat([head(features[i:i + chunk_size].to(device).float())
                             for i in range(0, features.shape[0], chunk_size)])

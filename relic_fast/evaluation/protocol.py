@@ -91,7 +91,8 @@ def linear_eval(encoder: nn.Module, *, train_dataset, val_datasets: dict, eval_c
         batch = min(eval_cfg.linear_batch_size, train_features.shape[0])
         head = fit_linear_on_features(train_features, train_labels, num_classes=num_classes,
                                       epochs=eval_cfg.linear_epochs, batch_size=batch,
-                                      base_lr=eval_cfg.linear_base_lr, seed=seed, device=device)
+                                      base_lr=eval_cfg.linear_base_lr, seed=seed, device=device,
+                                      feature_norm=eval_cfg.linear_feature_norm)
         feature_dim = train_features.shape[1]
     else:
         loader = eval_loader(train_dataset, train=True, eval_cfg=eval_cfg, data_cfg=data_cfg, device=device,
@@ -104,14 +105,15 @@ def linear_eval(encoder: nn.Module, *, train_dataset, val_datasets: dict, eval_c
                                     feature_dim=feature_dim, num_classes=num_classes,
                                     epochs=eval_cfg.linear_epochs, batch_size=batch,
                                     base_lr=eval_cfg.linear_base_lr, device=device, precision=precision,
-                                    on_epoch=on_epoch)
+                                    feature_norm=eval_cfg.linear_feature_norm, on_epoch=on_epoch)
     splits = {}
     for name, dataset in val_datasets.items():
         features, labels = dataset_features(encoder, dataset, seed=seed, **common)
         splits[name] = evaluate_head(head, features, labels)
     headline = splits.get("val", next(iter(splits.values())))
     return {"top1": headline["top1"], "top5": headline["top5"], "splits": splits,
-            "mode": eval_cfg.linear_mode, "epochs": eval_cfg.linear_epochs, "batch_size": batch,
+            "mode": eval_cfg.linear_mode, "feature_norm": eval_cfg.linear_feature_norm,
+            "epochs": eval_cfg.linear_epochs, "batch_size": batch,
             "base_lr": eval_cfg.linear_base_lr, "lr": scaled_lr(eval_cfg.linear_base_lr, batch),
             "image_size": eval_cfg.image_size, "num_classes": num_classes, "feature_dim": int(feature_dim),
             "train_samples": train_dataset.num_samples,

@@ -85,9 +85,23 @@ def test_linear_probe_separates_linearly_separable_features():
 def test_linear_probe_is_deterministic_given_seed():
     features, labels = torch.randn(100, 6), torch.randint(0, 3, (100,))
     fit = lambda seed: fit_linear_on_features(features, labels, num_classes=3, epochs=3, batch_size=16,  # noqa: E731
-                                              base_lr=0.1, seed=seed).weight
+                                              base_lr=0.1, seed=seed).linear.weight
     assert torch.equal(fit(3), fit(3))
     assert not torch.equal(fit(3), fit(4))
+
+
+def test_batchnorm_probe_is_independent_of_feature_scale():
+    generator = torch.Generator().manual_seed(2)
+    directions = torch.randn(4, 16, generator=generator)
+    labels = torch.randint(0, 4, (401,), generator=generator)  # 401 = 6 * 64 + 17: a partial last batch
+    features = (directions[labels] + 0.3 * torch.randn(401, 16, generator=generator)) * 1e-3 + 5.0
+    fit = lambda norm: fit_linear_on_features(features, labels, num_classes=4, epochs=3, batch_size=64,  # noqa: E731
+                                              base_lr=0.3, seed=0, feature_norm=norm)
+    assert evaluate_head(fit("batchnorm"), features, labels)["top1"] >= 99.0
+    assert evaluate_head(fit("none"), features, labels)["top1"] < 60.0  # raw tiny-scale features: lr too small
+    one = fit_linear_on_features(features[:1], labels[:1], num_classes=4, epochs=1, batch_size=64, base_lr=0.3,
+                                 feature_norm="batchnorm")  # a batch of one must not fail
+    assert torch.isfinite(one.linear.weight).all()
 
 
 def test_topk_accuracy_caps_k_at_number_of_classes():
