@@ -49,6 +49,12 @@ def _terms(contrastive_rows: torch.Tensor, kl_rows: torch.Tensor, beta: float) -
     return torch.stack([contrastive + beta * invariance, contrastive, invariance])
 
 
+def _is_local_view(online_all_n: torch.Tensor, online_n: torch.Tensor, row_offset: int) -> bool:
+    """True when online_all_n holds exactly online_n's values (single process: its detached alias)."""
+    return (row_offset == 0 and online_all_n.shape == online_n.shape
+            and online_all_n.data_ptr() == online_n.data_ptr() and online_all_n.stride() == online_n.stride())
+
+
 def relicv2_core_reference(online_n: torch.Tensor, target_n: torch.Tensor, online_all_n: torch.Tensor,
                            *, temperature: float, beta: float, row_offset: int = 0,
                            negative_offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,9 +76,13 @@ def relicv2_core_reference(online_n: torch.Tensor, target_n: torch.Tensor, onlin
         log_p = logits.log_softmax(dim=-1)
         positive = log_p[..., torch.arange(batch, device=rows.device), rows]    # (V, L, B)
         with torch.no_grad():
-            # The column direction of (online_all x target): anchor t[j, g] over every online k.
-            log_q = (torch.einsum("lbd,vnd->vlbn", target_rows, online_all_n) / temperature
-                     ).log_softmax(dim=-1)
+            # q: the column direction of (online_all x target), anchor t[j, g] over every online k.
+            if _is_local_view(online_all_n, online_n, row_offset):
+                # Single process: online_all is online, so z'[b, k] = z[k, b]; reuse the logits.
+                log_q = logits.detach().log_softmax(dim=-2).transpose(-1, -2)
+            else:
+                log_q = (torch.einsum("lbd,vnd->vlbn", target_rows, online_all_n) / temperature
+                         ).log_softmax(dim=-1)
     else:
         # Fixed-width gather of the candidate columns: column 0 is the positive g itself.
         offsets = torch.cat([negative_offsets.new_zeros(1), negative_offsets]).to(rows.device)
