@@ -147,3 +147,117 @@ def test_extract_features_freezes_encoder_and_keeps_its_mode():
     with torch.no_grad():
         expected = encoder(torch.cat([b[0] for b in batches]))
     torch.testing.assert_close(features, expected)
+
+
+# ---------------------------------------------------------------- config merge, experiment summary
+
+def test_checkpoint_eval_config_keeps_the_encoder_and_takes_eval_settings(tmp_path):
+    from relic_fast.config import load_config
+    from relic_fast.evaluation.runner import checkpoint_eval_config
+
+    saved = load_config(None, ["model.encoder=resnet18", "model.small_stem=true", "eval.image_size=16",
+                               "eval.linear_epochs=7"])
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("[model]\nencoder = 'resnet50'\n\n[eval]\nlinear_epochs = 3\n")
+    merged = checkpoint_eval_config(saved, recipe, ["eval.linear_mode=cached_features"])
+    assert merged.model == saved.model                      # the checkpoint fixes the encoder
+    assert merged.eval.linear_epochs == 3                   # the file's [eval] wins over the saved one
+    assert merged.eval.image_size == 16                     # saved keys the file leaves out stay
+    assert merged.eval.linear_mode == "cached_features"     # --set on top
+    assert checkpoint_eval_config(saved, None, None) == saved
+
+
+def test_experiment_summary_is_mean_and_std_over_seeds():
+    from relic_fast.evaluation.experiment import summarize
+
+    def row(variant, seed, val, correlated):
+        return {"variant": variant, "seed": seed, "background_gap": correlated - val,
+                "splits": {"val": {"top1": val, "top5": 100.0}, "val_correlated": {"top1": correlated, "top5": 100.0}}}
+
+    rows = [row("random_init", 0, 10.0, 20.0), row("random_init", 1, 14.0, 20.0),
+            row("relicv2_saliency", 0, 50.0, 55.0)]
+    summary = summarize(rows)
+    assert list(summary) == ["random_init", "relicv2_saliency"]
+    assert summary["random_init"]["val_top1"]["mean"] == pytest.approx(12.0)
+    assert summary["random_init"]["val_top1"]["std"] == pytest.approx(math.sqrt(8.0))  # sample std
+    assert summary["random_init"]["background_gap"]["mean"] == pytest.approx(8.0)
+    assert summary["relicv2_saliency"]["val_correlated_top1"] == {"mean": 55.0, "std": 0.0, "n": 1}
+
+
+# ---------------------------------------------------------------- the linear-eval CLI on tiny demo data
+
+TINY = ["model.encoder=resnet18", "model.small_stem=true", "eval.image_size=16", "eval.linear_epochs=2",
+        "eval.linear_batch_size=16", "train.device=cpu", "data.device=cpu", "data.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """A 40-image demo dataset at 16 px (train/, val/, val_correlated/, masks/)."""
+    from relic_fast.demo_data import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo") / "data"
+    generate_demo_dataset(root, images=40, size=16, seed=0, workers=1, progress=False)
+    return root
+
+
+def sets(options):
+    """`--set` flags for the CLI."""
+    return [item for option in options for item in ("--set", option)]
+
+
+@pytest.mark.parametrize("mode", ["augmented", "cached_features"])
+def test_linear_eval_cli_random_init_writes_report(tiny_demo, tmp_path, mode):
+    import json
+
+    from typer.testing import CliRunner
+
+    from relic_fast.cli import app
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["linear-eval", "--random-init", "--data", str(tiny_demo), "--out", str(out),
+                                      *sets(TINY + [f"eval.linear_mode={mode}"])])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "linear_eval.json").read_text())
+    assert report["random_init"] is True and report["mode"] == mode
+    assert list(report["splits"]) == ["val", "val_correlated"]
+    assert report["top1"] == report["splits"]["val"]["top1"]
+    for scores in report["splits"].values():
+        assert 0.0 <= scores["top1"] <= scores["top5"] <= 100.0
+    assert report["top5_k"] == 5 and report["num_classes"] == 10 and report["feature_dim"] == 512
+    assert report["val_samples"] == {"val": 10, "val_correlated": 10}
+    assert report["background_gap"] == pytest.approx(report["splits"]["val_correlated"]["top1"]
+                                                     - report["splits"]["val"]["top1"])
+    assert "val_correlated" in result.output
+
+
+def test_linear_eval_cli_reads_a_checkpoint_and_writes_next_to_it(tiny_demo, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from relic_fast.checkpoint import save_checkpoint
+    from relic_fast.cli import app
+    from relic_fast.config import load_config
+    from relic_fast.models import build_networks
+
+    saved = load_config(None, TINY + ["model.projector_hidden=8", "model.predictor_hidden=8",
+                                      "model.embedding_dim=4", "eval.linear_mode=cached_features"])
+    online, _ = build_networks(saved.model)
+    run = tmp_path / "run"
+    save_checkpoint({"config": saved.to_dict(), "online": online.state_dict(), "step": 1}, run, 1, keep=1)
+    result = CliRunner().invoke(app, ["linear-eval", "--checkpoint", str(run), "--data", str(tiny_demo),
+                                      "--set", "eval.linear_epochs=1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "linear_eval.json").read_text())
+    assert report["random_init"] is False and report["checkpoint"].endswith(".pt")
+    assert report["epochs"] == 1 and report["mode"] == "cached_features" and report["image_size"] == 16
+
+
+def test_linear_eval_cli_needs_a_checkpoint_or_random_init(tiny_demo):
+    from typer.testing import CliRunner
+
+    from relic_fast.cli import app
+
+    result = CliRunner().invoke(app, ["linear-eval", "--data", str(tiny_demo)])
+    assert result.exit_code == 2
+    assert "--random-init" in result.output
