@@ -27,12 +27,16 @@ from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
 from relic_fast.step import MultiViewOnline, NonFiniteLossError, StepContext, forward_loss, prepare_views, train_step
 
 
-def training_dataset(config: Config) -> tuple[DatasetSpec, Path | None]:
+def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Path | None]:
     """The pretraining dataset (the built-in demo data when `data.path` is empty) and its labelled val split, if any."""
     path = config.data.path
     if not path:
         from relic_fast.demo_data import ensure_demo_dataset
-        path = str(ensure_demo_dataset())
+        if world.distributed and not world.is_main:
+            torch.distributed.barrier()  # rank 0 generates the demo data once; the others then reuse it
+        path = str(ensure_demo_dataset(progress=world.is_main))
+        if world.distributed and world.is_main:
+            torch.distributed.barrier()
     dataset = resolve_dataset(path, config.data.format, config.data.masks)
     val = Path(path) / "val"
     return dataset, (val if val.is_dir() else None)
@@ -51,7 +55,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.world: World = init_world(config.train.device)
         torch.manual_seed(config.train.seed + self.world.rank)
-        self.dataset, self.val_root = training_dataset(config)
+        self.dataset, self.val_root = training_dataset(config, self.world)
         self._check_batch()
         self.online, self.target = self._build_networks()
         self.global_batch = config.train.batch_size
