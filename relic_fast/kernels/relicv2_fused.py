@@ -13,9 +13,8 @@ Inputs may be fp32, bf16 or fp16 (mixed dtypes are promoted); accumulation is fp
 fp32 and the gradient has the dtype of `online_n`. fp32 matmuls follow
 `torch.get_float32_matmul_precision()` ("highest": IEEE fp32, else TF32), like torch's own.
 
-CPU tensors run only under the Triton interpreter: set TRITON_INTERPRET=1 before
-`relic_fast.kernels._triton` is first imported (slow; for tests; the tests reload that module to
-switch). Without it a CPU call raises a RuntimeError saying so.
+CPU tensors run only under the Triton interpreter: set TRITON_INTERPRET=1 before triton is first
+imported in the process (slow; for tests). Without it a CPU call raises a RuntimeError saying so.
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ def _check_runnable(device: torch.device) -> None:
     if device.type != "cuda" and not kernels.INTERPRET:
         raise RuntimeError(
             f"relicv2_core_fused needs CUDA tensors (got {device}). On CPU the Triton kernel only runs "
-            "under the interpreter: set TRITON_INTERPRET=1 before relic_fast.kernels is imported "
+            "under the interpreter: set TRITON_INTERPRET=1 before triton is imported "
             "(slow, for tests); otherwise use the loss with implementation='reference' (or 'auto').")
 
 
