@@ -104,8 +104,9 @@ class OptimConfig:
     """Initial EMA decay of the target network; rises to 1 on a cosine."""
 
     implementation: Literal["auto", "native", "apex"] = "auto"
-    """LARS implementation: `native` (torch multi-tensor ops), `apex` (NVIDIA apex, when
-    importable), `auto` (apex when importable, else native)."""
+    """LARS implementation: `native` (torch multi-tensor ops, BYOL's exact LARS), `apex` (NVIDIA
+    apex's FusedLARS, when importable; its trust ratio uses ||g||, not BYOL's ||g + wd*p||), `auto`
+    (native: apex is never picked silently because it is not the same optimizer)."""
 
     def __post_init__(self) -> None:
         check(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")

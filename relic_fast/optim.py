@@ -108,22 +108,22 @@ def build_lars(online: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.
     """LARS over the trainable parameters of `online` with `optim`'s settings, starting at `lr`.
 
     `optim.implementation`: "native" is `LARS` above; "apex" uses apex's `FusedLARS` (and raises a
-    clear error when it is not importable); "auto" takes apex when importable, else native. Note
-    that apex's FusedLARS computes the trust ratio from ||g|| with an eps, not from ||g + wd p||.
+    clear error when it is not importable). apex's FusedLARS computes the trust ratio from ||g||
+    with an eps, not BYOL's ||g + wd p||, so it is not the paper's optimizer: "auto" therefore
+    means native; apex is used only when asked for by name.
     """
     groups = lars_param_groups(online, optim.weight_decay)
-    if optim.implementation in ("apex", "auto"):
+    if optim.implementation == "apex":
         fused = _apex_lars_class()
         if fused is not None:
             for group in groups:  # apex: skip adaptation with is_skipped on the excluded group
                 group["is_skipped"] = group.pop("lars_exclude")
             return fused(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                          trust_coefficient=optim.trust_coefficient)
-        if optim.implementation == "apex":
-            raise RuntimeError("optim.implementation = 'apex' but apex.optimizers.FusedLARS is not "
-                               "importable (install NVIDIA apex with its CUDA extensions, or use "
-                               "'native' / 'auto')")
-    elif optim.implementation != "native":
+        raise RuntimeError("optim.implementation = 'apex' but apex.optimizers.FusedLARS is not "
+                           "importable (install NVIDIA apex with its CUDA extensions, or use "
+                           "'native' / 'auto')")
+    if optim.implementation not in ("native", "auto"):
         raise ValueError(f"optim.implementation must be 'auto', 'native' or 'apex', got {optim.implementation!r}")
     return LARS(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                 trust_coefficient=optim.trust_coefficient)
