@@ -111,15 +111,81 @@ def index_command(
     from relic_fast.dataset_tools.index import index_dataset, summary_rows
     from relic_fast.dataset_tools.progress import progress_bar
 
-    with progress_bar("validating", console) as (on_start, on_progress):
-        report = index_dataset(source, out=out, workers=workers, max_pixels=max_pixels,
-                               min_side=min_side, on_start=on_start, on_progress=on_progress)
-    table = Table(title="relic-fast index")
+    try:
+        with progress_bar("validating", console) as (on_start, on_progress):
+            report = index_dataset(source, out=out, workers=workers, max_pixels=max_pixels,
+                                   min_side=min_side, on_start=on_start, on_progress=on_progress)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    print_rows("relic-fast index", summary_rows(report))
+
+
+def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    """Print (item, value) rows as a two-column table."""
+    table = Table(title=title)
     table.add_column("item")
     table.add_column("value")
-    for item, value in summary_rows(report):
+    for item, value in rows:
         table.add_row(item, value)
     console.print(table)
+
+
+@app.command("masks")
+def masks_command(
+        source: Annotated[Path, typer.Argument(help="Folder tree DIR/<class>/<image>, a demo-data root, or a file list (.txt).")],
+        out: Annotated[Path, typer.Option(help="Mask tree to write: OUT/<relative image path with .png>, 0/255 PNGs (use as data.masks).")],
+        method: Annotated[str, typer.Option(help="Saliency method: boundary_contrast, frequency_tuned or spectral_residual.")] = "boundary_contrast",
+        batch_size: Annotated[int, typer.Option(min=1, help="Images per batch on the device.")] = 64,
+        work_size: Annotated[int, typer.Option(min=16, help="Side of the square the saliency is computed at.")] = 64,
+        threshold: Annotated[str, typer.Option(help="Binarization: otsu or adaptive (2 x mean saliency).")] = "otsu",
+        device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")] = None,
+        truth: Annotated[Optional[Path], typer.Option(help="Ground-truth mask tree: score the masks (IoU, F-measure, MAE) against it and against a centre prior.")] = None) -> None:
+    """Compute an unsupervised saliency mask for every image (resumable: existing masks are kept)."""
+    from relic_fast.dataset_tools.masks import compute_masks, evaluate_centre_prior, evaluate_masks
+    from relic_fast.dataset_tools.progress import progress_bar
+
+    try:
+        with progress_bar("saliency masks", console) as (on_start, on_progress):
+            report = compute_masks(source, out, method=method, batch_size=batch_size, work_size=work_size,
+                                   threshold=threshold, device=device, on_start=on_start, on_progress=on_progress)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    rows = [("masks", str(report.mask_root)), ("written", str(report.written)),
+            ("already there (skipped)", str(report.skipped)), ("unreadable images", str(len(report.failed))),
+            ("time", f"{report.seconds:.2f} s")]
+    if truth is not None:
+        for name, scores in (("masks", evaluate_masks(out, truth)), ("centre prior", evaluate_centre_prior(truth))):
+            rows.append((f"{name}: IoU / F(0.3) / MAE",
+                         f"{scores['iou']:.3f} / {scores['f_measure']:.3f} / {scores['mae']:.3f} ({scores['images']} images)"))
+    print_rows("relic-fast masks", rows)
+
+
+@app.command("pack")
+def pack_command(
+        source: Annotated[Path, typer.Argument(help="Folder tree DIR/<class>/<image>, a demo-data root, or a file list (.txt).")],
+        out: Annotated[Path, typer.Option(help="Folder for the WebDataset shards shard-000000.tar (+ .idx for DALI).")],
+        shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard.")] = 1000,
+        masks: Annotated[Optional[Path], typer.Option(help="Saliency-mask tree parallel to the images (default: a demo root's masks/train).")] = None,
+        shuffle: Annotated[bool, typer.Option(help="Shuffle samples across shards (seeded) before packing.")] = True,
+        seed: Annotated[int, typer.Option(help="Seed of the shuffle.")] = 0,
+        overwrite: Annotated[bool, typer.Option(help="Replace shards already in OUT.")] = False,
+        workers: Annotated[Optional[int], typer.Option(min=1, help="Validation processes (default: all CPU cores).")] = None) -> None:
+    """Write usable images (original bytes), labels and masks as WebDataset tar shards with DALI indexes."""
+    from relic_fast.dataset_tools.pack import pack_dataset
+    from relic_fast.dataset_tools.progress import progress_bar
+
+    try:
+        with progress_bar("packing", console) as (on_start, on_progress):
+            report = pack_dataset(source, out, shard_size=shard_size, masks=masks, shuffle=shuffle, seed=seed,
+                                  overwrite=overwrite, workers=workers, on_start=on_start, on_progress=on_progress)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    print_rows("relic-fast pack", [("shards", f"{len(report.shards)} in {out}"), ("samples", str(report.samples)),
+                                   ("with a mask", str(report.masks)), ("left out (not usable)", str(len(report.rejected))),
+                                   ("time", f"{report.seconds:.2f} s")])
 
 
 @app.command("linear-eval")
