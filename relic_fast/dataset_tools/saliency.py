@@ -60,7 +60,11 @@ def normalize_maps(saliency: torch.Tensor) -> torch.Tensor:
 
 
 def spectral_residual(rgb: torch.Tensor) -> torch.Tensor:
-    """Hou & Zhang 2007 on the luminance: |IFFT(exp(residual log-amplitude + i phase))|^2, blurred."""
+    """Hou & Zhang 2007 on the luminance: |IFFT(exp(residual log-amplitude + i phase))|^2, blurred.
+
+    It fires on what breaks the image's regularity: an object's outline and corners more than its
+    inside, so binarized it covers large objects poorly (a "proto-object" detector).
+    """
     gray = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).float()
     spectrum = torch.fft.fft2(gray)
     log_amplitude = torch.log(spectrum.abs() + 1e-8)

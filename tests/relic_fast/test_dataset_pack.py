@@ -1,0 +1,163 @@
+"""`relic-fast pack`: shards read back (tarfile and DALI) give the same samples: bytes, labels, masks."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dali_pipelines"))
+from image_zoo import write_zoo  # noqa: E402  (shared with tests/dali_pipelines)
+
+from relic_fast.cli import app  # noqa: E402
+from relic_fast.dataset_tools.pack import pack_dataset, write_wds_index  # noqa: E402
+from relic_fast.demo_data import generate_demo_dataset  # noqa: E402
+
+
+@pytest.fixture()
+def source(tmp_path) -> tuple[Path, Path, dict[str, str | None]]:
+    """The image zoo plus a mask for every usable `cat/` image: (image root, mask root, expectations)."""
+    root = tmp_path / "data"
+    expected = write_zoo(root)
+    masks = tmp_path / "masks"
+    for name, category in expected.items():
+        if category is None and name.startswith("cat/"):
+            target = masks / Path(name).with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            size = Image.open(root / name).size
+            Image.fromarray((np.arange(size[0] * size[1]).reshape(size[::-1]) % 2 * 255).astype(np.uint8)).save(target)
+    return root, masks, expected
+
+
+def read_shards(shards: list[Path]) -> dict[str, dict[str, bytes]]:
+    """{key: {extension: bytes}} of every sample in the shards, checking each key appears once."""
+    samples: dict[str, dict[str, bytes]] = defaultdict(dict)
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, ext = member.name.split(".", 1)
+                assert ext not in samples[key], member.name
+                samples[key][ext] = tar.extractfile(member).read()
+    return dict(samples)
+
+
+def source_name(key: str, names: list[str]) -> str:
+    """The source image a key was made from (keys: number, then the sanitized path stem)."""
+    stem = key.split("_", 1)[1]
+    matches = [n for n in names if re.sub(r"[^A-Za-z0-9_-]+", "_", Path(n).with_suffix("").as_posix()) == stem]
+    assert len(matches) == 1, key
+    return matches[0]
+
+
+def test_pack_round_trip_bytes_labels_masks(source, tmp_path):
+    root, masks, expected = source
+    out = tmp_path / "shards"
+    report = pack_dataset(root, out, shard_size=3, masks=masks, workers=1)
+    usable = sorted(n for n, c in expected.items() if c is None)
+    assert report.samples == len(usable) and len(report.shards) == -(-len(usable) // 3)
+    assert sorted(n for n, _ in report.rejected) == sorted(n for n, c in expected.items() if c is not None)
+    samples = read_shards(report.shards)
+    assert len(samples) == len(usable)
+    seen = []
+    for key, parts in samples.items():
+        name = source_name(key, usable)
+        seen.append(name)
+        original = (root / name).read_bytes()
+        image_ext = "jpg" if "jpg" in parts else "png"
+        assert set(parts) - {"mask.png"} == {image_ext, "cls"}
+        if Image.open(root / name).format in ("JPEG", "PNG"):
+            assert parts[image_ext] == original, name  # original bytes, not re-encoded
+        else:  # BMP, WebP: stored as lossless PNG of the same pixels
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(parts["png"]))),
+                                  np.asarray(Image.open(root / name)))
+        assert int(parts["cls"].decode("ascii")) == (0 if name.startswith("cat/") else 1)
+        mask = masks / Path(name).with_suffix(".png")
+        assert parts.get("mask.png") == (mask.read_bytes() if mask.is_file() else None), name
+    assert sorted(seen) == usable
+    assert report.masks == sum(1 for n in usable if n.startswith("cat/"))
+
+
+def test_index_files_match_dali_tool_and_dali_reads_the_shards(source, tmp_path):
+    from nvidia.dali import fn, pipeline_def, types
+    from wds2idx import IndexCreator  # DALI's own index tool, installed with DALI
+
+    root, masks, expected = source
+    report = pack_dataset(root, tmp_path / "shards", shard_size=4, masks=masks, workers=1)
+    reference = tmp_path / "reference.idx"
+    with IndexCreator(str(report.shards[0]), str(reference), verbose=False) as creator:
+        creator.create_index()
+    assert report.shards[0].with_suffix(".idx").read_text() == reference.read_text()
+
+    tars = [str(p) for p in report.shards]
+
+    @pipeline_def(batch_size=report.samples, num_threads=1, device_id=None)
+    def read():
+        image, label, mask = fn.readers.webdataset(
+            paths=tars, index_paths=[t[:-4] + ".idx" for t in tars], ext=["jpg;png", "cls", "mask.png"],
+            missing_component_behavior="empty", random_shuffle=False)
+        return fn.decoders.image(image, device="cpu", output_type=types.RGB), label, mask
+
+    pipe = read()
+    pipe.build()
+    images, labels, mask_bytes = pipe.run()
+    decoded = [np.asarray(images.at(i)) for i in range(report.samples)]
+    assert all(image.ndim == 3 and image.shape[2] == 3 for image in decoded)
+    read_labels = sorted(int(bytes(np.asarray(labels.at(i))).decode()) for i in range(report.samples))
+    usable = [n for n, c in expected.items() if c is None]
+    assert read_labels == sorted(0 if n.startswith("cat/") else 1 for n in usable)
+    assert sum(np.asarray(mask_bytes.at(i)).size > 0 for i in range(report.samples)) == report.masks
+
+
+def test_shuffle_is_seeded_and_existing_shards_need_overwrite(source, tmp_path):
+    root, masks, _ = source
+    first = pack_dataset(root, tmp_path / "a", shard_size=100, seed=1, workers=1)
+    again = pack_dataset(root, tmp_path / "b", shard_size=100, seed=1, workers=1)
+    other = pack_dataset(root, tmp_path / "c", shard_size=100, seed=2, workers=1)
+    assert first.shards[0].read_bytes() == again.shards[0].read_bytes()  # reproducible shards
+    assert list(read_shards(first.shards)) != list(read_shards(other.shards))
+    with pytest.raises(FileExistsError):
+        pack_dataset(root, tmp_path / "a", shard_size=2, workers=1)
+    replaced = pack_dataset(root, tmp_path / "a", shard_size=100, overwrite=True, workers=1)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["shard-000000.idx", "shard-000000.tar"]
+    assert replaced.samples == first.samples
+
+
+def test_cli_pack_demo_root_takes_its_masks(tmp_path):
+    demo = tmp_path / "demo"
+    generate_demo_dataset(demo, images=20, size=32, seed=0, workers=1, progress=False)
+    result = CliRunner().invoke(app, ["pack", str(demo), "--out", str(tmp_path / "shards"), "--shard-size", "8",
+                                      "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    shards = sorted((tmp_path / "shards").glob("*.tar"))
+    samples = read_shards(shards)
+    assert len(shards) == 3 and len(samples) == 20
+    assert all("mask.png" in parts and "jpg" in parts for parts in samples.values())
+    classes = sorted(p.name for p in (demo / "train").iterdir() if p.is_dir())
+    for key, parts in samples.items():  # each mask is the demo's mask of that very image
+        _, folder, stem = key.split("_")
+        assert int(parts["cls"]) == classes.index(folder)
+        assert parts["mask.png"] == (demo / "masks" / "train" / folder / f"{stem}.png").read_bytes()
+
+
+def test_write_wds_index_groups_components_by_key(tmp_path):
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("a.jpg", b"xx"), ("a.cls", b"1"), ("b.mask.png", b"mmm"), ("b.jpg", b"y")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    write_wds_index(shard, tmp_path / "s.idx")
+    lines = (tmp_path / "s.idx").read_text().splitlines()
+    assert lines[0] == "v1.2 2"
+    assert [line.split()[0::4] for line in lines[1:]] == [["jpg", "cls"], ["mask.png", "jpg"]]
+    with tarfile.open(shard) as tar:
+        offsets = {m.name: m.offset_data for m in tar}
+    assert lines[1].split()[1] == str(offsets["a.jpg"]) and lines[2].split()[5] == str(offsets["b.jpg"])
