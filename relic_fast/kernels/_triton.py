@@ -9,8 +9,9 @@ running log-sum-exps of two softmaxes without ever writing a logit to memory:
 Forward (grid V x L x row tiles) writes per (i, j, b): contrastive = lse_p - z_bg,
 KL(q || p) = E_q[z' - z] - lse_q + lse_p, lse_p and lse_q. Backward (grid V x row tiles, a loop
 over j inside so every gradient row is written once, no atomics) recomputes p and q from the saved
-log-sum-exps and accumulates grad_o_b = sum_j sum_k (a p_k - c q_k) t_k - e t_g, with a, c, e read
-from device memory (they carry the incoming gradient: no host sync).
+log-sum-exps and accumulates grad_o_b = s * sum_j (sum_k (a p_k - c q_k) t_k - e t_g), with a, c,
+e, s read from device memory (they carry the incoming gradient: no host sync; |a|, |c| <= 1 keep
+the fp16/bf16 matmul operand a p - c q in range whatever the gradient scale).
 
 Candidates: ALL_NEGATIVES -> every k < N, in BLOCK_N tiles of two tensor-core matmuls; else the
 fixed-width gather k = (g + d) mod N over `offsets` (d = 0 first, then the negative offsets): for
@@ -198,7 +199,7 @@ def relicv2_bwd_kernel(online, target, online_all, offsets, lse, coef, grad,
                        s_ov, s_ob, s_tv, s_tb, s_av, s_ab, s_gv, s_gb,
                        ALL_NEGATIVES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """grad[i, b] = sum_j sum_k (coef0 p_k - coef1 q_k) t_jk - coef2 t_jg, every row written once."""
+    """grad[i, b] = coef3 * sum_j (sum_k (coef0 p_k - coef1 q_k) t_jk - coef2 t_jg), each row written once."""
     i = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < B
@@ -208,6 +209,7 @@ def relicv2_bwd_kernel(online, target, online_all, offsets, lse, coef, grad,
     coef_p = tl.load(coef)
     coef_q = tl.load(coef + 1)
     coef_g = tl.load(coef + 2)
+    coef_out = tl.load(coef + 3)
     online_i = online_all + i.to(tl.int64) * s_av
     o = _load_rows(online + i.to(tl.int64) * s_ov, rows, s_ob, cols, row_mask, col_mask)
     if UPCAST:
@@ -228,7 +230,7 @@ def relicv2_bwd_kernel(online, target, online_all, offsets, lse, coef, grad,
                                offsets, num_candidates, s_tb, s_ab, N, D, inv_t, BLOCK_D)
         acc -= coef_g * tg.to(tl.float32)
     out = grad + i.to(tl.int64) * s_gv + rows[:, None].to(tl.int64) * s_gb + cols[None, :]
-    tl.store(out, acc, mask=row_mask[:, None] & col_mask[None, :])
+    tl.store(out, acc * coef_out, mask=row_mask[:, None] & col_mask[None, :])
 
 
 _FWD_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
@@ -237,7 +239,7 @@ _FWD_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_sta
 _BWD_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                 for m, n, w, st in [(64, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 64, 4, 2),
                                     (64, 64, 4, 3), (32, 32, 4, 3)]]
-_TUNE_KEY = ["B", "N", "D", "L", "ALL_NEGATIVES"]
+_TUNE_KEY = ["B", "N", "D", "L", "ALL_NEGATIVES", "PRECISION"]
 
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 """Fixed tiles under the interpreter: small, so that small test shapes span several tiles."""

@@ -115,6 +115,19 @@ def relicv2_fused_forward(online_n: torch.Tensor, target_n: torch.Tensor, online
     return torch.stack([contrastive + beta * invariance, contrastive, invariance]), lse
 
 
+def _grad_coefficients(grad_loss: torch.Tensor, beta: float, scale: float) -> torch.Tensor:
+    """[a, c, e, s] with grad = s * sum_j (sum_k (a p_k - c q_k) t_k - e t_g), |a|, |c| <= 1.
+
+    d<g, loss> = scale * [(g0 + g1) (E_p[t] - t_g) + (beta g0 + g2) (E_p[t] - E_q[t])]; dividing the
+    weights by m = max(|g0 + g1 + beta g0 + g2|, |beta g0 + g2|) keeps the kernel's fp16/bf16 matmul
+    operand a p - c q within [-2, 2] (a GradScaler's 65536 would overflow fp16), s = m * scale.
+    """
+    c_contrastive, c_invariance = grad_loss[0] + grad_loss[1], grad_loss[0] * beta + grad_loss[2]
+    c_p = c_contrastive + c_invariance
+    m = torch.maximum(c_p.abs(), c_invariance.abs()).clamp_min(1e-30)
+    return torch.stack([c_p / m, c_invariance / m, c_contrastive / m, m * scale]).contiguous()
+
+
 def relicv2_fused_backward(grad_loss: torch.Tensor, online_n: torch.Tensor, target_n: torch.Tensor,
                            online_all_n: torch.Tensor, lse: torch.Tensor, *, temperature: float,
                            beta: float, row_offset: int, negative_offsets: Optional[torch.Tensor],
@@ -127,14 +140,12 @@ def relicv2_fused_backward(grad_loss: torch.Tensor, online_n: torch.Tensor, targ
     V, B, D, L, N = _check_inputs(online_n, target_n, online_all_n, row_offset, negative_offsets)
     _check_runnable(online_n.device)
     o, t, a, offsets, flags = _prepare(online_n, target_n, online_all_n, negative_offsets)
-    g = grad_loss.to(device=o.device, dtype=torch.float32)
-    c_contrastive, c_invariance = g[0] + g[1], g[0] * beta + g[2]
-    scale = 1.0 / (temperature * B * V * L)
-    coef = torch.stack([c_contrastive + c_invariance, c_invariance, c_contrastive]) * scale
+    coef = _grad_coefficients(grad_loss.to(device=o.device, dtype=torch.float32), beta,
+                              1.0 / (temperature * B * V * L))
     if grad is None:
         grad = torch.empty((V, B, D), dtype=online_n.dtype, device=o.device)
     grid = lambda meta: (V, triton.cdiv(B, meta["BLOCK_M"]))  # noqa: E731
-    kernels.bwd_kernel[grid](o, t, a, offsets, lse.contiguous(), coef.contiguous(), grad, B, N, D,
+    kernels.bwd_kernel[grid](o, t, a, offsets, lse.contiguous(), coef, grad, B, N, D,
                              V, L, row_offset, offsets.numel(), 1.0 / temperature, o.stride(0),
                              o.stride(1), t.stride(0), t.stride(1), a.stride(0), a.stride(1),
                              grad.stride(0), grad.stride(1), **flags)
