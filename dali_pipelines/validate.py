@@ -25,9 +25,10 @@ import struct
 import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -188,6 +189,7 @@ class ValidationCache:
         self.path = path
         self.settings = settings
         self.entries: dict[str, list] = {}
+        self.dirty = False
         if path is not None and path.is_file():
             try:
                 stored = json.loads(path.read_text())
@@ -206,16 +208,17 @@ class ValidationCache:
     def store(self, key: str, size: int, mtime_ns: int, check: ImageCheck) -> None:
         """Record the check of `key` at this size and mtime."""
         self.entries[key] = [size, mtime_ns, *check]
+        self.dirty = True
 
     def save(self) -> None:
-        """Write the cache atomically; an unwritable folder only costs the next run's time."""
-        if self.path is None:
+        """Write the cache atomically (when changed); an unwritable folder only costs the next run's time."""
+        if self.path is None or not self.dirty:
             return
         payload = {"version": CACHE_VERSION, "settings": self.settings, "entries": self.entries}
         try:
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.path.parent)
             with os.fdopen(fd, "w") as handle:
-                json.dump(payload, handle, separators=(",", ":"))
+                handle.write(json.dumps(payload, separators=(",", ":")))  # dumps: the C encoder
             os.replace(tmp, self.path)
         except OSError:
             pass
@@ -249,38 +252,44 @@ class ValidationResult:
         return [(f, c.reason) for f, c in zip(files, self.checks) if c.reason is not None]
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path: str) -> tuple[int, int] | None:
     """(size, mtime_ns) of `path`, or None when it cannot be stat'ed."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
 
 
-def _run_checks(paths: list[str], workers: int, max_pixels: int, min_side: int,
-                on_progress: Callable[[int], None] | None) -> list[ImageCheck]:
-    """Check `paths` in order, in a spawn-started process pool when it pays, reporting progress."""
-    results: list[ImageCheck | None] = [None] * len(paths)
+def _checked(paths: list[str], workers: int, max_pixels: int,
+             min_side: int) -> Iterator[tuple[int, ImageCheck]]:
+    """Yield `(position, check)` for every path as results arrive, from a process pool when it pays.
+
+    Workers are forked where the platform can (as torch's DataLoader does): they run only PIL code,
+    never the parent's CUDA context or threads, and fork does not re-run the caller's main module
+    the way spawn does (spawn elsewhere: a script without an `if __name__ == "__main__":` guard
+    then breaks the pool). Whatever a broken pool left unchecked is checked in this process.
+    """
     chunk = 32
-    if workers <= 1 or len(paths) <= 2 * chunk:
-        for i, path in enumerate(paths):
-            results[i] = check_image(path, max_pixels=max_pixels, min_side=min_side)
-            if on_progress:
-                on_progress(1)
-        return results  # type: ignore[return-value]
-    # spawn, not fork: the caller may hold CUDA contexts or DALI threads that must not be forked.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(_check_many, paths[s:s + chunk], max_pixels, min_side): s
-                   for s in range(0, len(paths), chunk)}
-        for future in as_completed(futures):
-            start = futures[future]
-            done = future.result()
-            results[start:start + len(done)] = done
-            if on_progress:
-                on_progress(len(done))
-    return results  # type: ignore[return-value]
+    done = [False] * len(paths)
+    if workers > 1 and len(paths) > 2 * chunk:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(_check_many, paths[s:s + chunk], max_pixels, min_side): s
+                           for s in range(0, len(paths), chunk)}
+                for future in as_completed(futures):
+                    start = futures[future]
+                    for offset, check in enumerate(future.result()):
+                        done[start + offset] = True
+                        yield start + offset, check
+        except BrokenProcessPool:
+            warnings.warn("validation worker processes died; checking the remaining files in this "
+                          "process (under spawn, guard your script with `if __name__ == '__main__':`)")
+    for position, path in enumerate(paths):
+        if not done[position]:
+            yield position, check_image(path, max_pixels=max_pixels, min_side=min_side)
 
 
 def validate_files(root: str | os.PathLike, files: Sequence[str], *, workers: int | None = None,
@@ -291,7 +300,8 @@ def validate_files(root: str | os.PathLike, files: Sequence[str], *, workers: in
 
     `cache_path`: True for `default_cache_path(root)`, False/None for no cache, or a file path.
     `workers`: processes (default: all CPUs). `on_progress(n)` is called as n more files are done.
-    Files whose (size, mtime_ns) match the cache are not opened again.
+    Files whose (size, mtime_ns) match the cache are not opened again; an interrupted run keeps
+    what it checked.
     """
     root = Path(root)
     if cache_path is True:
@@ -299,25 +309,26 @@ def validate_files(root: str | os.PathLike, files: Sequence[str], *, workers: in
     cache = ValidationCache(Path(cache_path) if cache_path else None,
                             {"max_pixels": max_pixels, "min_side": min_side})
     checks: list[ImageCheck | None] = [None] * len(files)
-    todo: list[int] = []
-    stats: list[tuple[int, int] | None] = []
+    todo: list[tuple[int, tuple[int, int]]] = []
+    base = str(root)
     for i, name in enumerate(files):
-        stat = _stat(root / name)
-        stats.append(stat)
+        stat = _stat(os.path.join(base, name))  # os.path, not pathlib: millions of files
         if stat is None:
             checks[i] = ImageCheck("missing: no such file")
         elif (hit := cache.lookup(name, *stat)) is not None:
             checks[i] = hit
         else:
-            todo.append(i)
+            todo.append((i, stat))
     if on_progress and len(files) > len(todo):
         on_progress(len(files) - len(todo))
     try:
-        fresh = _run_checks([str(root / files[i]) for i in todo], workers or os.cpu_count() or 1,
-                            max_pixels, min_side, on_progress)
-        for i, check in zip(todo, fresh):
+        paths = [os.path.join(base, files[i]) for i, _ in todo]
+        for position, check in _checked(paths, workers or os.cpu_count() or 1, max_pixels, min_side):
+            i, stat = todo[position]
             checks[i] = check
-            cache.store(files[i], *stats[i], check)  # type: ignore[misc]
+            cache.store(files[i], *stat, check)
+            if on_progress:
+                on_progress(1)
     finally:
         cache.save()  # also on Ctrl-C: what was checked stays checked
     return ValidationResult(checks, validated=len(todo), cached=len(files) - len(todo))  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ class IndexReport:
 
 def is_image_name(name: str) -> bool:
     """Whether DALI's folder reader would list a file of this name (by extension, any case)."""
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def scan_folder(root: Path) -> Source:
@@ -86,14 +86,14 @@ def scan_folder(root: Path) -> Source:
     for label, name in enumerate(class_names):
         for folder, dirs, names in os.walk(root / name):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            rel = Path(folder).relative_to(root)
+            rel = Path(folder).relative_to(root).as_posix()
             for file_name in sorted(names):
                 if file_name.startswith("."):
                     continue
                 if not is_image_name(file_name):
                     ignored += 1
                     continue
-                files.append((rel / file_name).as_posix())
+                files.append(f"{rel}/{file_name}")  # strings, not Paths: millions of files
                 labels.append(label)
     return Source(root, files, labels, class_names, ignored)
 
@@ -142,21 +142,35 @@ def resolve_source_root(source: Path) -> Path:
     return source
 
 
-def index_line_path(image: Path, index_dir: Path) -> str:
+def index_line_path(image: str | os.PathLike, index_dir: str | os.PathLike) -> str:
     """How the index names `image`: relative to the index's folder when under it, else absolute."""
-    image = Path(os.path.abspath(image))
-    index_dir = Path(os.path.abspath(index_dir))
-    if image.is_relative_to(index_dir):
-        return image.relative_to(index_dir).as_posix()
-    return image.as_posix()
+    image = os.path.abspath(image)
+    index_dir = os.path.abspath(index_dir)
+    if image.startswith(index_dir.rstrip(os.sep) + os.sep):
+        return image[len(index_dir.rstrip(os.sep)) + 1:].replace(os.sep, "/")
+    return image
+
+
+def index_line_paths(root: Path, files: list[str], index_dir: Path) -> list[str]:
+    """`index_line_path` of every file, with a string-prefix fast path when the root is under the index's folder."""
+    root_abs, index_abs = os.path.abspath(root), os.path.abspath(index_dir)
+    inside = root_abs == index_abs or root_abs.startswith(index_abs.rstrip(os.sep) + os.sep)
+    prefix = os.path.relpath(root_abs, index_abs).replace(os.sep, "/")
+    lines = []
+    for name in files:
+        if inside and not os.path.isabs(name) and ".." not in name.split("/"):
+            lines.append(name if prefix == "." else f"{prefix}/{name}")
+        else:
+            lines.append(index_line_path(os.path.join(root_abs, name), index_abs))
+    return lines
 
 
 def write_index(report: IndexReport) -> None:
     """Write the index (kept files) and the rejected TSV, each via a temporary file and a rename."""
     source = report.source
-    index_dir = report.index_path.parent
-    kept = [f"{index_line_path(source.root / f, index_dir)} {label}\n"
-            for f, label, check in zip(source.files, source.labels, report.checks) if check.reason is None]
+    keep = [i for i, check in enumerate(report.checks) if check.reason is None]
+    paths = index_line_paths(source.root, [source.files[i] for i in keep], report.index_path.parent)
+    kept = [f"{path} {source.labels[i]}\n" for path, i in zip(paths, keep)]
     rejected = [f"{path}\t{reason}\n" for path, reason in report.rejected]
     for path, lines in ((report.index_path, kept), (report.rejected_path, rejected)):
         tmp = path.with_name(f".{path.name}.tmp")

@@ -118,3 +118,14 @@ def test_cli_index_prints_summary(zoo):
     assert (root / "index.txt").is_file() and (root / "index.rejected.tsv").is_file()
     missing = CliRunner().invoke(app, ["index", str(root / "nope")])
     assert missing.exit_code == 2 and "no such folder" in missing.output
+
+
+def test_index_line_paths_resolve_from_the_index_folder(tmp_path):
+    from relic_fast.dataset_tools.index import index_line_paths
+
+    root = tmp_path / "data" / "lists"
+    files = ["cat/a.jpg", "../cat/b.jpg", str(tmp_path / "x.jpg")]
+    assert index_line_paths(root, files, tmp_path / "data") == [
+        "lists/cat/a.jpg", "cat/b.jpg", str(tmp_path / "x.jpg")]
+    assert index_line_paths(root, files, root) == ["cat/a.jpg", str(tmp_path / "data/cat/b.jpg"), str(tmp_path / "x.jpg")]
+    assert index_line_paths(root, files[:1], tmp_path / "other") == [str(root / "cat/a.jpg")]
