@@ -234,9 +234,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
     """Parse `argv`, run the benchmark, print the table, write the JSON and chart when asked."""
     from rich.console import Console
 
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     for recipe in args.recipes:
-        parse_recipe(recipe)  # fail before any measurement on a typo
+        try:
+            parse_recipe(recipe)  # fail before any measurement on a typo
+        except ValueError as err:
+            parser.error(str(err))
     console = Console()
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):

@@ -285,3 +285,11 @@ def demo_data_command(
         table.add_row(split, str(info["images"]), "-".join(map(str, counts)), info["background_rule"],
                       f"{info['own_background_fraction']:.3f}")
     console.print(table)
+
+
+@bench_app.command("loss", context_settings=FORWARD_ARGS, add_help_option=False)
+def bench_loss_command(ctx: typer.Context) -> None:
+    """RELICv2 loss forward + backward: reference vs compiled vs fused Triton kernel, per batch size (--help for options)."""
+    from benchmarks.bench_loss import main
+
+    main(ctx.args, prog="relic-fast bench loss")
