@@ -140,7 +140,18 @@ class ViewsConfig:
     """Hue jitter: shift by U(-h, h) of the hue circle."""
 
     jitter_order: Literal["random", "fixed"] = "random"
-    """Apply the four jitter ops in a random order per sample (the paper) or a fixed one (faster)."""
+    """Apply the four jitter ops in a random order per sample (the paper) or a fixed one (faster).
+    Only matters with `jitter_clip = "each"`: unclipped, the four ops commute."""
+
+    jitter_clip: Literal["each", "end"] = "end"
+    """Clip after each jitter op (`each`: BYOL's exact form, four passes per view) or once at the end
+    (`end`: the four ops and grayscale fused into one colour-matrix pass; without the intermediate
+    clips the ops commute, so the order is moot). `end` is the default because `each` costs about 20
+    CPU-ms per image (4L+2S at 224/96), roughly doubling the CPU pipeline's cost."""
+
+    interpolation: Literal["cubic", "linear"] = "cubic"
+    """Resampling filter of the crops (antialiased either way): `cubic` as the paper, `linear`
+    about 40% cheaper on the DALI CPU pipeline."""
 
     grayscale_p: float = 0.2
     """Probability of converting to grayscale after the jitter."""
@@ -186,6 +197,9 @@ class ViewsConfig:
         check(0.0 <= self.contrast < 1.0, "contrast", f"expected [0, 1), got {self.contrast}")
         check(0.0 <= self.saturation < 1.0, "saturation", f"expected [0, 1), got {self.saturation}")
         check(0.0 <= self.hue <= 0.5, "hue", f"expected [0, 0.5], got {self.hue}")
+        check(self.jitter_clip in ("each", "end"), "jitter_clip", f"expected each or end, got {self.jitter_clip!r}")
+        check(self.interpolation in ("cubic", "linear"), "interpolation",
+              f"expected cubic or linear, got {self.interpolation!r}")
         check_range(self.blur_sigma, "blur_sigma", 0.0, 100.0)
         check(all(s > 0 for s in self.std), "std", f"must be positive, got {list(self.std)}")
 

@@ -1,0 +1,306 @@
+"""Torch-facing loaders over the DALI pipelines: `build_pretrain_loader` (multi-view `ViewBatch`es) and `build_eval_loader`.
+
+Each epoch is one DALI pipeline (`DALIGenericIterator` underneath) over that epoch's seeded sample
+order (see `readers.py`); a new `iter()` starts the next epoch, or finishes the current one when it
+was left part-way. Views come out of DALI as HWC and are packed VIEW-MAJOR into one (V*B, H, W, 3)
+tensor whose NCHW permutation is channels-last with no layout copy (the one copy is the packing of
+the V per-view outputs). `checkpoint()` is (epoch, step, DALI checkpoint of the pipeline: reader
+positions and every random generator): a loader built from it yields the identical next batches.
+A DALI error during iteration becomes a `BadImageError` naming the unreadable file(s), found by
+validating this rank's files of the epoch with PIL.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from dali_pipelines.dataset import DatasetSpec
+from dali_pipelines.evaluation import EVAL_OUTPUTS, eval_pipeline
+from dali_pipelines.pretrain import multi_view_pipeline, output_names
+from dali_pipelines.readers import READER_NAME, EpochPlan, epoch_order, mask_table, shard_sources
+from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ViewsConfig
+
+CHECKPOINT_FORMAT = "relic-fast-loader/1"
+
+
+class BadImageError(RuntimeError):
+    """An image (or saliency mask) that DALI cannot decode stopped the pipeline; the message names it."""
+
+
+@dataclass
+class ViewBatch:
+    """One step's views: `large` (L*B, 3, H, W) and `small` (S*B, 3, h, w), view-major (rows
+    v*B..(v+1)*B-1 are view v of samples 0..B-1), channels-last; `labels` (B,) int64, -1 unknown.
+    `normalized` is False for uint8 pixels in [0, 255] (normalize on the device: `normalize_views`)."""
+
+    large: torch.Tensor
+    small: torch.Tensor | None
+    labels: torch.Tensor
+    normalized: bool
+    stats: torch.Tensor | None = None
+    """Debug pipelines only: (B, L+S, 10) per-view crop windows and decisions (`pretrain.STATS_FIELDS`)."""
+
+
+def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(x / 255 - mean) / std per channel of NCHW `x` (uint8 or float pixels in [0, 255]), as `dtype`.
+
+    Computed in float32 and cast once; elementwise ops keep `x`'s channels-last layout."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=x.device).view(1, 3, 1, 1)
+    return (x.to(torch.float32) * scale - shift).to(dtype)
+
+
+def pipeline_seed(seed: int, epoch: int, shard_id: int) -> int:
+    """The DALI seed of one (run seed, epoch, rank): fresh draws every epoch, different per rank."""
+    return int(np.random.SeedSequence([seed, epoch, shard_id]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _check_source(source: str) -> str | None:
+    """Why `source` (a path, or `shard.tar:member`) is not a decodable image, or None."""
+    try:
+        from dali_pipelines.validate import validate_image
+    except ImportError:  # pragma: no cover  (validate.py is part of the package; kept for safety)
+        validate_image = _pil_reason
+    path, _, member = source.partition(".tar:")
+    if not member:
+        return validate_image(source)
+    import tarfile
+
+    with tarfile.open(path + ".tar") as tar, tempfile.NamedTemporaryFile(suffix=Path(member).suffix) as tmp:
+        tmp.write(tar.extractfile(member).read())
+        tmp.flush()
+        return validate_image(tmp.name)
+
+
+def _pil_reason(path) -> str | None:
+    """Minimal fallback check: PIL can fully decode the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # noqa: BLE001
+        return f"corrupt: {error}"
+    return None
+
+
+def find_bad_sources(sources: list[str], message: str, first_window: int) -> list[tuple[str, str]]:
+    """(source, reason) of the unreadable `sources`: those named in DALI's `message` first, then the
+    next `first_window` (the batches in flight), then the rest."""
+    named = [s for s in sources if s in message]
+    for group in (named, sources[:first_window], sources[first_window:]):
+        bad = [(s, r) for s in group if (r := _check_source(s)) is not None]
+        if bad:
+            return bad
+    return []
+
+
+class _EpochLoader:
+    """One DALI pipeline per epoch over a seeded order; shared by the pretraining and eval loaders."""
+
+    output_map: list[str]
+
+    def __init__(self, dataset: DatasetSpec, data: DataConfig, *, batch_size: int, seed: int, shard_id: int,
+                 num_shards: int, device_id: int | None, shuffle: bool, policy: LastBatchPolicy,
+                 masks: bool, checkpoint: str | None = None):
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id {shard_id} outside [0, {num_shards})")
+        self.dataset, self.data = dataset, data
+        self.batch_size, self.seed, self.shard_id, self.num_shards = batch_size, seed, shard_id, num_shards
+        self.device_id, self.shuffle, self.policy = device_id, shuffle, policy
+        self._masks = mask_table(dataset) if masks else None
+        self._read_wds_masks = masks and dataset.kind == "webdataset"
+        self._epoch, self._step, state = 0, 0, None
+        if checkpoint:
+            self._epoch, self._step, state = self._restore(checkpoint)
+        self._iterator = self._open(self._epoch, state)
+        self._steps = len(self._iterator)
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.device_id is None else "gpu"
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch belongs to (0-based)."""
+        return self._epoch + (1 if self._step >= self._steps else 0)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """What this rank reads in `epoch`."""
+        count = len(self.dataset.tar_paths) if self.dataset.kind == "webdataset" else self.dataset.num_samples
+        order = epoch_order(count, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        return EpochPlan(self.dataset, order, self.shard_id, self.num_shards,
+                         pipeline_seed(self.seed, epoch, self.shard_id), self.shuffle, self._masks,
+                         self._read_wds_masks)
+
+    def _pipeline(self, plan: EpochPlan, seed: int, checkpoint: bytes | None):
+        raise NotImplementedError
+
+    def _convert(self, outputs: dict):
+        raise NotImplementedError
+
+    def _open(self, epoch: int, checkpoint: bytes | None) -> DALIGenericIterator:
+        """The DALI iterator of `epoch` (restored from `checkpoint` when given)."""
+        self._plan = self.plan(epoch)
+        pipe = self._pipeline(self._plan, pipeline_seed(self.seed, epoch, self.shard_id), checkpoint)
+        try:
+            return DALIGenericIterator([pipe], self.output_map, reader_name=READER_NAME,
+                                       last_batch_policy=self.policy)
+        except RuntimeError as error:  # the first batch is prepared here
+            raise self._explain(error) from error
+
+    def __len__(self) -> int:
+        """Steps per epoch (the same on every rank)."""
+        return self._steps
+
+    def __iter__(self) -> Iterator:
+        if self._step >= self._steps:
+            self._epoch, self._step = self._epoch + 1, 0
+            self._iterator = self._open(self._epoch, None)
+        return self._batches()
+
+    def _batches(self):
+        while self._step < self._steps:
+            try:
+                outputs = next(self._iterator)[0]
+            except StopIteration:
+                break
+            except RuntimeError as error:
+                raise self._explain(error) from error
+            self._step += 1
+            yield self._convert(outputs)
+        self._step = self._steps
+
+    def _explain(self, error: RuntimeError) -> RuntimeError:
+        """A `BadImageError` naming the unreadable files of this rank's epoch, else `error` itself."""
+        sources = shard_sources(self._plan, first=0)
+        window = (self._step + self.data.prefetch_queue_depth + 2) * self.batch_size * 2
+        bad = find_bad_sources(sources, str(error), window)
+        if not bad:
+            return error
+        lines = "\n".join(f"  {source}: {reason}" for source, reason in bad)
+        return BadImageError(
+            f"{len(bad)} unreadable image file(s) stopped the DALI pipeline (rank {self.shard_id}, "
+            f"epoch {self._epoch}):\n{lines}\nDALI cannot skip a sample. Run `relic-fast index "
+            f"{self.dataset.root}` to validate the dataset and train on its clean list "
+            f"(or set data.on_bad_file = \"skip\").")
+
+    def _fingerprint(self) -> dict:
+        return {"samples": self.dataset.num_samples, "batch_size": self.batch_size, "seed": self.seed,
+                "shard_id": self.shard_id, "num_shards": self.num_shards, "shuffle": self.shuffle,
+                "policy": self.policy.name}
+
+    def checkpoint(self) -> str:
+        """The exact position (epoch, step, DALI state) as a string; pass it as `checkpoint=`."""
+        epoch, step, state = self._epoch, self._step, None
+        if step >= self._steps:
+            epoch, step = epoch + 1, 0
+        elif step > 0:
+            raw = self._iterator.checkpoints()[0]
+            state = base64.b64encode(raw if isinstance(raw, bytes) else raw.encode()).decode("ascii")
+        return json.dumps({"format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "dali": state,
+                           "fingerprint": self._fingerprint()})
+
+    def _restore(self, checkpoint: str) -> tuple[int, int, bytes | None]:
+        saved = json.loads(checkpoint)
+        if saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a relic-fast loader checkpoint (format {saved.get('format')!r})")
+        if saved["fingerprint"] != self._fingerprint():
+            diff = {k: (v, self._fingerprint().get(k)) for k, v in saved["fingerprint"].items()
+                    if self._fingerprint().get(k) != v}
+            raise ValueError(f"the loader checkpoint was taken with other settings (saved, now): {diff}")
+        state = base64.b64decode(saved["dali"]) if saved["dali"] else None
+        return saved["epoch"], saved["step"], state
+
+
+class PretrainLoader(_EpochLoader):
+    """Multi-view pretraining loader: iterating yields one epoch of `ViewBatch`es."""
+
+    def __init__(self, dataset: DatasetSpec, views: ViewsConfig, data: DataConfig, *, debug: bool = False,
+                 **kwargs):
+        self.views, self.debug = views, debug
+        self.output_map = output_names(views, debug)
+        self._dali_output = "uint8" if data.output_dtype == "bfloat16" else data.output_dtype
+        has_masks = dataset.mask_root is not None or dataset.kind == "webdataset"
+        use_masks = has_masks and views.saliency_p > 0
+        policy = LastBatchPolicy.DROP if data.drop_last else LastBatchPolicy.FILL
+        super().__init__(dataset, data, shuffle=data.shuffle, policy=policy, masks=use_masks, **kwargs)
+
+    def _pipeline(self, plan: EpochPlan, seed: int, checkpoint: bytes | None):
+        return multi_view_pipeline(plan, self.views, self.device, self._dali_output, self.debug,
+                                   batch_size=self.batch_size, num_threads=self.data.num_threads,
+                                   device_id=self.device_id, seed=seed,
+                                   prefetch_queue_depth=self.data.prefetch_queue_depth, checkpoint=checkpoint)
+
+    def _fingerprint(self) -> dict:
+        return {**super()._fingerprint(), "views": json.loads(json.dumps(dataclasses.asdict(self.views))),
+                "output": self.data.output_dtype}
+
+    def _pack(self, outputs: dict, prefix: str, count: int) -> torch.Tensor | None:
+        """Concatenate views view-major, then NCHW view of the NHWC storage (channels-last)."""
+        if count == 0:
+            return None
+        parts = [outputs[f"{prefix}{k}"] for k in range(count)]
+        packed = torch.cat(parts) if count > 1 else parts[0]
+        packed = packed.permute(0, 3, 1, 2)
+        if self.data.output_dtype == "bfloat16":
+            packed = normalize_views(packed, self.views.mean, self.views.std, torch.bfloat16)
+        return packed
+
+    def _convert(self, outputs: dict) -> ViewBatch:
+        return ViewBatch(large=self._pack(outputs, "large", self.views.num_large),
+                         small=self._pack(outputs, "small", self.views.num_small),
+                         labels=outputs["labels"].reshape(-1).to(torch.int64),
+                         normalized=self.data.output_dtype != "uint8",
+                         stats=outputs.get("stats"))
+
+
+class EvalLoader(_EpochLoader):
+    """Linear-eval loader: yields (images (B, 3, S, S) channels-last float32 normalized, labels (B,)),
+    every sample once per epoch in dataset order, the last batch partial."""
+
+    output_map = EVAL_OUTPUTS
+
+    def __init__(self, dataset: DatasetSpec, data: DataConfig, *, image_size: int, train: bool,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
+        self.image_size, self.train, self.mean, self.std = image_size, train, tuple(mean), tuple(std)
+        super().__init__(dataset, data, shuffle=False, policy=LastBatchPolicy.PARTIAL, masks=False, **kwargs)
+
+    def _pipeline(self, plan: EpochPlan, seed: int, checkpoint: bytes | None):
+        return eval_pipeline(plan, self.image_size, self.train, self.device, self.mean, self.std,
+                             batch_size=self.batch_size, num_threads=self.data.num_threads,
+                             device_id=self.device_id, seed=seed,
+                             prefetch_queue_depth=self.data.prefetch_queue_depth)
+
+    def _convert(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return outputs["images"].permute(0, 3, 1, 2), outputs["labels"].reshape(-1).to(torch.int64)
+
+
+def build_pretrain_loader(dataset: DatasetSpec, views: ViewsConfig, data: DataConfig, *, batch_size: int,
+                          seed: int, shard_id: int = 0, num_shards: int = 1, device_id: int | None = None,
+                          checkpoint: str | None = None, debug: bool = False) -> PretrainLoader:
+    """The pretraining loader of one rank (`batch_size` per rank). `device_id=None`: CPU pipeline;
+    an int: GPU pipeline (mixed decoder) on that device. `checkpoint`: a `loader.checkpoint()` string
+    to continue from. `debug=True` adds per-view crop windows and decisions (`ViewBatch.stats`)."""
+    return PretrainLoader(dataset, views, data, debug=debug, batch_size=batch_size, seed=seed,
+                          shard_id=shard_id, num_shards=num_shards, device_id=device_id, checkpoint=checkpoint)
+
+
+def build_eval_loader(dataset: DatasetSpec, *, image_size: int, batch_size: int, train: bool, data: DataConfig,
+                      seed: int = 0, shard_id: int = 0, num_shards: int = 1, device_id: int | None = None,
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EvalLoader:
+    """The linear-eval loader (`train=True`: random-resized-crop + flip; else resize + centre crop)."""
+    return EvalLoader(dataset, data, image_size=image_size, train=train, mean=mean, std=std,
+                      batch_size=batch_size, seed=seed, shard_id=shard_id, num_shards=num_shards,
+                      device_id=device_id)

@@ -1,0 +1,92 @@
+"""The RELICv2 pretraining pipeline: one DALI graph, CPU or GPU, yielding L large and S small views per image.
+
+Steps per image: read (sharded, seeded order) -> decode ONCE (`cpu`, or `mixed` = nvJPEG on the
+GPU) -> per view: a one-attempt clamped crop window (+ flip), cut and resized from the decoded
+image in uint8 -> large views only: saliency blend (p = `saliency_p`, masked images only) -> BYOL
+augmentation (jitter, grayscale, blur, solarize: `augment.py`) -> output as HWC: uint8, or
+normalized float through `fn.crop_mirror_normalize` (one fused pass).
+The device is a parameter: `device="gpu"` puts the decoder in `mixed` mode so that every image
+operator after it runs on the GPU; all random draws and crop windows stay on the CPU as per-sample
+arguments. Outputs, in order: `large0..large{L-1}`, `small0..small{S-1}`, `labels`, and with
+`debug=True` a float (L+S, 10) `stats` tensor per sample: per view (y0, x0, y1, x1, flip, jitter,
+gray, blur, solarize, saliency) with the window in relative coordinates (x0 > x1 when flipped).
+"""
+
+from __future__ import annotations
+
+from nvidia.dali import fn, pipeline_def, types
+
+from dali_pipelines import augment, saliency
+from dali_pipelines.readers import EpochPlan, read_encoded
+from dali_pipelines.recipe import ViewsConfig
+
+STATS_FIELDS = ("y0", "x0", "y1", "x1", "flip", "jitter", "gray", "blur", "solarize", "saliency")
+"""Columns of the debug `stats` output, one row per view."""
+
+OUTPUT_TYPES = {"uint8": types.UINT8, "float16": types.FLOAT16, "float32": types.FLOAT}
+"""DALI output type per `data.output_dtype` the pipeline emits itself (bfloat16 is emitted as uint8
+and normalized by the loader: DALI has no bfloat16)."""
+
+
+def output_names(views: ViewsConfig, debug: bool = False) -> list[str]:
+    """Names of the pipeline's outputs, in order (the torch iterator's `output_map`)."""
+    names = [f"large{k}" for k in range(views.num_large)] + [f"small{k}" for k in range(views.num_small)]
+    return names + ["labels"] + (["stats"] if debug else [])
+
+
+def finish(view, output: str, views: ViewsConfig):
+    """HWC output: uint8 as is, else normalized ((x / 255 - mean) / std) in one CMN pass."""
+    if output == "uint8":
+        return view
+    return fn.crop_mirror_normalize(view, dtype=OUTPUT_TYPES[output], output_layout="HWC",
+                                    mean=[255.0 * m for m in views.mean], std=[255.0 * s for s in views.std])
+
+
+def view_stats(window: augment.Window, decisions: augment.Decisions, blended):
+    """One (10,) float row of the debug output."""
+    def f(node):
+        return fn.cast(node, dtype=types.FLOAT)
+
+    return fn.cat(f(window.start), f(window.end), fn.stack(f(window.flip), decisions.jitter, decisions.gray,
+                                                            decisions.blur, decisions.solarize, f(blended)))
+
+
+def multi_view_graph(plan: EpochPlan, views: ViewsConfig, device: str, output: str, debug: bool):
+    """The pipeline body (see the module docstring); returns the outputs in `output_names` order."""
+    encoded = read_encoded(plan)
+    images = fn.decoders.image(encoded.images, device="mixed" if device == "gpu" else "cpu",
+                               output_type=types.RGB)
+    shape = fn.peek_image_shape(encoded.images)
+    interp = types.INTERP_CUBIC if views.interpolation == "cubic" else types.INTERP_LINEAR
+    blends, masks = None, None
+    if encoded.mask_bytes is not None and views.saliency_p > 0:
+        blends = saliency.draw_blends(views, encoded.has_mask)
+        masks = saliency.decode_masks(encoded.mask_bytes, blends, device)
+    outputs, stats = [], []
+    for k in range(views.num_views):
+        large = k < views.num_large
+        size = views.large_size if large else views.small_size
+        window = augment.crop_window(shape, views.large_area if large else views.small_area,
+                                     views.aspect_ratio, views.flip_p)
+        view = augment.cut(images, window, size, interp)
+        blended = blends[k] if large and blends is not None else fn.random.coin_flip(probability=0.0,
+                                                                                      dtype=types.BOOL)
+        if large and blends is not None:
+            other = saliency.other_images(view) if views.saliency_fill == "other_image" else None
+            view = saliency.blend(view, masks, window, size, blended, views, other)
+        view, decisions = augment.augment(view, views, k, size, device)
+        outputs.append(finish(view, output, views))
+        if debug:
+            stats.append(view_stats(window, decisions, blended))
+    outputs.append(encoded.labels)
+    if debug:
+        outputs.append(fn.stack(*stats))
+    return tuple(outputs)
+
+
+@pipeline_def(enable_conditionals=True, enable_checkpointing=True)
+def multi_view_pipeline(plan: EpochPlan, views: ViewsConfig, device: str = "cpu", output: str = "uint8",
+                        debug: bool = False):
+    """The pretraining pipeline; call with `batch_size`, `num_threads`, `device_id`, `seed` (and
+    `checkpoint=` to resume) like any `@pipeline_def`."""
+    return multi_view_graph(plan, views, device, output, debug)
