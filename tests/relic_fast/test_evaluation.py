@@ -261,3 +261,83 @@ def test_linear_eval_cli_needs_a_checkpoint_or_random_init(tiny_demo):
     result = CliRunner().invoke(app, ["linear-eval", "--data", str(tiny_demo)])
     assert result.exit_code == 2
     assert "--random-init" in result.output
+
+
+# ---------------------------------------------------------------- the demo experiment
+
+TINY_RECIPE = """
+[data]
+device = "cpu"
+num_threads = 1
+output_dtype = "float32"
+
+[views]
+num_large = 2
+num_small = 1
+large_size = 16
+small_size = 8
+saliency_p = 0.5
+
+[model]
+encoder = "resnet18"
+small_stem = true
+projector_hidden = 16
+embedding_dim = 8
+predictor_hidden = 16
+sync_batchnorm = false
+
+[optim]
+warmup_epochs = 0.0
+
+[train]
+batch_size = 16
+epochs = 1
+device = "cpu"
+compile = "off"
+precision = "fp32"
+log_every = 1
+
+[eval]
+linear_epochs = 1
+linear_batch_size = 64
+linear_mode = "cached_features"
+linear_feature_norm = "batchnorm"
+image_size = 8
+"""
+
+
+def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_path, monkeypatch):
+    """Orchestration with the trainer replaced by a recorder that saves a fresh network's checkpoint."""
+    import json
+
+    import relic_fast.trainer
+    from relic_fast.checkpoint import save_checkpoint
+    from relic_fast.evaluation.experiment import run_demo_experiment
+    from relic_fast.models import build_networks
+
+    calls = []
+
+    def fake_pretrain(config, *, out_dir, resume=False):
+        calls.append((config.train.seed, config.views.saliency_p, config.train.max_steps, config.data.path, out_dir))
+        online, _ = build_networks(config.model)
+        path = save_checkpoint({"config": config.to_dict(), "online": online.state_dict()}, out_dir, 3, keep=1)
+        return {"checkpoint": path, "final_loss": 1.5, "steps": 3}
+
+    monkeypatch.setattr(relic_fast.trainer, "pretrain", fake_pretrain)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    # One seed keeps this under ~20 s (each linear eval is a few resnet18 passes); `summarize` is tested above.
+    results = run_demo_experiment(recipe, data_root=tiny_demo, out_dir=tmp_path / "exp", seeds=[3], steps=3)
+    assert sorted((seed, p) for seed, p, *_ in calls) == [(3, 0.0), (3, 0.5)]  # saliency off, recipe's p
+    assert all(steps == 3 and path == str(tiny_demo) for _, _, steps, path, _ in calls)
+    assert calls[0][-1] != calls[1][-1]                               # one run folder per (seed, variant)
+    assert [(row["variant"], row["seed"]) for row in results["rows"]] == [
+        ("random_init", 3), ("relicv2_no_saliency", 3), ("relicv2_saliency", 3)]
+    assert [row["saliency_p"] for row in results["rows"][1:]] == [0.0, 0.5]
+    assert results["rows"][2]["final_loss"] == 1.5
+    for metrics in results["summary"].values():
+        assert set(metrics) == {"val_top1", "val_correlated_top1", "background_gap"}
+        assert metrics["val_top1"]["n"] == 1 and 0.0 <= metrics["val_top1"]["mean"] <= 100.0
+    saved = json.loads((tmp_path / "exp" / "experiment.json").read_text())
+    assert saved["settings"]["seeds"] == [3] and saved["settings"]["saliency_p"] == 0.5
+    assert saved["summary"] == results["summary"]
