@@ -22,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from relic_fast.dataset_tools.index import resolve_source
@@ -30,6 +29,9 @@ from relic_fast.dataset_tools.saliency import METHODS, centre_prior_mask, thresh
 
 DEFAULT_METHOD = "boundary_contrast"
 """Chosen by `evaluate_masks` on the demo dataset (see the issue notes for the numbers)."""
+
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 F_BETA_SQUARED = 0.3
 """beta^2 of the F-measure, as in the salient-object literature (precision weighs more)."""
@@ -59,10 +61,14 @@ def mask_path(mask_root: Path, image: str) -> Path:
 def load_for_saliency(path: Path, work_size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """(RGB uint8 array resized to work_size x work_size, (height, width) as DALI decodes the file)."""
     with Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(_ORIENTATION_TAG, 1) in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+        # JPEG: let libjpeg decode at 1/2..1/8 scale (DCT scaling), still >= work_size: far faster.
+        image.draft("RGB", (work_size, work_size))
         image = ImageOps.exif_transpose(image).convert("RGB")
-        size = (image.height, image.width)
         small = image.resize((work_size, work_size), Image.BILINEAR, reducing_gap=2.0)
-    return np.asarray(small), size
+    return np.asarray(small), (height, width)
 
 
 def write_mask(mask: np.ndarray, target: Path) -> None:
@@ -73,25 +79,26 @@ def write_mask(mask: np.ndarray, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def saliency_masks(images: torch.Tensor, sizes: list[tuple[int, int]], method: str,
-                   threshold: str = "otsu") -> list[np.ndarray]:
-    """Masks for a (B, S, S, 3) uint8 batch: saliency at S x S, upsampled to each image's size, cut
-    at the threshold found at S x S."""
+def saliency_maps(images: torch.Tensor, method: str, threshold: str = "otsu") -> tuple[np.ndarray, np.ndarray]:
+    """Saliency of a (B, S, S, 3) uint8 batch on its device: ((B, S, S) float32 maps, (B,) cuts), on the host."""
     rgb = images.permute(0, 3, 1, 2).float() / 255.0
     saliency = METHODS[method](rgb)
     cuts = thresholds(saliency, threshold)
-    masks = []
-    for i, (height, width) in enumerate(sizes):
-        full = F.interpolate(saliency[i][None, None], size=(height, width), mode="bilinear",
-                             align_corners=False)[0, 0]
-        masks.append((full > cuts[i]).cpu().numpy())
-    return masks
+    return saliency.float().cpu().numpy(), cuts.float().cpu().numpy()  # one host sync per batch
+
+
+def full_size_mask(saliency: np.ndarray, cut: float, size: tuple[int, int]) -> np.ndarray:
+    """The (height, width) bool mask: the S x S map upsampled bilinearly (PIL, off the GIL), cut at
+    the threshold found at S x S, so edges are smooth rather than S x S blocks."""
+    height, width = size
+    full = Image.fromarray(saliency.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    return np.asarray(full) > cut
 
 
 def _process_batch(batch: list[tuple[str, Path, Path]], method: str, threshold: str,
                    work_size: int, device: torch.device, pool: ThreadPoolExecutor,
                    report: MaskReport) -> None:
-    """Load (threads), compute masks (device), write PNGs (threads) for one batch."""
+    """Load (threads), compute saliency (device), upsample, cut and write PNGs (threads), one batch."""
     def load(item):
         try:
             return load_for_saliency(item[1], work_size)
@@ -104,8 +111,13 @@ def _process_batch(batch: list[tuple[str, Path, Path]], method: str, threshold: 
     if not good:
         return
     images = torch.from_numpy(np.stack([result[0] for _, result in good])).to(device)
-    masks = saliency_masks(images, [result[1] for _, result in good], method, threshold)
-    list(pool.map(lambda pair: write_mask(pair[1], pair[0][0][2]), zip(good, masks)))
+    maps, cuts = saliency_maps(images, method, threshold)
+
+    def finish(i: int) -> None:
+        (_, _, target), (_, size) = good[i]
+        write_mask(full_size_mask(maps[i], float(cuts[i]), size), target)
+
+    list(pool.map(finish, range(len(good))))
     report.written += len(good)
 
 
