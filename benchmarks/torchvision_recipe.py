@@ -18,31 +18,22 @@ in the DALI `ViewBatch` layout: view-major, channels-last, float32, normalized.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dali_pipelines import loader
 from dali_pipelines.recipe import ViewsConfig
 
 
-@dataclass
-class ViewBatch:
-    """A batch of views in the layout of the DALI loader's `ViewBatch` (same field names)."""
+class ViewBatch(loader.ViewBatch):
+    """The DALI loader's `ViewBatch` (same fields, same layout) that the DataLoader can pin.
 
-    large: torch.Tensor
-    """(L*B, 3, H, W), channels-last, view-major: rows v*B..(v+1)*B-1 are view v of samples 0..B-1."""
-
-    small: torch.Tensor | None
-    """(S*B, 3, h, w) laid out like `large`; None when S == 0."""
-
-    labels: torch.Tensor
-    """(B,) int64 class indices."""
-
-    normalized: bool = True
-    """Always True here: the baseline normalizes in the workers."""
+    `large` (L*B, 3, H, W) and `small` (S*B, 3, h, w) are channels-last and view-major (rows
+    v*B..(v+1)*B-1 are view v of samples 0..B-1); `normalized` is always True here (the baseline
+    normalizes in its workers)."""
 
     def pin_memory(self) -> "ViewBatch":
         """A copy in page-locked memory (called by the DataLoader when `pin_memory=True`)."""
@@ -137,7 +128,7 @@ class ViewCollate:
         has_small = len(samples[0][0]) > self.num_large
         small = stack_view_major([views[self.num_large:] for views, _ in samples]) if has_small else None
         labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-        return ViewBatch(large=large, small=small, labels=labels)
+        return ViewBatch(large=large, small=small, labels=labels, normalized=True)
 
 
 def build_torchvision_loader(files: Sequence[str | Path], labels: Sequence[int], views: ViewsConfig, *,

@@ -11,6 +11,7 @@ from PIL import Image
 from benchmarks.corpus import SOURCES, WIDTH_RANGE, make_photo_corpus
 from benchmarks.torchvision_recipe import (ViewCollate, blur_kernel_size, build_torchvision_loader,
                                            view_transform)
+from dali_pipelines.loader import ViewBatch as DaliViewBatch
 from dali_pipelines.recipe import ViewsConfig
 
 
@@ -80,6 +81,7 @@ def test_torchvision_loader_yields_the_documented_layout(corpus, blur):
     batch = next(iter(loader))
     assert batch.large.shape == (8, 3, 32, 32) and batch.small.shape == (4, 3, 16, 16)
     assert batch.large.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(batch, DaliViewBatch), "the DALI loader's batch type"
     assert batch.large.dtype == torch.float32 and batch.normalized
     assert -2.2 <= batch.large.min() and batch.large.max() <= 2.7, "ImageNet-normalized [0, 1] pixels"
     assert batch.labels.dtype == torch.int64 and batch.labels.shape == (4,)
