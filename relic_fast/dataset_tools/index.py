@@ -1,8 +1,9 @@
 """`relic-fast index`: check every image of a dataset once and write the clean file list readers use.
 
-Scans a folder tree (`DIR/<class>/<image>`, labels from the sorted class-folder names, files found
-the way DALI's folder reader finds them) or an existing file list, checks each file in a process
-pool (`dali_pipelines.validate`), and writes:
+Lists the dataset exactly as the readers do (`dali_pipelines.dataset.resolve_dataset`: a folder
+tree `DIR/<class>/<image>` with labels from the sorted class-folder names, a demo-data root's
+`train/` split, or an existing file list), checks each file in a process pool
+(`dali_pipelines.validate`), and writes:
 - the index (default `DIR/index.txt`; for a list `train.txt`, `train.index.txt`): one
   `path label` per line. Readers resolve a list's paths relative to the list's own folder, so each
   path is written relative to the index file's folder when the image lies under it, else absolute;
@@ -17,35 +18,20 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dali_pipelines.dataset import DatasetSpec, resolve_dataset
 from dali_pipelines.validate import (DEFAULT_MAX_PIXELS, ImageCheck, reason_category,
                                      validate_files)
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pnm", ".ppm",
-                            ".pgm", ".pbm", ".jp2", ".webp"})
-"""Extensions DALI's folder reader lists by default (case-insensitive); other files are ignored."""
-
-
-@dataclass
-class Source:
-    """A dataset to index: image paths relative to `root` (or absolute) and their labels."""
-
-    root: Path
-    files: list[str]
-    labels: list[int]
-    class_names: list[str] = field(default_factory=list)
-    ignored: int = 0
-    """Files seen but not listed: not an image extension, or outside any class folder."""
 
 
 @dataclass
 class IndexReport:
     """What `index_dataset` did: where it wrote, what it kept and rejected, and how much work it took."""
 
-    source: Source
+    source: DatasetSpec
     index_path: Path
     rejected_path: Path
     checks: list[ImageCheck]
@@ -68,78 +54,21 @@ class IndexReport:
         return Counter(reason_category(reason) for _, reason in self.rejected)
 
 
-def is_image_name(name: str) -> bool:
-    """Whether DALI's folder reader would list a file of this name (by extension, any case)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+def resolve_image_source(source: str | os.PathLike, masks: str = "") -> DatasetSpec:
+    """The readers' view of a folder tree, demo-data root or file list; WebDataset shards are refused
+    (their images are checked when `relic-fast pack` writes them). Raises `DatasetError` (a ValueError)."""
+    spec = resolve_dataset(str(source), "auto", masks)
+    if spec.kind == "webdataset":
+        raise ValueError(f"{source} holds WebDataset shards; this tool reads folder trees and file lists")
+    return spec
 
 
-def scan_folder(root: Path) -> Source:
-    """List `root/<class>/**/<image>` in sorted order; class index = position of the sorted folder name.
-
-    Hidden files and folders (leading dot) are skipped; so are files directly in `root` (the
-    index and its companions live there).
-    """
-    class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    files: list[str] = []
-    labels: list[int] = []
-    ignored = sum(1 for e in os.scandir(root) if e.is_file() and not e.name.startswith("."))
-    for label, name in enumerate(class_names):
-        for folder, dirs, names in os.walk(root / name):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            rel = Path(folder).relative_to(root).as_posix()
-            for file_name in sorted(names):
-                if file_name.startswith("."):
-                    continue
-                if not is_image_name(file_name):
-                    ignored += 1
-                    continue
-                files.append(f"{rel}/{file_name}")  # strings, not Paths: millions of files
-                labels.append(label)
-    return Source(root, files, labels, class_names, ignored)
-
-
-def read_file_list(path: Path) -> Source:
-    """Parse a `path label` list (label = last token, so paths may hold spaces; `#` comments skipped)."""
-    files: list[str] = []
-    labels: list[int] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
-        files.append(parts[0])
-        labels.append(int(parts[1]))
-    return Source(path.parent, files, labels)
-
-
-def resolve_source(source: Path) -> Source:
-    """A folder tree, a demo-data root (holding `train/`: its train split) or a `.txt` file list."""
-    source = Path(source)
-    if source.is_file():
-        return read_file_list(source)
-    if not source.is_dir():
-        raise FileNotFoundError(f"{source}: no such folder or file list")
-    return scan_folder(resolve_source_root(source))
-
-
-def default_index_path(source: Path) -> Path:
-    """`DIR/index.txt` for a folder (`DIR/train/index.txt` for a demo root); `X.index.txt` for `X.txt`."""
-    source = Path(source)
-    if source.is_file():
-        return source.with_name(f"{source.stem}.index.txt")
-    return resolve_source_root(source) / "index.txt"
-
-
-def resolve_source_root(source: Path) -> Path:
-    """The folder a source's relative paths start from: a list's folder, a demo root's `train/`."""
-    source = Path(source)
-    if source.is_file():
-        return source.parent
-    if (source / "train").is_dir():
-        return source / "train"  # a demo-data root resolves to its train split, as in the readers
-    return source
+def default_index_path(source: str | os.PathLike, spec: DatasetSpec) -> Path:
+    """`<root>/index.txt` for a folder tree (a demo root's `train/index.txt`); `X.index.txt` for a list `X.txt`."""
+    if spec.kind == "file_list":
+        listing = Path(source).expanduser().resolve()
+        return listing.with_name(f"{listing.stem}.index.txt")
+    return spec.root / "index.txt"
 
 
 def index_line_path(image: str | os.PathLike, index_dir: str | os.PathLike) -> str:
@@ -187,9 +116,8 @@ def index_dataset(source: str | os.PathLike, *, out: str | os.PathLike | None = 
     `on_start(total)` is called once the file count is known, `on_progress(n)` as n more are done.
     """
     start = time.perf_counter()
-    source_path = Path(source)
-    dataset = resolve_source(source_path)
-    index_path = Path(out) if out else default_index_path(source_path)
+    dataset = resolve_image_source(source)
+    index_path = Path(out) if out else default_index_path(source, dataset)
     index_path.parent.mkdir(parents=True, exist_ok=True)
     rejected_path = index_path.with_name(f"{index_path.name.removesuffix('.txt')}.rejected.tsv")
     if on_start:
@@ -214,8 +142,6 @@ def summary_rows(report: IndexReport) -> list[tuple[str, str]]:
         rows.append((f"rejected: {category}", str(count)))
     if report.rejected:
         rows.append(("rejected list", str(report.rejected_path)))
-    if report.source.ignored:
-        rows.append(("ignored (not an image name / outside class folders)", str(report.source.ignored)))
     if kept:
         formats = Counter(f"{c.format} {c.mode}" for c in kept)
         rows.append(("formats", ", ".join(f"{k}: {v}" for k, v in formats.most_common(6))))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from relic_fast.dataset_tools.index import resolve_source
+from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.saliency import METHODS, centre_prior_mask, thresholds
 
 DEFAULT_METHOD = "boundary_contrast"
@@ -51,7 +51,9 @@ class MaskReport:
 
 
 def mask_path(mask_root: Path, image: str) -> Path:
-    """Where the mask of `image` (relative to the dataset root) lives: same relative path, `.png`."""
+    """Where the mask of `image` (relative to the dataset root) lives: same relative path, `.png`
+    (`dali_pipelines.dataset.mask_file`). An absolute list entry goes under `mask_root` too, without
+    its leading `/` (the readers only look up masks of relative entries)."""
     relative = Path(image)
     if relative.is_absolute():
         relative = relative.relative_to(relative.anchor)
@@ -134,7 +136,7 @@ def compute_masks(source: str | os.PathLike, out: str | os.PathLike, *,
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     start = time.perf_counter()
-    dataset = resolve_source(Path(source))
+    dataset = resolve_image_source(source)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     report = MaskReport(Path(out))
     todo = []

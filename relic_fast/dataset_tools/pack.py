@@ -31,7 +31,8 @@ from typing import Callable
 from PIL import Image
 
 from dali_pipelines.validate import validate_files
-from relic_fast.dataset_tools.index import Source, resolve_source, resolve_source_root
+from dali_pipelines.dataset import DatasetSpec
+from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.masks import mask_path
 
 SHARD_PATTERN = re.compile(r"^shard-\d{6}\.(tar|idx)$")
@@ -104,16 +105,7 @@ def write_wds_index(tar_path: Path, idx_path: Path) -> None:
     os.replace(tmp, idx_path)
 
 
-def default_mask_root(source: Path) -> Path | None:
-    """The masks of a demo-data root (`<root>/masks/train`), else None."""
-    source = Path(source)
-    if source.is_dir() and resolve_source_root(source) != source:
-        candidate = source / "masks" / "train"
-        return candidate if candidate.is_dir() else None
-    return None
-
-
-def _usable(dataset: Source, workers: int | None, report: PackReport) -> list[int]:
+def _usable(dataset: DatasetSpec, workers: int | None, report: PackReport) -> list[int]:
     """Indices of the source's usable images; records the rejected ones in the report."""
     result = validate_files(dataset.root, dataset.files, workers=workers)
     report.rejected = result.rejected(dataset.files)
@@ -147,13 +139,15 @@ def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_siz
                  on_progress: Callable[[int], None] | None = None) -> PackReport:
     """Pack the usable images of `source` (folder tree, demo root or file list) into shards under `out`.
 
-    `masks`: mask tree parallel to the images (default: a demo root's `masks/train`). Existing
-    shards in `out` raise FileExistsError unless `overwrite` (then they are removed first, so no
-    stale shard of an earlier run is read with the new ones).
+    `masks`: mask tree parallel to the images (default: the readers' default, e.g. a demo root's
+    `masks/train`). Existing shards in `out` raise FileExistsError unless `overwrite` (then they
+    are removed first, so no stale shard of an earlier run is read with the new ones).
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     start = time.perf_counter()
+    dataset = resolve_image_source(source, masks=str(masks or ""))
+    mask_root = dataset.mask_root
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stale = [p for p in out.iterdir() if SHARD_PATTERN.match(p.name)]
@@ -161,8 +155,6 @@ def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_siz
         raise FileExistsError(f"{out} already holds {len(stale)} shard files; pass overwrite to replace them")
     for path in stale:
         path.unlink()
-    dataset = resolve_source(Path(source))
-    mask_root = Path(masks) if masks else default_mask_root(Path(source))
     report = PackReport()
     order = _usable(dataset, workers, report)
     if shuffle:
