@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.validate import (ImageCheck, ValidationCache, check_image, filter_bad_files,
                                      image_info, reason_category, validate_files, validate_image)
 from image_zoo import HEIGHT, WIDTH, encode, noise_image, write_zoo
@@ -94,26 +94,10 @@ def test_process_pool_agrees_with_serial(zoo, tmp_path):
     assert pooled.checks == serial.checks
 
 
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    """Fields of the agreed `DatasetSpec` that filter_bad_files reads and replaces."""
-
-    kind: str
-    root: Path
-    files: list[str]
-    labels: list[int]
-    num_samples: int
-
-
 def _spec(root: Path, files: list[str]):
-    """A DatasetSpec from the pipelines engineer's resolver when it exists, else one with its fields."""
-    labels = [i % 2 for i in range(len(files))]
-    try:
-        from dali_pipelines.dataset import resolve_dataset
-    except ImportError:
-        return _Spec("file_list", root, files, labels, len(files))
+    """The readers' DatasetSpec of a file list of `files` (alternating labels)."""
     listing = root / "list.txt"
-    listing.write_text("".join(f"{f} {l}\n" for f, l in zip(files, labels)))
+    listing.write_text("".join(f"{f} {i % 2}\n" for i, f in enumerate(files)))
     return resolve_dataset(str(listing))
 
 
