@@ -4,6 +4,7 @@
 - `knn`: the temperature-weighted cosine kNN classifier (`knn_classify`, `knn_accuracy`);
 - `linear`: the linear-probe fitting and top-k accuracy;
 - `protocol`: dataset-level `linear_eval` and `knn_eval` over the DALI eval loaders;
+- `runner`: what `relic-fast linear-eval` does (splits of a data root, checkpoint config, JSON report);
 - `experiment`: the demo experiment (random init vs RELICv2 with/without saliency masking).
 """
 

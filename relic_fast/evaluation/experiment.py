@@ -101,8 +101,8 @@ def results_table(summary: dict[str, dict[str, dict[str, float]]], seeds: int, s
 def run_demo_experiment(config_path: Path | str | None, *, data_root: Path | None = None, out_dir: Path,
                         seeds: int | list[int] = 3, steps: int | None = None, console=None) -> dict[str, Any]:
     """Random init vs RELICv2 with and without saliency masking, over `seeds` (a count from
-    `train.seed`, or a list), `steps` pretraining steps each (None: the recipe's `train.max_steps`); prints the table, writes
-    `out_dir/experiment.json` and returns {"rows", "summary", "settings"}.
+    `train.seed`, or a list), `steps` pretraining steps each (None: the recipe's `train.max_steps`);
+    prints the table, writes `out_dir/experiment.json` and returns {"rows", "summary", "settings"}.
 
     `data_root` defaults to the recipe's `data.path`, else the built-in demo dataset.
     """
