@@ -28,7 +28,9 @@ from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.saliency import METHODS, centre_prior_mask, thresholds
 
 DEFAULT_METHOD = "boundary_contrast"
-"""Chosen by `evaluate_masks` on the demo dataset (see the issue notes for the numbers)."""
+"""Chosen by `evaluate_masks` on the demo dataset (2000 train images, 96 px, seed 0; Otsu, work
+size 64): IoU 0.922 against 0.445 for frequency_tuned, 0.162 for spectral_residual and 0.328 for
+the best centred ellipse."""
 
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -102,6 +104,7 @@ def _process_batch(batch: list[tuple[str, Path, Path]], method: str, threshold: 
                    report: MaskReport) -> None:
     """Load (threads), compute saliency (device), upsample, cut and write PNGs (threads), one batch."""
     def load(item):
+        """Load one image for saliency, or the error text when it cannot be read."""
         try:
             return load_for_saliency(item[1], work_size)
         except Exception as err:  # noqa: BLE001  (any unreadable file: report it, keep going)
@@ -116,6 +119,7 @@ def _process_batch(batch: list[tuple[str, Path, Path]], method: str, threshold: 
     maps, cuts = saliency_maps(images, method, threshold)
 
     def finish(i: int) -> None:
+        """Upsample, cut and write the mask of the i-th loaded image."""
         (_, _, target), (_, size) = good[i]
         write_mask(full_size_mask(maps[i], float(cuts[i]), size), target)
 
