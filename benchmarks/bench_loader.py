@@ -15,6 +15,7 @@ median images/s with its interquartile spread, the ratio to torchvision and to t
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import shlex
@@ -128,7 +129,8 @@ def measure_dali(bench: LoaderBench, dataset, recipe: str, threads: int) -> Resu
     step = consume(endless(loader), bench.batches)
     row = timed(bench, f"dali-{bench.device}", step, recipe=recipe, threads=threads,
                 extra={"views": view_sizes(views), "output_dtype": data.output_dtype})
-    del step, loader  # free the pipeline's threads and buffers before the next configuration
+    del step, loader
+    gc.collect()  # free the pipeline's threads and buffers before the next configuration runs
     return row
 
 
@@ -144,7 +146,8 @@ def measure_torchvision(bench: LoaderBench, dataset, recipe: str, threads: int) 
     step = consume(endless(loader), bench.batches, cuda_copy if bench.device == "gpu" else None)
     row = timed(bench, "torchvision", step, recipe=recipe, threads=threads,
                 extra={"views": view_sizes(views), "output_dtype": "float32", "blur": bench.baseline_blur})
-    del step, loader  # shuts the worker processes down
+    del step, loader
+    gc.collect()  # shuts the worker processes down: no idle prefetching during the next measurement
     return row
 
 
@@ -158,6 +161,7 @@ def measure_decode(bench: LoaderBench, dataset, threads: int) -> Result:
     row = timed(bench, "decode-only", decode_step(pipe, bench.batches), threads=threads,
                 extra={"decoder": "mixed" if bench.device == "gpu" else "cpu"})
     del pipe
+    gc.collect()
     return row
 
 
@@ -241,7 +245,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
             parse_recipe(recipe)  # fail before any measurement on a typo
         except ValueError as err:
             parser.error(str(err))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)  # logs and READMEs: no wrapped cells
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
         console.print(f"[yellow]warning:[/] load average {load:.1f} on {os.cpu_count()} CPUs: "

@@ -296,7 +296,8 @@ def plot_images_per_s(results: Sequence[Result], png_path: str | Path, title: st
     errors = [[max(h - low, 0.0) for h, (low, _) in zip(heights, spreads)],
               [max(high - h, 0.0) for h, (_, high) in zip(heights, spreads)]]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
-    ax.bar(range(len(rows)), heights, yerr=errors, capsize=4, color=[colours[r.pipeline] for r in rows])
+    bars = ax.bar(range(len(rows)), heights, yerr=errors, capsize=4, color=[colours[r.pipeline] for r in rows])
+    ax.bar_label(bars, labels=[f"{h:,.1f}" for h in heights], padding=2, fontsize=8)
     ax.set_xticks(range(len(rows)), [bar_label(r) for r in rows], fontsize=8)
     ax.set_ylabel("images/s (median, IQR bars)")
     ax.set_title(title)
