@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from dali_pipelines.loader import ViewBatch, normalize_views
 from relic_fast.config import LossConfig, ViewsConfig
@@ -43,7 +44,7 @@ def prepare_views(batch: ViewBatch, views: ViewsConfig, device: torch.device, ch
             x = normalize_views(x, views.mean, views.std, torch.float32)
         return x.contiguous(memory_format=memory_format)
 
-    return StepInputs(place(batch.large), place(batch.small), batch.num_large, batch.num_small)
+    return StepInputs(place(batch.large), place(batch.small), views.num_large, views.num_small)
 
 
 class MultiViewOnline(nn.Module):
@@ -123,22 +124,27 @@ def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, 
         group["lr"] = lr
     dtype = AUTOCAST_DTYPES[context.precision]
     offsets = draw_offsets(context, global_batch if context.loss.gather_targets else inputs.large.shape[0] // inputs.num_large)
-    with torch.autocast(context.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        terms = context.forward(context.online, context.target, inputs.large, inputs.small,
-                                inputs.num_large, inputs.num_small, context.loss, offsets)
-    # note: a CPU-GPU sync point, once per step. It lets a non-finite loss stop the run before the
-    # update, so the networks in memory are still the last good state that the trainer checkpoints.
-    if not bool(torch.isfinite(terms).all()):
-        raise NonFiniteLossError(terms.detach().cpu().tolist())
+    # record_function labels name the phases in `relic-fast profile` traces (near free otherwise).
+    with record_function("forward"):
+        with torch.autocast(context.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            terms = context.forward(context.online, context.target, inputs.large, inputs.small,
+                                    inputs.num_large, inputs.num_small, context.loss, offsets)
+        # note: a CPU-GPU sync point, once per step. It lets a non-finite loss stop the run before the
+        # update, so the networks in memory are still the last good state that the trainer checkpoints.
+        if not bool(torch.isfinite(terms).all()):
+            raise NonFiniteLossError(terms.detach().cpu().tolist())
     context.optimizer.zero_grad(set_to_none=True)
-    if context.scaler is not None:
-        context.scaler.scale(terms[0]).backward()
-        context.scaler.step(context.optimizer)
-        context.scaler.update()
-    else:
-        terms[0].backward()
-        context.optimizer.step()
-    ema_update(context.target, context.online_module, tau)
+    scaler = context.scaler
+    with record_function("backward"):
+        (scaler.scale(terms[0]) if scaler is not None else terms[0]).backward()
+    with record_function("optimizer"):
+        if scaler is not None:
+            scaler.step(context.optimizer)
+            scaler.update()
+        else:
+            context.optimizer.step()
+    with record_function("ema"):
+        ema_update(context.target, context.online_module, tau)
     return terms.detach()
 
 

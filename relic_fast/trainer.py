@@ -10,10 +10,11 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from dali_pipelines.dataset import DatasetSpec, resolve_dataset
 from dali_pipelines.loader import build_pretrain_loader
@@ -54,10 +55,11 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.world: World = init_world(config.train.device)
-        torch.manual_seed(config.train.seed + self.world.rank)
         self.dataset, self.val_root = training_dataset(config, self.world)
         self._check_batch()
+        torch.manual_seed(config.train.seed)  # identical initial weights on every rank
         self.online, self.target = self._build_networks()
+        torch.manual_seed(config.train.seed + self.world.rank)  # then per-rank randomness (negatives)
         self.global_batch = config.train.batch_size
         self.peak_lr = scaled_lr(config.optim.base_lr, self.global_batch)
         self.optimizer = build_lars(self.online_module, config.optim, self.peak_lr)
@@ -73,6 +75,9 @@ class Trainer:
         if should_compile(config.train.compile, self.world.device):
             # dynamic=False: the two view resolutions compile to two static graphs instead of one dynamic one.
             forward = torch.compile(forward_loss, dynamic=False)
+        self.on_step: Callable[[float, float], None] | None = None
+        """Profile hook (`relic_fast.profiler`): called after each step with (data wait s, step s), the
+        device synchronized around the step. None in normal runs: no extra host syncs."""
         self.context = StepContext(online=self.online, online_module=self.online_module, target=self.target,
                                    optimizer=self.optimizer, scaler=self.scaler, forward=forward,
                                    loss=config.loss, precision=config.train.precision, device=self.world.device)
@@ -112,8 +117,10 @@ class Trainer:
                                      device_id=self.world.local_rank if use_gpu else None, checkpoint=state)
 
     # ---------------------------------------------------------------- the loop
-    def train(self) -> dict[str, Any]:
-        """Run until `last_step`; return a summary (final loss, checkpoint path, throughput)."""
+    def train(self, save_final: bool = True) -> dict[str, Any]:
+        """Run until `last_step`; return a summary (final loss, checkpoint path, throughput).
+
+        `save_final=False` (profiling) skips the final checkpoint."""
         if self.world.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.toml").write_text(to_toml(self.config))
@@ -127,7 +134,7 @@ class Trainer:
                 monitor.message(f"[bold red]stopped:[/] {err} at step {self.step + 1}; "
                                 f"the last good state is saved in {path}")
                 raise
-        summary["checkpoint"] = self.save()
+        summary["checkpoint"] = self.save() if save_final else None
         summary["steps"] = self.step
         return summary
 
@@ -141,15 +148,22 @@ class Trainer:
             batches = iter(self.loader)
             while self.step < self.last_step:
                 fetch_start = time.perf_counter()
-                batch = next(batches, None)
+                with record_function("data"):
+                    batch = next(batches, None)
                 if batch is None:
                     break
-                data_wait += time.perf_counter() - fetch_start
-                inputs = prepare_views(batch, self.config.views, self.world.device, cfg.channels_last)
+                self._profile_sync()
+                step_start = time.perf_counter()
+                data_wait += step_start - fetch_start
+                with record_function("prepare_views"):
+                    inputs = prepare_views(batch, self.config.views, self.world.device, cfg.channels_last)
                 lr = learning_rate(self.step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
                                    peak_lr=self.peak_lr)
                 tau = ema_tau(self.step, total_steps=self.total_steps, tau_base=self.config.optim.tau_base)
                 accumulated += train_step(self.context, inputs, lr, tau, self.global_batch)
+                if self.on_step is not None:
+                    self._profile_sync()
+                    self.on_step(step_start - fetch_start, time.perf_counter() - step_start)
                 self.step += 1
                 window_steps += 1
                 if self.step % cfg.log_every == 0 or self.step == self.last_step:
@@ -161,6 +175,11 @@ class Trainer:
                     self.save()
         return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
                 "last_metrics": last}
+
+    def _profile_sync(self) -> None:
+        """Profile mode only (`on_step` set): wait for the device, so device work is timed where it was queued."""
+        if self.on_step is not None and self.world.device.type == "cuda":
+            torch.cuda.synchronize(self.world.device)  # note: a host-device sync point, in profile mode only
 
     def _log(self, mean_terms: torch.Tensor, lr: float, tau: float, steps: int, elapsed: float,
              data_wait: float) -> dict[str, Any]:

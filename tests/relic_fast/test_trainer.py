@@ -1,0 +1,177 @@
+"""The pretraining job end to end on CPU: CLI run, exact resume (also after SIGKILL), corrupt checkpoints,
+non-finite loss, compiled vs eager steps, and a 2-process gloo DDP run."""
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from relic_fast.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
+from relic_fast.cli import app
+from relic_fast.step import NonFiniteLossError
+from relic_fast.trainer import Trainer, pretrain
+
+from conftest import REPO, TINY_OVERRIDES
+
+
+def with_train(config, **changes):
+    return config.replace(train=dataclasses.replace(config.train, **changes))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    state = read_checkpoint(path)
+    return {**{f"online.{k}": v for k, v in state["online"].items()},
+            **{f"target.{k}": v for k, v in state["target"].items()}}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_demo):
+    """A 6-step reference run (checkpoints at 2, 4, 6)."""
+    from relic_fast.config import load_config
+
+    config = load_config(REPO / "configs" / "demo_cpu.toml", TINY_OVERRIDES + [f"data.path={tiny_demo}"])
+    out = tmp_path_factory.mktemp("uninterrupted")
+    summary = pretrain(with_train(config, max_steps=6), out_dir=out)
+    return out, summary
+
+
+def test_cli_pretrain_writes_run_folder(tiny_demo, tmp_path):
+    out = tmp_path / "run"
+    args = ["pretrain", "--config", str(REPO / "configs" / "demo_cpu.toml"), "--data", str(tiny_demo),
+            "--out", str(out), "--steps", "3"]
+    for item in TINY_OVERRIDES:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    for key in ("loss", "contrastive", "invariance", "lr", "tau", "images_per_s", "data_wait_pct", "epoch"):
+        assert key in lines[-1]
+    assert lines[0]["lr"] < lines[-1]["lr"]  # warm-up
+    assert (out / "config.toml").is_file()
+    assert [p.name for p in list_checkpoints(out)] == ["step-000000002.pt", "step-000000003.pt"]
+
+
+def test_resume_continues_exactly(uninterrupted, tiny_config, tmp_path):
+    reference, _ = uninterrupted
+    pretrain(with_train(tiny_config, max_steps=3), out_dir=tmp_path)
+    summary = pretrain(with_train(tiny_config, max_steps=6), out_dir=tmp_path, resume=True)
+    assert summary["start_step"] == 3 and summary["steps"] == 6
+    assert_same_weights(checkpoint_path(reference, 6), checkpoint_path(tmp_path, 6))
+
+
+@pytest.mark.slow
+def test_sigkill_loses_only_steps_since_last_checkpoint(uninterrupted, tiny_demo, tmp_path):
+    reference, _ = uninterrupted
+    args = [sys.executable, "-m", "relic_fast", "pretrain", "--config", str(REPO / "configs" / "demo_cpu.toml"),
+            "--data", str(tiny_demo), "--out", str(tmp_path), "--steps", "6"]
+    for item in TINY_OVERRIDES:
+        args += ["--set", item]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoint_path(tmp_path, 2).exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    survivors = list_checkpoints(tmp_path)
+    assert survivors, "the run was killed before its first checkpoint"
+    for path in survivors:
+        read_checkpoint(path)  # every file under a checkpoint name is complete
+    result = CliRunner().invoke(app, args[3:] + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert_same_weights(checkpoint_path(reference, 6), checkpoint_path(tmp_path, 6))
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(uninterrupted, tiny_config, tmp_path, capsys):
+    reference, _ = uninterrupted
+    pretrain(with_train(tiny_config, max_steps=4), out_dir=tmp_path)
+    newest = checkpoint_path(tmp_path, 4)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated, as by a full disk
+    summary = pretrain(with_train(tiny_config, max_steps=6), out_dir=tmp_path, resume=True)
+    output = capsys.readouterr().out
+    assert str(newest) in output and "falling back" in output
+    assert summary["start_step"] == 2
+    assert_same_weights(checkpoint_path(reference, 6), checkpoint_path(tmp_path, 6))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path, monkeypatch):
+    trainer = Trainer(with_train(tiny_config, max_steps=6), tmp_path)
+    honest = trainer.context.forward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        terms = honest(*args, **kwargs)
+        return terms * float("nan") if calls["n"] == 3 else terms
+
+    trainer.context.forward = poisoned
+    with pytest.raises(NonFiniteLossError):
+        trainer.train()
+    saved = read_checkpoint(checkpoint_path(tmp_path, 2))
+    assert saved["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["online"].values() if v.is_floating_point())
+
+
+def test_compiled_step_matches_eager(tiny_config, tmp_path):
+    from relic_fast.step import prepare_views, train_step
+
+    results = []
+    for compile_mode in ("off", "on"):
+        torch.manual_seed(0)
+        trainer = Trainer(with_train(tiny_config, compile=compile_mode), tmp_path / compile_mode)
+        batch = next(iter(trainer.loader))
+        inputs = prepare_views(batch, tiny_config.views, trainer.world.device, True)
+        terms = train_step(trainer.context, inputs, lr=0.1, tau=0.99, global_batch=8)
+        results.append((terms, [p.detach().clone() for p in trainer.online_module.parameters()]))
+    (eager_terms, eager_params), (compiled_terms, compiled_params) = results
+    torch.testing.assert_close(compiled_terms, eager_terms, rtol=1e-4, atol=1e-4)
+    for a, b in zip(eager_params, compiled_params):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_rank(rank: int, world: int, port: int, config, out: str, report: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer = Trainer(config, Path(out))
+    samples = trainer.loader.plan(0).samples[: len(trainer.loader) * trainer.loader.batch_size].tolist()
+    trainer.train()
+    torch.save({"samples": samples, "online": trainer.online_module.state_dict(),
+                "target": trainer.target.state_dict()}, f"{report}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_shards_data_and_keeps_ranks_in_sync(tiny_config, tmp_path):
+    config = with_train(tiny_config, max_steps=2, batch_size=8)
+    report = str(tmp_path / "report")
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, _free_port(), config, str(tmp_path / "run"), report), nprocs=2)
+    ranks = [torch.load(f"{report}.{r}", weights_only=False) for r in range(2)]
+    assert not set(ranks[0]["samples"]) & set(ranks[1]["samples"]), "ranks read overlapping samples"
+    for key, value in ranks[0]["online"].items():
+        assert torch.equal(value, ranks[1]["online"][key]), f"online.{key} differs across ranks"
+    for key, value in ranks[0]["target"].items():
+        assert torch.equal(value, ranks[1]["target"][key]), f"target.{key} differs across ranks"
+    assert checkpoint_path(tmp_path / "run", 2).is_file()  # rank 0 wrote it
