@@ -1,0 +1,211 @@
+"""Training-step throughput: eager vs compiled, channels-last vs contiguous, fp32 vs bf16 autocast.
+
+Each variant runs the trainer's own step (`relic_fast.step.train_step`: forward over every view,
+target over the large views, RELICv2 loss, backward, LARS, EMA) on synthetic views already on the
+device, so no input pipeline is involved: the figure is what the model can consume. Rows report
+images/s (images of B per step, each with L + S views), the ratio to the eager fp32 contiguous
+baseline, the first step's seconds (the compile warm-up of compiled variants) and, on CUDA, peak
+memory. Defaults: on CUDA the GPU target (ResNet50, 4x224 + 2x96, B = 128); on CPU a small
+configuration (ResNet18, 2x64 + 2x32, B = 16) that finishes in a few minutes on two cores.
+
+    python -m benchmarks.bench_step --json step.json --png step.png
+    relic-fast bench step --encoder resnet50 --views 4L+2S --batch-size 64   (the same options)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+from benchmarks.harness import (Result, add_ratios, device_sync, measure, peak_memory_gib, plot_images_per_s,
+                                print_table, reset_peak_memory, write_json)
+
+BASELINE = "eager-fp32-contiguous"
+ALL_VARIANTS = tuple(f"{mode}-{precision}-{layout}" for mode in ("eager", "compiled")
+                     for precision in ("fp32", "bf16") for layout in ("contiguous", "channels-last"))
+DEFAULT_VARIANTS = (BASELINE, "eager-fp32-channels-last", "eager-bf16-contiguous", "eager-bf16-channels-last",
+                    "compiled-bf16-channels-last")
+"""The baseline, each speed-up alone, and the trainer's configuration (compiled bf16 channels-last).
+`--variants all` runs all eight combinations (each compiled one pays its own compile)."""
+
+
+@dataclass(frozen=True)
+class StepBench:
+    """What one `bench_step` run measures (the command-line options, typed)."""
+
+    device: str = "cpu"
+    encoder: str = "resnet18"
+    width: int = 1
+    views: str = "2L+2S"
+    large_size: int = 64
+    small_size: int = 32
+    batch_size: int = 16
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    warmup: int = 1
+    """Untimed steps before the repeats; the first one (timed apart as `first_step_s`) compiles."""
+    repeats: int = 3
+    projector_hidden: int = 4096
+    predictor_hidden: int = 4096
+    loss_implementation: str = "auto"
+    seed: int = 0
+
+
+def defaults_for(device: str) -> StepBench:
+    """The default benchmark on `device`: the GPU target on CUDA, a small configuration on CPU."""
+    if device == "cuda":
+        return StepBench(device="cuda", encoder="resnet50", views="4L+2S", large_size=224, small_size=96,
+                         batch_size=128, warmup=3, repeats=10)
+    return StepBench(device="cpu")
+
+
+def parse_variant(name: str) -> tuple[bool, str, bool]:
+    """"compiled-bf16-channels-last" -> (compiled, precision, channels_last)."""
+    if name not in ALL_VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(ALL_VARIANTS)} (or 'all')")
+    mode, precision, layout = name.split("-", 2)
+    return mode == "compiled", precision, layout == "channels-last"
+
+
+def configs_for(bench: StepBench):
+    """The (views, model, loss, optim) config sections the benchmark's step is built from."""
+    from benchmarks.bench_loader import parse_recipe
+    from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
+
+    num_large, num_small = parse_recipe(bench.views)
+    views = ViewsConfig(num_large=num_large, num_small=num_small, large_size=bench.large_size,
+                        small_size=bench.small_size)
+    model = ModelConfig(encoder=bench.encoder, width=bench.width, projector_hidden=bench.projector_hidden,
+                        predictor_hidden=bench.predictor_hidden, sync_batchnorm=False)
+    return views, model, LossConfig(implementation=bench.loss_implementation), OptimConfig()
+
+
+def view_sizes(bench: StepBench) -> str:
+    """"4x224+2x96": the views each image contributes."""
+    from benchmarks.bench_loader import parse_recipe
+
+    num_large, num_small = parse_recipe(bench.views)
+    return f"{num_large}x{bench.large_size}" + (f"+{num_small}x{bench.small_size}" if num_small else "")
+
+
+def measure_variant(bench: StepBench, variant: str) -> Result:
+    """Images/s of the training step in one variant (fresh networks, same seed, synthetic views)."""
+    from relic_fast.step import train_step
+    from relic_fast.synthetic import standalone_context, synthetic_inputs
+
+    compiled, precision, channels_last = parse_variant(variant)
+    views, model, loss, optim = configs_for(bench)
+    reset_peak_memory(bench.device)
+    context = standalone_context(model, loss, optim, device=bench.device, precision=precision,
+                                 channels_last=channels_last, compiled=compiled, seed=bench.seed)
+    inputs = synthetic_inputs(views, bench.batch_size, bench.device, channels_last=channels_last, seed=bench.seed)
+    sync = device_sync(bench.device)
+
+    def step() -> None:
+        train_step(context, inputs, 1e-3, 0.99, bench.batch_size)
+
+    start = time.perf_counter()
+    step()  # the first step compiles (compiled variants) and allocates: timed apart, never in the median
+    if sync is not None:
+        sync()
+    first_step_s = time.perf_counter() - start
+    row = measure(bench="step", pipeline=variant, fn=step, items=bench.batch_size, warmup=max(bench.warmup - 1, 0),
+                  repeats=bench.repeats, sync=sync, recipe=view_sizes(bench), batch_size=bench.batch_size,
+                  extra={"device": bench.device, "encoder": f"{bench.encoder}x{bench.width}", "compiled": compiled,
+                         "precision": precision, "channels_last": channels_last,
+                         "first_step_s": round(first_step_s, 3), "loss_implementation": loss.implementation})
+    row = replace(row, peak_gib=peak_memory_gib(bench.device))
+    del context, inputs
+    gc.collect()  # free this variant's networks before the next one allocates
+    return row
+
+
+def run(bench: StepBench, *, console=None) -> list[Result]:
+    """Measure every variant of `bench`; rows carry their ratio to the eager fp32 contiguous baseline."""
+    rows = []
+    for variant in bench.variants:
+        rows.append(measure_variant(bench, variant))
+        if console is not None:
+            console.log(f"measured {variant}: {rows[-1].images_per_s:,.1f} images/s "
+                        f"(first step {rows[-1].extra['first_step_s']:.1f} s)")
+    return add_ratios(rows, baseline=BASELINE, match=("recipe",))
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when CUDA is available, else "cpu"; "gpu" is accepted for "cuda"."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device == "gpu" else device
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The command-line options (shared by `python -m benchmarks.bench_step` and `relic-fast bench step`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto", help="where the step runs (default auto)")
+    add("--encoder", help="resnet18 ... resnet200 (default: resnet50 on CUDA, resnet18 on CPU)")
+    add("--width", type=int, choices=(1, 2, 4), help="encoder width multiplier (default 1)")
+    add("--views", help="view recipe '<L>L+<S>S' (default: 4L+2S on CUDA, 2L+2S on CPU)")
+    add("--large-size", type=int, help="large view side (default: 224 on CUDA, 64 on CPU)")
+    add("--small-size", type=int, help="small view side (default: 96 on CUDA, 32 on CPU)")
+    add("--batch-size", type=int, help="images per step (default: 128 on CUDA, 16 on CPU)")
+    add("--variants", nargs="+", help=f"variants to run, or 'all' (default: {' '.join(DEFAULT_VARIANTS)})")
+    add("--warmup", type=int, help="untimed steps first, the compiling one included (default: 3 CUDA, 1 CPU)")
+    add("--repeats", type=int, help="timed steps per variant (default: 10 CUDA, 3 CPU)")
+    add("--projector-hidden", type=int, help="projector MLP hidden width (default 4096)")
+    add("--predictor-hidden", type=int, help="predictor MLP hidden width (default 4096)")
+    add("--loss", dest="loss_implementation", choices=("auto", "reference", "fused"),
+        help="loss implementation (default auto: fused on CUDA, reference on CPU)")
+    add("--seed", type=int)
+    add("--json", type=Path, help="write the rows, machine and command as JSON here")
+    add("--png", type=Path, help="write a bar chart of images/s here")
+    return parser
+
+
+def bench_from_args(args: argparse.Namespace) -> StepBench:
+    """The device's defaults with every option the user gave on top."""
+    bench = defaults_for(resolve_device(args.device))
+    changes = {key: getattr(args, key) for key in ("encoder", "width", "views", "large_size", "small_size",
+                                                   "batch_size", "warmup", "repeats", "projector_hidden",
+                                                   "predictor_hidden", "loss_implementation", "seed")
+               if getattr(args, key) is not None}
+    if args.variants:
+        variants = ALL_VARIANTS if args.variants == ["all"] else tuple(args.variants)
+        for name in variants:
+            parse_variant(name)  # fail before any measurement on a typo
+        changes["variants"] = variants
+    bench = replace(bench, **changes)
+    if bench.repeats < 1 or bench.warmup < 1:
+        raise ValueError("--repeats and --warmup must be >= 1 (the first step compiles and is never timed)")
+    configs_for(bench)  # validates the recipe, sizes and encoder before any measurement
+    return bench
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_step") -> list[Result]:
+    """Parse `argv`, run the benchmark, print the table, write the JSON and chart when asked."""
+    from rich.console import Console
+
+    args = build_parser(prog).parse_args(argv)
+    bench = bench_from_args(args)
+    console = Console()
+    rows = run(bench, console=console)
+    title = (f"training step: {bench.encoder}x{bench.width}, {view_sizes(bench)}, batch {bench.batch_size}, "
+             f"{bench.device} (synthetic views on the device)")
+    print_table(rows, title, console=console)
+    command = shlex.join([*shlex.split(prog), *(sys.argv[1:] if argv is None else argv)])
+    if args.json:
+        console.print(f"wrote {write_json(args.json, rows, command)}")
+    if args.png:
+        console.print(f"wrote {plot_images_per_s(rows, args.png, title='training step images/s')}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

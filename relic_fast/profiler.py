@@ -1,0 +1,280 @@
+"""`relic-fast profile`: run the real training loop for a few steps and find where the time goes.
+
+Measurements, in order (single process, the config's device):
+1. The trainer itself (`Trainer.train`) for `warmup + steps` steps under `torch.profiler`, with the
+   trainer's profile hook (`Trainer.on_step`): per step, the data wait (fetching the batch) and the
+   compute (preparing the views + the step), the device synchronized around the step in this mode
+   only. The `record_function` labels of the loop and step (data, prepare_views, forward, backward,
+   optimizer, ema) split the compute; the active steps are written as a Chrome trace.
+2. The loader alone: a fresh pipeline with the same settings, iterated for `loader_batches`.
+3. The model alone: the trainer's own step (`train_step` with the trainer's context) on synthetic
+   views already on the device, i.e. the consumption rate when data costs nothing.
+4. DALI operator costs by ablation: DALI's Python API has no per-operator timings (executor
+   statistics are memory figures; per-operator time needs Nsight Systems' NVTX ranges), so the
+   loader's rate is measured again with one group of operators switched off through the config
+   (jitter_p = 0, blur_p = 0, ...; the pipeline does not build an operator whose probability is 0),
+   and a group's cost is the time it adds per batch.
+5. On CUDA, the data tax: the synthetic step rate while a second pipeline runs concurrently on the
+   same GPU, against the rate alone.
+`relic_fast.profile_report` turns the numbers into the verdict, suggestions, tables and profile.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from relic_fast.config import Config, DataConfig, ViewsConfig
+
+PHASES = ("data", "prepare_views", "forward", "backward", "optimizer", "ema")
+"""The `record_function` labels of the training loop (trainer.py) and step (step.py)."""
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How much `profile_run` measures (the `relic-fast profile` options)."""
+
+    steps: int = 10
+    """Profiled training steps (after the warm-up), traced and timed one by one."""
+
+    warmup: int = 2
+    """Training steps first, untimed: compilation, pipeline start-up, allocator warm-up."""
+
+    loader_batches: int = 8
+    """Batches timed per loader measurement (the standalone rate and each ablation)."""
+
+    synthetic_steps: int = 5
+    """Timed steps of the synthetic-data consumption measurement (and of the data-tax one)."""
+
+    ablation: bool = True
+    """Measure DALI operator groups by ablation (one more loader measurement per group)."""
+
+    data_tax: bool | None = None
+    """Measure the step rate with a pipeline running concurrently; None: on CUDA only."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "warmup", "loader_batches", "synthetic_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"profile {name} must be >= 1, got {getattr(self, name)}")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # note: a host-device sync point, on purpose: timing boundaries
+
+
+def profiled_config(config: Config, settings: ProfileSettings) -> Config:
+    """`config` with the run cut to `warmup + steps` steps and no checkpoint before its end."""
+    steps = settings.warmup + settings.steps
+    train = dataclasses.replace(config.train, max_steps=steps, checkpoint_every=steps + 1,
+                                log_every=min(config.train.log_every, steps))
+    return config.replace(train=train)
+
+
+def trace_training(trainer, settings: ProfileSettings, trace_path: Path) -> dict[str, Any]:
+    """Run the trainer's own loop under torch.profiler; per-step data/compute seconds and phase times."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU]
+    if trainer.world.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    timings: list[tuple[float, float]] = []
+    plan = schedule(wait=settings.warmup - 1, warmup=1, active=settings.steps, repeat=1)
+    with profile(activities=activities, schedule=plan,
+                 on_trace_ready=lambda prof: prof.export_chrome_trace(str(trace_path))) as prof:
+        def on_step(data_s: float, step_s: float) -> None:
+            timings.append((data_s, step_s))
+            prof.step()
+
+        trainer.on_step = on_step
+        try:
+            trainer.train(save_final=False)
+        finally:
+            trainer.on_step = None
+    measured = timings[settings.warmup:]
+    return {"per_step": [{"data_ms": 1e3 * d, "compute_ms": 1e3 * c} for d, c in measured],
+            "phases_ms": phase_times(prof, len(measured))}
+
+
+def phase_times(prof, steps: int) -> dict[str, dict[str, float]]:
+    """Mean milliseconds per step of each labelled phase: host time, and device time on CUDA."""
+    phases: dict[str, dict[str, float]] = {}
+    for event in prof.key_averages():
+        if event.key not in PHASES:
+            continue
+        device_us = getattr(event, "device_time_total", getattr(event, "cuda_time_total", 0.0))
+        phases[event.key] = {"cpu_ms": event.cpu_time_total / 1e3 / steps,
+                             "device_ms": device_us / 1e3 / steps, "calls": event.count}
+    return {name: phases[name] for name in PHASES if name in phases}
+
+
+def loader_device_id(config: Config, device: torch.device) -> int | None:
+    """The trainer's choice of pipeline device: a GPU index for a GPU pipeline, None for the CPU one."""
+    use_gpu = config.data.device == "gpu" or (config.data.device == "auto" and device.type == "cuda")
+    return (device.index or 0) if use_gpu else None
+
+
+def build_loader(dataset, views: ViewsConfig, data: DataConfig, config: Config, device: torch.device):
+    """A fresh pretraining loader with the trainer's settings (and `views`/`data` possibly ablated)."""
+    from dali_pipelines.loader import build_pretrain_loader
+
+    return build_pretrain_loader(dataset, views, data, batch_size=config.train.batch_size,
+                                 seed=config.train.seed + 1, device_id=loader_device_id(config, device))
+
+
+def endless(loader):
+    """Batches across epoch boundaries (each `iter()` of a loader is one epoch)."""
+    while True:
+        yield from loader
+
+
+def loader_rate(dataset, views: ViewsConfig, data: DataConfig, config: Config, device: torch.device,
+                batches: int, warmup: int = 2) -> float:
+    """Images/s of a loader alone: `batches` batches timed after `warmup` untimed ones."""
+    loader = build_loader(dataset, views, data, config, device)
+    stream = endless(loader)
+    for _ in range(warmup):
+        next(stream)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    del stream, loader  # release the pipeline's threads and buffers before the next one
+    return batches * config.train.batch_size / elapsed
+
+
+def ablations(views: ViewsConfig, data: DataConfig) -> list[tuple[str, ViewsConfig, DataConfig]]:
+    """(group, views, data) with one group of DALI operators switched off; groups already off are left out."""
+    groups: list[tuple[str, ViewsConfig, DataConfig]] = []
+    if views.jitter_p > 0 or views.grayscale_p > 0:
+        groups.append(("colour jitter + grayscale", views.replace(jitter_p=0.0, grayscale_p=0.0), data))
+    if any(p > 0 for p in views.blur_p):
+        groups.append(("gaussian blur", views.replace(blur_p=(0.0,)), data))
+    if any(p > 0 for p in views.solarize_p):
+        groups.append(("solarize", views.replace(solarize_p=(0.0,)), data))
+    if views.saliency_p > 0:
+        groups.append(("saliency masking", views.replace(saliency_p=0.0), data))
+    if data.output_dtype != "uint8":
+        groups.append(("normalize + cast output", views, dataclasses.replace(data, output_dtype="uint8")))
+    bare = views.replace(jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.0,
+                         flip_p=0.0)
+    groups.append(("decode + crops (everything else off)", bare, dataclasses.replace(data, output_dtype="uint8")))
+    return groups
+
+
+def measure_ablation(dataset, config: Config, device: torch.device, batches: int,
+                     full_rate: float) -> list[dict[str, Any]]:
+    """Each operator group's cost: ms per batch it adds (full recipe minus the recipe without it)."""
+    batch = config.train.batch_size
+    full_ms = 1e3 * batch / full_rate
+    rows = []
+    for group, views, data in ablations(config.views, config.data):
+        rate = loader_rate(dataset, views, data, config, device, batches)
+        without_ms = 1e3 * batch / rate
+        bare = group.startswith("decode + crops")
+        cost_ms = without_ms if bare else full_ms - without_ms
+        rows.append({"group": group, "images_per_s_without": rate, "batch_ms_without": without_ms,
+                     "cost_ms_per_batch": cost_ms, "share": cost_ms / full_ms, "kept_only": bare})
+    return rows
+
+
+def synthetic_rate(trainer, steps: int, background: Callable[[], None] | None = None) -> float:
+    """Images/s of the trainer's step on synthetic views already on the device (no data wait).
+
+    With `background`, a thread calls it in a loop while the steps run (the data-tax measurement).
+    """
+    from relic_fast.step import train_step
+    from relic_fast.synthetic import synthetic_inputs
+
+    device, batch = trainer.world.device, trainer.config.train.batch_size
+    inputs = synthetic_inputs(trainer.config.views, batch, device,
+                              channels_last=trainer.config.train.channels_last, seed=1)
+    stop = threading.Event()
+
+    def keep_busy() -> None:
+        while not stop.is_set():
+            background()
+
+    thread = threading.Thread(target=keep_busy, daemon=True) if background is not None else None
+    if thread is not None:
+        thread.start()
+    try:
+        train_step(trainer.context, inputs, 1e-3, 0.99, batch)  # warm-up (shapes already compiled by the run)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step(trainer.context, inputs, 1e-3, 0.99, batch)
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+    return steps * batch / elapsed
+
+
+def data_tax(trainer, settings: ProfileSettings, alone_rate: float) -> dict[str, float]:
+    """The step rate while a second pipeline runs on the same device, and the share of step rate lost."""
+    loader = build_loader(trainer.dataset, trainer.config.views, trainer.config.data, trainer.config,
+                          trainer.world.device)
+    stream = endless(loader)
+    with_pipeline = synthetic_rate(trainer, settings.synthetic_steps, background=lambda: next(stream))
+    del stream, loader
+    return {"images_per_s_alone": alone_rate, "images_per_s_with_pipeline": with_pipeline,
+            "tax": max(0.0, 1.0 - with_pipeline / alone_rate)}
+
+
+def summarize_steps(per_step: list[dict[str, float]], batch: int) -> dict[str, float]:
+    """Median data and compute ms per step, the data-wait share and the loop's images/s."""
+    data = [row["data_ms"] for row in per_step]
+    compute = [row["compute_ms"] for row in per_step]
+    total = sum(data) + sum(compute)
+    return {"data_ms_median": statistics.median(data), "compute_ms_median": statistics.median(compute),
+            "data_wait_share": sum(data) / total if total > 0 else 0.0,
+            "images_per_s": 1e3 * batch * len(per_step) / total if total > 0 else 0.0}
+
+
+def profile_run(config: Config, out_dir: Path, settings: ProfileSettings = ProfileSettings(),
+                log: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+    """Profile `config`'s training in `out_dir`: returns the report (also written as profile.json)."""
+    from relic_fast.profile_report import build_report, write_report
+    from relic_fast.trainer import Trainer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = profiled_config(config, settings)
+    trainer = Trainer(config, out_dir)
+    if trainer.world.distributed:
+        raise RuntimeError("relic-fast profile runs a single process; start it without torchrun")
+    device, batch = trainer.world.device, config.train.batch_size
+    trace_path = out_dir / "profile_trace.json"
+    log(f"training {settings.warmup} + {settings.steps} steps under torch.profiler")
+    loop = trace_training(trainer, settings, trace_path)
+    loop["summary"] = summarize_steps(loop["per_step"], batch)
+    log(f"the loader alone ({settings.loader_batches} batches)")
+    full_rate = loader_rate(trainer.dataset, config.views, config.data, config, device, settings.loader_batches)
+    log(f"the step alone on synthetic views ({settings.synthetic_steps} steps)")
+    consumption = synthetic_rate(trainer, settings.synthetic_steps)
+    measurements = {"loop": loop, "loader_images_per_s": full_rate, "consumption_images_per_s": consumption,
+                    "pipeline_device": "gpu" if loader_device_id(config, device) is not None else "cpu",
+                    "device": str(device), "trace": str(trace_path)}
+    if settings.ablation:
+        log("DALI operator groups by ablation")
+        measurements["ablation"] = measure_ablation(trainer.dataset, config, device, settings.loader_batches,
+                                                    full_rate)
+    if settings.data_tax if settings.data_tax is not None else device.type == "cuda":
+        log("the data tax: the step with a pipeline running concurrently")
+        measurements["data_tax"] = data_tax(trainer, settings, consumption)
+    report = build_report(config, settings, measurements)
+    write_report(report, out_dir / "profile.json")
+    return report
