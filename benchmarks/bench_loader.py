@@ -5,7 +5,10 @@ For each view recipe ("<L>L[+<S>S]") and thread count, on the same JPEGs, one ru
   torchvision          the same recipe in a torchvision DataLoader with as many workers as threads,
   decode-only          DALI reading + decoding only (per thread count): no recipe can beat it.
 Each configuration warms up, then times `--repeats` windows of `--batches` batches; rows report the
-median images/s with its interquartile spread, the ratio to torchvision and to the decode ceiling.
+median images/s with its interquartile spread, the ratio to torchvision and to the decode ceiling,
+and the CPU milliseconds per image (all threads and worker processes) with its ratio to torchvision
+("x torchvision cpu"): on a machine shared with other work, wall-clock rates drop with the load
+while the CPU cost per image does not, so that column is the steadier judge of efficiency.
 
     python -m benchmarks.bench_loader --data DIR --json loader.json --png loader.png
     relic-fast bench loader --data DIR            (the same options; without --data, a 400-image
@@ -107,8 +110,8 @@ def timed(bench: LoaderBench, pipeline: str, step: Callable[[], None], **fields)
     warmup_calls = -(-bench.warmup // bench.batches)  # ceil: at least `warmup` batches untimed
     extra = {"device": bench.device, "batches_per_repeat": bench.batches, **fields.pop("extra", {})}
     return measure(bench="loader", pipeline=pipeline, fn=step, items=bench.batches * bench.batch_size,
-                   warmup=warmup_calls, repeats=bench.repeats, sync=sync, batch_size=bench.batch_size,
-                   extra=extra, **fields)
+                   warmup=warmup_calls, repeats=bench.repeats, sync=sync, count_cpu=True,
+                   batch_size=bench.batch_size, extra=extra, **fields)
 
 
 def view_sizes(views: ViewsConfig) -> str:
@@ -187,6 +190,7 @@ def run(bench: LoaderBench, *, console=None) -> list[Result]:
             if console is not None:
                 console.log(f"measured {recipe} with {threads} threads")
     rows = add_ratios(rows, baseline="torchvision", match=("recipe", "threads"))
+    rows = add_ratios(rows, baseline="torchvision", match=("recipe", "threads"), metric="cpu")
     return add_ratios(rows, baseline="decode-only", match=("threads",))
 
 

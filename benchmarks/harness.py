@@ -34,6 +34,9 @@ class Timing:
     seconds: tuple[float, ...]
     """One entry per repeat, in the order they ran (warm-up calls excluded)."""
 
+    cpu_seconds: tuple[float, ...] | None = None
+    """CPU seconds (user + system, this process and its children) of each repeat, when counted."""
+
     @property
     def median(self) -> float:
         """Median seconds per repeat: the headline number (robust to a stray slow repeat)."""
@@ -64,12 +67,41 @@ class Timing:
         return q3 - q1
 
 
+def process_tree_cpu_seconds() -> float:
+    """User + system CPU seconds used so far by this process (all threads) and its live descendants.
+
+    CPU time per image is the figure that survives a busy machine: wall-clock rates drop when other
+    processes take the cores, the CPU work per image does not. Linux reads /proc (worker processes
+    included); elsewhere only this process is counted.
+    """
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents, used = {}, {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        used[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(used.get(pid, 0.0) for pid in tree)
+
+
 def time_it(fn: Callable[[], Any], *, warmup: int, repeats: int,
-            sync: Callable[[], Any] | None = None) -> Timing:
+            sync: Callable[[], Any] | None = None, count_cpu: bool = False) -> Timing:
     """Call `fn` `warmup` times untimed, then `repeats` times timed, one clock reading per repeat.
 
     `sync` (e.g. `torch.cuda.synchronize`) runs before each clock reading so that queued device
-    work is counted in the repeat that launched it, not in the next one.
+    work is counted in the repeat that launched it, not in the next one. `count_cpu` also records
+    each repeat's CPU seconds (`process_tree_cpu_seconds`, read outside the wall-clock window).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
@@ -77,14 +109,17 @@ def time_it(fn: Callable[[], Any], *, warmup: int, repeats: int,
         fn()
     if sync is not None:
         sync()
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(repeats):
+        cpu_start = process_tree_cpu_seconds() if count_cpu else 0.0
         start = time.perf_counter()
         fn()
         if sync is not None:
             sync()  # note: a host-device sync point, on purpose: the repeat ends when the device is done
         seconds.append(time.perf_counter() - start)
-    return Timing(tuple(seconds))
+        if count_cpu:
+            cpu_seconds.append(process_tree_cpu_seconds() - cpu_start)
+    return Timing(tuple(seconds), tuple(cpu_seconds) if count_cpu else None)
 
 
 @dataclass(frozen=True)
@@ -125,6 +160,10 @@ class Result:
     peak_gib: float | None = None
     """Peak memory of the configuration in GiB (device memory on CUDA), when measured."""
 
+    cpu_ms_per_image: float | None = None
+    """Median CPU milliseconds (all threads and worker processes) per image, when counted: the
+    efficiency figure that other load on the machine does not distort."""
+
     ratios: dict[str, float] = field(default_factory=dict)
     """Speed relative to a baseline row, by the baseline's pipeline name: > 1 means faster."""
 
@@ -151,36 +190,46 @@ class Result:
 
 
 def measure(*, bench: str, pipeline: str, fn: Callable[[], Any], items: int | None, warmup: int,
-            repeats: int, sync: Callable[[], Any] | None = None, **fields: Any) -> Result:
+            repeats: int, sync: Callable[[], Any] | None = None, count_cpu: bool = False,
+            **fields: Any) -> Result:
     """Time `fn` with `time_it` and turn the timing into a `Result` row.
 
-    `items` is how many images one call of `fn` processes (None: report milliseconds only). Other
-    keyword arguments fill the row's fields (`recipe`, `threads`, `batch_size`, `peak_gib`, `extra`).
+    `items` is how many images one call of `fn` processes (None: report milliseconds only);
+    `count_cpu` adds the CPU milliseconds per image. Other keyword arguments fill the row's fields
+    (`recipe`, `threads`, `batch_size`, `peak_gib`, `extra`).
     """
-    timing = time_it(fn, warmup=warmup, repeats=repeats, sync=sync)
+    timing = time_it(fn, warmup=warmup, repeats=repeats, sync=sync, count_cpu=count_cpu)
     q1, q3 = timing.quartiles
     rates = {}
     if items is not None:
         rates = {"images_per_s": items / timing.median, "images_per_s_spread": (items / q3, items / q1)}
+        if timing.cpu_seconds is not None:
+            rates["cpu_ms_per_image"] = statistics.median(timing.cpu_seconds) * 1e3 / items
     return Result(bench=bench, pipeline=pipeline, ms=timing.median * 1e3, ms_spread=(q1 * 1e3, q3 * 1e3),
                   repeats=len(timing.seconds), **rates, **fields)
 
 
-def add_ratios(results: Sequence[Result], *, baseline: str,
-               match: Iterable[str] = ("recipe", "threads")) -> list[Result]:
-    """Each row with `ratios[baseline]` set: its speed over the `baseline` row's with equal `match` fields.
+def add_ratios(results: Sequence[Result], *, baseline: str, match: Iterable[str] = ("recipe", "threads"),
+               metric: str = "speed") -> list[Result]:
+    """Each row with a ratio to the `baseline` row with equal `match` fields (> 1: better than it).
 
-    Rows with no matching baseline row (and the baseline rows themselves) come back unchanged.
+    `metric="speed"`: the row's speed over the baseline's, stored as `ratios[baseline]`;
+    `metric="cpu"`: the baseline's CPU ms per image over the row's, stored as `ratios[baseline + " cpu"]`
+    (images per CPU-second relative to the baseline). Rows with no matching baseline row, the
+    baseline rows themselves and rows lacking the metric come back unchanged.
     """
     keys = tuple(match)
     reference = {tuple(getattr(r, k) for k in keys): r for r in results if r.pipeline == baseline}
     out = []
     for row in results:
         base = reference.get(tuple(getattr(row, k) for k in keys))
-        if base is None or row.pipeline == baseline or not base.speed > 0:
-            out.append(row)
-            continue
-        out.append(replace(row, ratios={**row.ratios, baseline: row.speed / base.speed}))
+        ratio = None
+        if base is not None and row.pipeline != baseline:
+            if metric == "speed" and base.speed > 0:
+                ratio, key = row.speed / base.speed, baseline
+            elif metric == "cpu" and row.cpu_ms_per_image and base.cpu_ms_per_image:
+                ratio, key = base.cpu_ms_per_image / row.cpu_ms_per_image, f"{baseline} cpu"
+        out.append(row if ratio is None else replace(row, ratios={**row.ratios, key: ratio}))
     return out
 
 
@@ -231,6 +280,8 @@ def table_columns(results: Sequence[Result]) -> list[tuple[str, Callable[[Result
     if any(r.images_per_s is not None for r in results):
         columns.append(("images/s median [IQR]", format_rate))
     columns.append(("ms median", lambda r: "" if r.ms is None else f"{r.ms:,.2f}"))
+    if any(r.cpu_ms_per_image is not None for r in results):
+        columns.append(("CPU ms/image", lambda r: "" if r.cpu_ms_per_image is None else f"{r.cpu_ms_per_image:,.1f}"))
     if any(r.peak_gib is not None for r in results):
         columns.append(("peak GiB", lambda r: "" if r.peak_gib is None else f"{r.peak_gib:.2f}"))
     baselines = sorted({name for r in results for name in r.ratios})

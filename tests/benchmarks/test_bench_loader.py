@@ -42,10 +42,13 @@ def test_bench_loader_tiny_run_writes_json_and_chart(tmp_path):
         ("torchvision", "1L+1S"), ("torchvision", "2L")]
     for row in rows:
         assert row["threads"] == 1 and row["images_per_s"] > 0 and row["batch_size"] == 4
+        assert row["cpu_ms_per_image"] > 0
     dali = [r for r in rows if r["pipeline"] == "dali-cpu"]
     for row in dali:
         torchvision = next(r for r in rows if r["pipeline"] == "torchvision" and r["recipe"] == row["recipe"])
         assert row["ratios"]["torchvision"] == pytest.approx(row["images_per_s"] / torchvision["images_per_s"])
-        assert "decode-only" in row["ratios"]
+        assert "decode-only" in row["ratios"] and "torchvision cpu" in row["ratios"]
+        assert row["ratios"]["torchvision cpu"] == pytest.approx(
+            torchvision["cpu_ms_per_image"] / row["cpu_ms_per_image"])
     assert {r["views"] for r in dali} == {"2x32", "1x32+1x16"}
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE

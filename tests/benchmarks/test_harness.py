@@ -55,6 +55,22 @@ def test_add_ratios_matches_rows_on_recipe_and_threads():
     assert timed[3].ratios == {"reference": pytest.approx(4.0)}, "ms-only rows: speed-up from time"
 
 
+def test_cpu_ratio_compares_cpu_cost_per_image():
+    rows = [Result("loader", "torchvision", "2L", 2, images_per_s=10.0, cpu_ms_per_image=200.0),
+            Result("loader", "dali-cpu", "2L", 2, images_per_s=20.0, cpu_ms_per_image=50.0),
+            Result("loader", "dali-cpu", "2L", 2, images_per_s=20.0)]
+    rows = add_ratios(rows, baseline="torchvision", metric="cpu")
+    assert rows[1].ratios == {"torchvision cpu": 4.0}
+    assert rows[2].ratios == {}, "no CPU figure, no CPU ratio"
+
+
+def test_time_it_counts_cpu_seconds_of_busy_work():
+    timing = time_it(lambda: sum(i * i for i in range(200_000)), warmup=0, repeats=3, count_cpu=True)
+    assert len(timing.cpu_seconds) == 3
+    assert all(cpu > 0 for cpu in timing.cpu_seconds), "pure-Python work costs CPU time"
+    assert time_it(lambda: None, warmup=0, repeats=1).cpu_seconds is None
+
+
 def test_json_table_and_chart_from_a_tiny_run(tmp_path, capsys):
     rows = [measure(bench="loader", pipeline=name, fn=lambda n=n: torch.randn(n, n).sum(), items=8,
                     warmup=1, repeats=4, recipe="2L", threads=1, extra={"device": "cpu"})
