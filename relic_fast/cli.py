@@ -245,6 +245,22 @@ def bench_loader_command(ctx: typer.Context) -> None:
     main(ctx.args, prog="relic-fast bench loader")
 
 
+@bench_app.command("step", context_settings=FORWARD_ARGS, add_help_option=False)
+def bench_step_command(ctx: typer.Context) -> None:
+    """Training-step images/s on synthetic views: eager vs compiled, channels-last vs contiguous, fp32 vs bf16 (--help for options)."""
+    from benchmarks.bench_step import main
+
+    main(ctx.args, prog="relic-fast bench step")
+
+
+@bench_app.command("all", context_settings=FORWARD_ARGS, add_help_option=False)
+def bench_all_command(ctx: typer.Context) -> None:
+    """Loader, step and loss benchmarks with the device's defaults into one folder (--out DIR; --help for options)."""
+    from benchmarks.bench_all import main
+
+    main(ctx.args, prog="relic-fast bench all")
+
+
 DEMO_DATA_HELP = (
     "Write a procedural dataset of 10 shape classes on 10 background texture families with a spurious cue.\n\n"
     "Class i owns background family i (circle: stripes, crescent: checkerboard, cross: clouds, ellipse: dots, "
@@ -293,3 +309,50 @@ def bench_loss_command(ctx: typer.Context) -> None:
     from benchmarks.bench_loss import main
 
     main(ctx.args, prog="relic-fast bench loss")
+
+
+@app.command("profile")
+def profile_command(
+        config: ConfigPath = None,
+        data: Annotated[Optional[str], typer.Option("--data", help="Dataset (as for pretrain). Omitted: the recipe's data.path, else the built-in demo dataset.")] = None,
+        steps: Annotated[int, typer.Option("--steps", min=1, help="Profiled training steps (after --warmup).")] = 10,
+        warmup: Annotated[int, typer.Option("--warmup", min=1, help="Training steps first, untimed (compilation, pipeline start).")] = 2,
+        loader_batches: Annotated[int, typer.Option("--loader-batches", min=1, help="Batches per loader measurement.")] = 8,
+        ablation: Annotated[bool, typer.Option("--ablation/--no-ablation", help="Cost DALI operator groups by ablation (one loader measurement each).")] = True,
+        out: Annotated[Path, typer.Option("--out", help="Run folder: profile.json, profile_trace.json (Chrome trace), metrics.jsonl, config.toml.")] = Path("runs/profile"),
+        overrides: SetOption = None) -> None:
+    """Run the real training loop for a few steps and report where time goes: input-bound or compute-bound, and what to change."""
+    import dataclasses
+
+    from relic_fast.profile_report import print_report
+    from relic_fast.profiler import ProfileSettings, profile_run
+
+    cfg = resolve_config(config, overrides)
+    if data is not None:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, path=data))
+    settings = ProfileSettings(steps=steps, warmup=warmup, loader_batches=loader_batches, ablation=ablation)
+    report = profile_run(cfg, out, settings, log=console.log)
+    print_report(report, console)
+    console.print(f"[bold green]wrote[/] {out / 'profile.json'}")
+
+
+@app.command("selftest")
+def selftest_command(
+        device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or gpu.")] = "auto",
+        only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only this check (repeatable): pipeline-statistics, fused-loss, compiled-step.")] = None,
+        compile_backend: Annotated[Optional[str], typer.Option("--compile-backend", help="torch.compile backend of the compiled-step check (default: inductor on CUDA, aot_eager on CPU).")] = None,
+        perturb: Annotated[float, typer.Option("--perturb", hidden=True, help="Test hook: scale every fast-path result by (1 + PERTURB) before comparing.")] = 0.0) -> None:
+    """Prove the fast paths match their references here: GPU vs CPU pipeline statistics, fused vs reference loss, compiled vs eager step."""
+    from relic_fast.selftest import exit_code, print_results, run_selftest
+
+    if device not in ("auto", "cpu", "gpu", "cuda"):
+        console.print(f"[bold red]error:[/] --device {device!r}: choose auto, cpu or gpu")
+        raise typer.Exit(2)
+    try:
+        results = run_selftest(device, only=tuple(only) if only else None, perturb=perturb,
+                               compile_backend=compile_backend, log=console.log)
+    except ValueError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    print_results(results, console)
+    raise typer.Exit(exit_code(results))
