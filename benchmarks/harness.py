@@ -304,17 +304,33 @@ def print_table(results: Sequence[Result], title: str, console: Any = None) -> N
     (console or Console()).print(table)
 
 
+def uncommitted_files() -> list[str] | None:
+    """Tracked files of this checkout with uncommitted changes; None outside a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return sorted(line[3:] for line in out.stdout.splitlines() if line.strip())
+
+
 def write_json(path: str | Path, results: Sequence[Result], command: str) -> Path:
     """Write `{"command", "machine", "results"}` to `path`: the numbers with where they came from.
 
     `machine` is `relic_fast.environment.machine_info()` plus the 1-minute load average at writing
-    time: CPU figures measured on a busy machine are not comparable with quiet ones.
+    time (CPU figures measured on a busy machine are not comparable with quiet ones) and the
+    tracked files that differ from `commit` (the code measured is the commit plus those edits).
     """
     from relic_fast.environment import machine_info
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    machine = {**machine_info(), "load_average": round(os.getloadavg()[0], 2)}
+    machine = {**machine_info(), "load_average": round(os.getloadavg()[0], 2),
+               "uncommitted": uncommitted_files()}
     payload = {"command": command, "machine": machine, "results": [r.to_dict() for r in results]}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -82,7 +82,7 @@ def test_json_table_and_chart_from_a_tiny_run(tmp_path, capsys):
     payload = json.loads(path.read_text())
     assert set(payload) == {"command", "machine", "results"}
     assert payload["command"] == "pytest tiny"
-    for key in ("torch", "dali", "commit", "date", "cpu", "gpu", "load_average"):
+    for key in ("torch", "dali", "commit", "date", "cpu", "gpu", "load_average", "uncommitted"):
         assert key in payload["machine"]
     first, second = payload["results"]
     for key in ("bench", "pipeline", "recipe", "threads", "images_per_s", "images_per_s_spread", "ms",
