@@ -48,7 +48,8 @@ class ModelConfig:
     """Hidden width of the predictor MLP."""
 
     sync_batchnorm: bool = True
-    """Synchronize BatchNorm statistics across ranks under DDP (SyncBatchNorm)."""
+    """Synchronize BatchNorm statistics across ranks under DDP (SyncBatchNorm; CUDA only: CPU/gloo runs
+    keep per-rank statistics)."""
 
     def __post_init__(self) -> None:
         check(self.width in (1, 2, 4), "width", f"choose 1, 2 or 4, got {self.width}")

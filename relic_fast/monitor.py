@@ -50,13 +50,20 @@ class RunMonitor:
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self._tensorboard = None
         self._progress = None
+        self.total_steps = total_steps
         if not enabled:
             return
+        self._open_tensorboard(run_dir)
+        if not self.console.is_terminal:
+            return  # logs, CI, pipes: one plain line per logging step instead of a live display
         self._progress = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                   TextColumn("{task.fields[metrics]}"), console=self.console,
                                   transient=False)
         self._task = self._progress.add_task("steps", total=total_steps, completed=start_step, metrics="")
+
+    def _open_tensorboard(self, run_dir: Path) -> None:
+        """TensorBoard scalars under RUN_DIR/tensorboard when tensorboard is installed."""
         try:
             from torch.utils.tensorboard import SummaryWriter
             self._tensorboard = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
@@ -82,7 +89,10 @@ class RunMonitor:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):
                     self._tensorboard.add_scalar(key, value, step)
-        self._progress.update(self._task, completed=step, metrics=format_metrics(metrics))
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, metrics=format_metrics(metrics))
+        else:
+            self.console.print(f"step {step}/{self.total_steps} | {format_metrics(metrics)}", soft_wrap=True)
 
     def message(self, text: str) -> None:
         """Print a line above the live display."""

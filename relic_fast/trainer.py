@@ -39,8 +39,26 @@ def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Path | 
         if world.distributed and world.is_main:
             torch.distributed.barrier()
     dataset = resolve_dataset(path, config.data.format, config.data.masks)
+    if config.data.on_bad_file == "skip" and dataset.kind != "webdataset":
+        dataset = without_bad_files(dataset, world)
     val = Path(path) / "val"
     return dataset, (val if val.is_dir() else None)
+
+
+def without_bad_files(dataset: DatasetSpec, world: World) -> DatasetSpec:
+    """`data.on_bad_file = "skip"`: the dataset less its unreadable images (validated once, cached on disk)."""
+    from dali_pipelines.validate import filter_bad_files
+
+    if world.distributed and not world.is_main:
+        torch.distributed.barrier()  # rank 0 validates with a process pool; the others then hit its cache
+    dataset, rejected = filter_bad_files(dataset)
+    if world.distributed and world.is_main:
+        torch.distributed.barrier()
+    if rejected and world.is_main:
+        path, reason = rejected[0]
+        print(f"data.on_bad_file = 'skip': skipping {len(rejected)} unreadable image(s), e.g. {path} ({reason}); "
+              f"`relic-fast index` lists them all")
+    return dataset
 
 
 def should_compile(choice: str, device: torch.device) -> bool:
@@ -94,7 +112,8 @@ class Trainer:
     def _build_networks(self):
         """Online (DDP-wrapped when distributed) and EMA target networks on the training device."""
         online, target = build_networks(self.config.model)
-        if self.world.distributed and self.config.model.sync_batchnorm:
+        # SyncBatchNorm runs on CUDA only; gloo (CPU) runs keep per-rank BatchNorm statistics.
+        if self.world.distributed and self.config.model.sync_batchnorm and self.world.device.type == "cuda":
             online, target = convert_sync_batchnorm(online), convert_sync_batchnorm(target)
         memory_format = torch.channels_last if self.config.train.channels_last else torch.contiguous_format
         online = online.to(self.world.device, memory_format=memory_format)
@@ -173,6 +192,8 @@ class Trainer:
                     window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
                 if self.step % cfg.checkpoint_every == 0 and self.step < self.last_step:
                     self.save()
+                if self.step % self.steps_per_epoch == 0:
+                    self._knn_monitor(self.step // self.steps_per_epoch)
         return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
                 "last_metrics": last}
 
@@ -191,6 +212,19 @@ class Trainer:
                    "data_wait_pct": 100.0 * data_wait / max(elapsed, 1e-9)}
         self.monitor.log(self.step, metrics)
         return metrics
+
+    def _knn_monitor(self, epochs_done: int) -> None:
+        """Every `train.knn_every_epochs` epochs: kNN accuracy of the online encoder on the labelled val split."""
+        every = self.config.train.knn_every_epochs
+        if not every or epochs_done % every or self.val_root is None or not self.world.is_main:
+            return
+        from relic_fast.evaluation.protocol import knn_eval
+
+        accuracy = knn_eval(self.online_module.encoder, train_dataset=self.dataset,
+                            val_dataset=resolve_dataset(str(self.val_root)), eval_cfg=self.config.eval,
+                            data_cfg=self.config.data, device=self.world.device, mean=self.config.views.mean,
+                            std=self.config.views.std)
+        self.monitor.log(self.step, {"epoch": float(epochs_done), "knn_top1": accuracy})
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:

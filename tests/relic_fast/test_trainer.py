@@ -158,8 +158,9 @@ def _ddp_rank(rank: int, world: int, port: int, config, out: str, report: str) -
     trainer = Trainer(config, Path(out))
     samples = trainer.loader.plan(0).samples[: len(trainer.loader) * trainer.loader.batch_size].tolist()
     trainer.train()
-    torch.save({"samples": samples, "online": trainer.online_module.state_dict(),
-                "target": trainer.target.state_dict()}, f"{report}.{rank}")
+    # parameters, not buffers: without SyncBatchNorm (CUDA only) each rank keeps its own BN statistics
+    torch.save({"samples": samples, "online": dict(trainer.online_module.named_parameters()),
+                "target": dict(trainer.target.named_parameters())}, f"{report}.{rank}")
     torch.distributed.destroy_process_group()
 
 
