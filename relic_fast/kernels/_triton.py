@@ -233,19 +233,54 @@ def relicv2_bwd_kernel(online, target, online_all, offsets, lse, coef, grad,
     tl.store(out, acc * coef_out, mask=row_mask[:, None] & col_mask[None, :])
 
 
+# Whole embedding rows (BLOCK_D = D padded to a power of 2, <= 512) live in registers / shared
+# memory. The last configs (one pipeline stage, small tiles) fit fp32 rows of D = 256..512 in an
+# H100's 228 KB of shared memory when the larger ones do not (`prune_configs` drops those before
+# compiling; the autotuner also skips any that fail). Untuned: starting points for the GPU.
+# Compiled offline for sm_90 (D = 256, bf16), every config uses 255 registers and most spill
+# (ptxas -v: 0.1-2 KB spill stores per thread; 8 warps spill least), so tuning on an H100 is due.
 _FWD_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
-                for m, n, w, st in [(64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 3),
-                                    (64, 32, 4, 3), (32, 64, 4, 3)]]
+                for m, n, w, st in [(64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 8, 3), (128, 64, 8, 2),
+                                    (32, 64, 4, 3), (64, 32, 8, 1), (32, 32, 4, 1), (16, 16, 4, 1)]]
 _BWD_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
-                for m, n, w, st in [(64, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 64, 4, 2),
-                                    (64, 64, 4, 3), (32, 32, 4, 3)]]
+                for m, n, w, st in [(64, 64, 8, 2), (32, 64, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2),
+                                    (32, 32, 4, 3), (64, 32, 8, 1), (32, 32, 4, 1), (16, 16, 4, 1)]]
 _TUNE_KEY = ["B", "N", "D", "L", "ALL_NEGATIVES", "PRECISION"]
+
+SHARED_MEMORY_BUDGET = 224 * 1024
+"""Bytes of shared memory a config may plan for (an H100 SM offers 228 KB to one block)."""
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """The configs worth compiling for this call (ptxas takes minutes on the big fp32 ones).
+
+    All negatives: drop tiles whose estimated shared memory, elem * BLOCK_D * (2 BLOCK_M + 2 BLOCK_N
+    * max(1, stages - 1)) (the row tiles plus the pipelined candidate tiles; it matched the compiled
+    sm_90 kernels to within 50%, erring high), exceeds the budget. Gather path: BLOCK_N is unused and
+    nothing is staged, so keep one config per (BLOCK_M <= 64, warps): the rows live in registers.
+    """
+    elem = named_args["online"].element_size()
+    block_d = kwargs["BLOCK_D"]
+    if not kwargs["ALL_NEGATIVES"]:
+        unique = {}
+        for c in configs:
+            if c.kwargs["BLOCK_M"] <= 64:
+                unique.setdefault((c.kwargs["BLOCK_M"], c.num_warps), c)
+        return list(unique.values()) or configs[-1:]
+    fit = [c for c in configs if elem * block_d * (2 * c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"]
+                                                   * max(1, c.num_stages - 1)) <= SHARED_MEMORY_BUDGET]
+    return fit or configs[-1:]
+
+
+MAX_BLOCK_D = 512
+"""Largest padded embedding size the kernels take (whole rows are held on chip)."""
 
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 """Fixed tiles under the interpreter: small, so that small test shapes span several tiles."""
 
 if INTERPRET:  # no autotuning: one config, passed by the launcher
     fwd_kernel, bwd_kernel = relicv2_fwd_kernel, relicv2_bwd_kernel
-else:  # CUDA: tuned once per shape (the configs assume D <= 256 loaded whole)
-    fwd_kernel = triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)(relicv2_fwd_kernel)
-    bwd_kernel = triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)(relicv2_bwd_kernel)
+else:  # CUDA: tuned once per shape
+    _prune = {"early_config_prune": prune_configs}
+    fwd_kernel = triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by=_prune)(relicv2_fwd_kernel)
+    bwd_kernel = triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY, prune_configs_by=_prune)(relicv2_bwd_kernel)

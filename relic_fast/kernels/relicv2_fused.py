@@ -19,6 +19,7 @@ imported in the process (slow; for tests). Without it a CPU call raises a Runtim
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -45,6 +46,9 @@ def _check_inputs(online_n: torch.Tensor, target_n: torch.Tensor, online_all_n: 
     if Dt != D or tuple(online_all_n.shape) != (V, N, D) or min(V, B, D, L) < 1:
         raise ValueError(f"shape mismatch: online_n {tuple(online_n.shape)}, target_n "
                          f"{tuple(target_n.shape)}, online_all_n {tuple(online_all_n.shape)}")
+    if D > kernels.MAX_BLOCK_D:  # plain comparisons only: under torch.compile D may be symbolic
+        raise ValueError(f"relicv2_core_fused holds whole embedding rows on chip: D <= "
+                         f"{kernels.MAX_BLOCK_D}, got D={D}; use implementation='reference'")
     if not 0 <= row_offset <= N - B:
         raise ValueError(f"row_offset={row_offset} puts rows {row_offset}..{row_offset + B - 1} "
                          f"outside the N={N} gathered samples")
@@ -89,6 +93,11 @@ def _prepare(online_n, target_n, online_all_n, negative_offsets):
     return o, t, a, offsets, flags
 
 
+def _launch_device(device: torch.device):
+    """Context making `device` current for the launch (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def relicv2_fused_forward(online_n: torch.Tensor, target_n: torch.Tensor, online_all_n: torch.Tensor, *,
                           temperature: float, beta: float, row_offset: int,
                           negative_offsets: Optional[torch.Tensor],
@@ -107,9 +116,10 @@ def relicv2_fused_forward(online_n: torch.Tensor, target_n: torch.Tensor, online
     if lse is None:
         lse = torch.empty((2, V, L, B), dtype=torch.float32, device=o.device)
     grid = lambda meta: (V, L, triton.cdiv(B, meta["BLOCK_M"]))  # noqa: E731
-    kernels.fwd_kernel[grid](o, t, a, offsets, terms, lse, B, N, D, V, L, row_offset,
-                             offsets.numel(), 1.0 / temperature, o.stride(0), o.stride(1),
-                             t.stride(0), t.stride(1), a.stride(0), a.stride(1), **flags)
+    with _launch_device(o.device):
+        kernels.fwd_kernel[grid](o, t, a, offsets, terms, lse, B, N, D, V, L, row_offset,
+                                 offsets.numel(), 1.0 / temperature, o.stride(0), o.stride(1),
+                                 t.stride(0), t.stride(1), a.stride(0), a.stride(1), **flags)
     contrastive = terms[0].sum() / (V * L * B)
     invariance = terms[1].sum() / (V * L * B)
     return torch.stack([contrastive + beta * invariance, contrastive, invariance]), lse
@@ -145,10 +155,11 @@ def relicv2_fused_backward(grad_loss: torch.Tensor, online_n: torch.Tensor, targ
     if grad is None:
         grad = torch.empty((V, B, D), dtype=online_n.dtype, device=o.device)
     grid = lambda meta: (V, triton.cdiv(B, meta["BLOCK_M"]))  # noqa: E731
-    kernels.bwd_kernel[grid](o, t, a, offsets, lse.contiguous(), coef, grad, B, N, D,
-                             V, L, row_offset, offsets.numel(), 1.0 / temperature, o.stride(0),
-                             o.stride(1), t.stride(0), t.stride(1), a.stride(0), a.stride(1),
-                             grad.stride(0), grad.stride(1), **flags)
+    with _launch_device(o.device):
+        kernels.bwd_kernel[grid](o, t, a, offsets, lse.contiguous(), coef, grad, B, N, D,
+                                 V, L, row_offset, offsets.numel(), 1.0 / temperature, o.stride(0),
+                                 o.stride(1), t.stride(0), t.stride(1), a.stride(0), a.stride(1),
+                                 grad.stride(0), grad.stride(1), **flags)
     return grad
 
 

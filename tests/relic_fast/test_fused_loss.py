@@ -165,24 +165,25 @@ def test_dispatcher_fused_matches_reference():
 
 
 @interpreted
-def test_torch_compile_fullgraph():
-    """A compiled function around the custom op (no graph break) gives the eager values and gradient."""
-    online, target, online_all = _embeddings(2, 2, 16, 16, 16, seed=9)
-
+def test_torch_compile_fullgraph_dynamic():
+    """A compiled function around the custom op (no graph break, symbolic batch size) gives the
+    eager values and gradients at two batch sizes."""
     def step(x, t):
         x_n, t_n = F.normalize(x, dim=-1), F.normalize(t, dim=-1)
         return fused.relicv2_core_fused(x_n, t_n, x_n.detach(), temperature=0.2, beta=1.0, row_offset=0,
                                         negative_offsets=None)
 
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    grads = []
-    for fn in (step, compiled):
-        x = (online.float() * 3).requires_grad_()
-        loss = fn(x, target.float())
-        (loss @ WEIGHTS.float()).backward()
-        grads.append((loss.detach(), x.grad))
-    torch.testing.assert_close(grads[1][0], grads[0][0])
-    torch.testing.assert_close(grads[1][1], grads[0][1])
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=True)
+    for batch in (16, 11):
+        online, target, _ = _embeddings(2, 2, batch, batch, 16, seed=batch)
+        results = []
+        for fn in (step, compiled):
+            x = (online.float() * 3).requires_grad_()
+            loss = fn(x, target.float())
+            (loss @ WEIGHTS.float()).backward()
+            results.append((loss.detach(), x.grad))
+        torch.testing.assert_close(results[1][0], results[0][0])
+        torch.testing.assert_close(results[1][1], results[0][1])
 
 
 @interpreted
@@ -214,6 +215,22 @@ def test_invalid_inputs_rejected():
         fused.relicv2_core_fused(online, target, online_all, row_offset=3, **kw)
     with pytest.raises(TypeError, match="float64"):
         fused.relicv2_core_fused(online.double(), target, online_all, row_offset=0, **kw)
+    wide = [torch.zeros(x.shape[:2] + (1024,)) for x in (online, target, online_all)]
+    with pytest.raises(ValueError, match="D <= 512"):
+        fused.relicv2_core_fused(*wide, row_offset=0, **kw)
+
+
+def test_autotune_pruning_fits_shared_memory():
+    """fp32 rows of D = 256 keep only the small single-stage tiles; the gather path keeps one per BLOCK_M."""
+    from relic_fast.kernels import _triton
+
+    configs = _triton._FWD_CONFIGS
+    fp32, bf16 = {"online": torch.empty(0)}, {"online": torch.empty(0, dtype=torch.bfloat16)}
+    kept = _triton.prune_configs(configs, fp32, ALL_NEGATIVES=True, BLOCK_D=256)
+    assert 0 < len(kept) < len(_triton.prune_configs(configs, bf16, ALL_NEGATIVES=True, BLOCK_D=256))
+    assert all(c.num_stages == 1 for c in kept)
+    gather = _triton.prune_configs(configs, fp32, ALL_NEGATIVES=False, BLOCK_D=256)
+    assert len({(c.kwargs["BLOCK_M"], c.num_warps) for c in gather}) == len(gather)
 
 
 @pytest.mark.gpu
