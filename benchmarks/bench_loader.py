@@ -41,8 +41,11 @@ class LoaderBench:
     """What one `bench_loader` run measures (the command-line options, typed)."""
 
     data: str
+    """Folder tree or file list of JPEGs, read by every pipeline."""
     recipes: tuple[str, ...] = DEFAULT_RECIPES
+    """View recipes "<L>L[+<S>S]" to measure."""
     threads: tuple[int, ...] = (2,)
+    """DALI CPU threads, and torchvision worker processes, per configuration."""
     batch_size: int = 32
     batches: int = 2
     """Batches per timed repeat (a window of several batches evens out workers finishing together)."""
@@ -50,11 +53,15 @@ class LoaderBench:
     warmup: int = 2
     """Untimed batches before the first repeat (pipeline start-up, worker spawn, first decodes)."""
     device: str = "cpu"
+    """Where DALI runs: "cpu" (dali-cpu, CPU decoder) or "gpu" (dali-gpu, mixed decoder, device 0)."""
     pipelines: tuple[str, ...] = PIPELINES
     large_size: int | None = None
+    """Large view side override (None: ViewsConfig's 224); tiny values make quick test runs."""
     small_size: int | None = None
     output_dtype: str | None = None
+    """DALI output dtype override (None: DataConfig's default)."""
     baseline_blur: str = "torchvision"
+    """Blur of the torchvision baseline: "torchvision" (exact, 23 taps) or "pil" (faster)."""
     seed: int = 0
 
 
