@@ -73,6 +73,9 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.world: World = init_world(config.train.device)
+        if self.world.device.type == "cuda":
+            # TF32 matmuls for fp32 work (the fused loss's normalized fp32 inputs among them); bf16 autocast covers the rest.
+            torch.set_float32_matmul_precision("high")
         self.dataset, self.val_root = training_dataset(config, self.world)
         self._check_batch()
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank
