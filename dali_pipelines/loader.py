@@ -27,7 +27,8 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from dali_pipelines.dataset import DatasetSpec
 from dali_pipelines.evaluation import EVAL_OUTPUTS, eval_pipeline
 from dali_pipelines.pretrain import multi_view_pipeline, output_names
-from dali_pipelines.readers import READER_NAME, EpochPlan, epoch_order, mask_table, shard_sources
+from dali_pipelines.readers import (READER_NAME, ReadPlan, epoch_order, mask_table, rank_samples, sample_sources,
+                                    shard_bounds, steps_per_epoch, wds_sources)
 from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ViewsConfig
 
 CHECKPOINT_FORMAT = "relic-fast-loader/1"
@@ -107,25 +108,43 @@ def find_bad_sources(sources: list[str], message: str, first_window: int) -> lis
 
 
 class _EpochLoader:
-    """One DALI pipeline per epoch over a seeded order; shared by the pretraining and eval loaders."""
+    """Epochs of batches from DALI pipelines over seeded per-rank orders; shared by both loaders.
+
+    Folder/file-list data: each pipeline reads a "chunk" of `chunk_epochs` consecutive epochs of
+    this rank's samples back to back (whole batches each, see `readers.rank_samples`), so a small
+    dataset does not rebuild a pipeline (and waste its prefetched batches) every epoch. WebDataset
+    and the eval loader: one pipeline per epoch, DALI sharding and last-batch policy."""
 
     output_map: list[str]
+    chunk_samples = 16384
+    """A pipeline reads at least this many samples (whole epochs) before the next one is built."""
 
     def __init__(self, dataset: DatasetSpec, data: DataConfig, *, batch_size: int, seed: int, shard_id: int,
-                 num_shards: int, device_id: int | None, shuffle: bool, policy: LastBatchPolicy,
+                 num_shards: int, device_id: int | None, shuffle: bool, drop_last: bool, chunked: bool,
                  masks: bool, checkpoint: str | None = None):
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} outside [0, {num_shards})")
         self.dataset, self.data = dataset, data
         self.batch_size, self.seed, self.shard_id, self.num_shards = batch_size, seed, shard_id, num_shards
-        self.device_id, self.shuffle, self.policy = device_id, shuffle, policy
+        self.device_id, self.shuffle, self.drop_last = device_id, shuffle, drop_last
         self._masks = mask_table(dataset) if masks else None
         self._read_wds_masks = masks and dataset.kind == "webdataset"
-        self._epoch, self._step, state = 0, 0, None
+        self._chunked = chunked and dataset.kind != "webdataset"
+        if self._chunked:
+            self._steps = steps_per_epoch(dataset.num_samples, num_shards, batch_size, drop_last)
+            if self._steps == 0:
+                raise ValueError(f"{dataset.num_samples} samples over {num_shards} rank(s) do not fill one "
+                                 f"batch of {batch_size} per rank (drop_last)")
+            self._chunk_epochs = max(1, -(-self.chunk_samples // (self._steps * batch_size)))
+        else:
+            self._chunk_epochs = 1
+        self._epoch = self._step = self._chunk_start = 0
+        state = None
         if checkpoint:
-            self._epoch, self._step, state = self._restore(checkpoint)
-        self._iterator = self._open(self._epoch, state)
-        self._steps = len(self._iterator)
+            state = self._restore(checkpoint)
+        self._iterator = self._open(self._chunk_start, state)
+        if not self._chunked:
+            self._steps = len(self._iterator)
 
     @property
     def device(self) -> str:
@@ -136,27 +155,38 @@ class _EpochLoader:
         """The epoch the next batch belongs to (0-based)."""
         return self._epoch + (1 if self._step >= self._steps else 0)
 
-    def plan(self, epoch: int) -> EpochPlan:
-        """What this rank reads in `epoch`."""
-        count = len(self.dataset.tar_paths) if self.dataset.kind == "webdataset" else self.dataset.num_samples
-        order = epoch_order(count, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        return EpochPlan(self.dataset, order, self.shard_id, self.num_shards,
-                         pipeline_seed(self.seed, epoch, self.shard_id), self.shuffle, self._masks,
-                         self._read_wds_masks)
+    def _samples(self, epoch: int) -> np.ndarray:
+        return rank_samples(self.dataset.num_samples, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                            shard_id=self.shard_id, num_shards=self.num_shards, batch_size=self.batch_size,
+                            drop_last=self.drop_last)
 
-    def _pipeline(self, plan: EpochPlan, seed: int, checkpoint: bytes | None):
+    def plan(self, first_epoch: int) -> ReadPlan:
+        """What the pipeline starting at `first_epoch` reads."""
+        seed = pipeline_seed(self.seed, first_epoch, self.shard_id)
+        if self._chunked:
+            samples = np.concatenate([self._samples(e) for e in range(first_epoch, first_epoch + self._chunk_epochs)])
+            return ReadPlan(self.dataset, samples, 0, 1, seed, False, self._masks)
+        count = len(self.dataset.tar_paths) if self.dataset.kind == "webdataset" else self.dataset.num_samples
+        order = epoch_order(count, seed=self.seed, epoch=first_epoch, shuffle=self.shuffle)
+        return ReadPlan(self.dataset, order, self.shard_id, self.num_shards, seed, self.shuffle, self._masks,
+                        self._read_wds_masks)
+
+    def _pipeline(self, plan: ReadPlan, seed: int, checkpoint: bytes | None):
         raise NotImplementedError
 
     def _convert(self, outputs: dict):
         raise NotImplementedError
 
-    def _open(self, epoch: int, checkpoint: bytes | None) -> DALIGenericIterator:
-        """The DALI iterator of `epoch` (restored from `checkpoint` when given)."""
-        self._plan = self.plan(epoch)
-        pipe = self._pipeline(self._plan, pipeline_seed(self.seed, epoch, self.shard_id), checkpoint)
+    def _policy(self) -> LastBatchPolicy:
+        return LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.FILL
+
+    def _open(self, first_epoch: int, checkpoint: bytes | None) -> DALIGenericIterator:
+        """The DALI iterator of the pipeline starting at `first_epoch` (restored from `checkpoint`)."""
+        self._chunk_start, self._plan = first_epoch, self.plan(first_epoch)
+        pipe = self._pipeline(self._plan, self._plan.reader_seed, checkpoint)
         try:
             return DALIGenericIterator([pipe], self.output_map, reader_name=READER_NAME,
-                                       last_batch_policy=self.policy)
+                                       last_batch_policy=self._policy())
         except RuntimeError as error:  # the first batch is prepared here
             raise self._explain(error) from error
 
@@ -165,27 +195,36 @@ class _EpochLoader:
         return self._steps
 
     def __iter__(self) -> Iterator:
+        """The rest of the current epoch if it was left part-way, else the next epoch."""
         if self._step >= self._steps:
             self._epoch, self._step = self._epoch + 1, 0
-            self._iterator = self._open(self._epoch, None)
+            if self._epoch >= self._chunk_start + self._chunk_epochs:
+                self._iterator = None  # free the old pipeline's threads and buffers first
+                self._iterator = self._open(self._epoch, None)
         return self._batches()
 
     def _batches(self):
         while self._step < self._steps:
             try:
                 outputs = next(self._iterator)[0]
-            except StopIteration:
-                break
+            except StopIteration:  # never expected: the step count matches the reader's epoch
+                self._step = self._steps
+                return
             except RuntimeError as error:
                 raise self._explain(error) from error
             self._step += 1
             yield self._convert(outputs)
-        self._step = self._steps
 
     def _explain(self, error: RuntimeError) -> RuntimeError:
         """A `BadImageError` naming the unreadable files of this rank's epoch, else `error` itself."""
-        sources = shard_sources(self._plan, first=0)
-        window = (self._step + self.data.prefetch_queue_depth + 2) * self.batch_size * 2
+        if self.dataset.kind == "webdataset":
+            sources = wds_sources(self._plan)
+        else:
+            samples = self._samples(self._epoch) if self._chunked else \
+                self._plan.samples[slice(*shard_bounds(len(self._plan.samples), self.shard_id, self.num_shards))]
+            first = self._step * self.batch_size
+            sources = sample_sources(self.dataset, self._masks, np.concatenate([samples[first:], samples[:first]]))
+        window = (self.data.prefetch_queue_depth + 2) * self.batch_size * 2
         bad = find_bad_sources(sources, str(error), window)
         if not bad:
             return error
@@ -199,29 +238,35 @@ class _EpochLoader:
     def _fingerprint(self) -> dict:
         return {"samples": self.dataset.num_samples, "batch_size": self.batch_size, "seed": self.seed,
                 "shard_id": self.shard_id, "num_shards": self.num_shards, "shuffle": self.shuffle,
-                "policy": self.policy.name}
+                "drop_last": self.drop_last}
 
     def checkpoint(self) -> str:
         """The exact position (epoch, step, DALI state) as a string; pass it as `checkpoint=`."""
         epoch, step, state = self._epoch, self._step, None
         if step >= self._steps:
             epoch, step = epoch + 1, 0
-        elif step > 0:
+        chunk_start, chunk_epochs = self._chunk_start, self._chunk_epochs
+        if epoch >= chunk_start + chunk_epochs:
+            chunk_start = epoch  # a fresh pipeline starts there: nothing to restore
+        elif (epoch, step) != (chunk_start, 0):
             raw = self._iterator.checkpoints()[0]
             state = base64.b64encode(raw if isinstance(raw, bytes) else raw.encode()).decode("ascii")
-        return json.dumps({"format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "dali": state,
-                           "fingerprint": self._fingerprint()})
+        return json.dumps({"format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "chunk_start": chunk_start,
+                           "chunk_epochs": chunk_epochs, "dali": state, "fingerprint": self._fingerprint()})
 
-    def _restore(self, checkpoint: str) -> tuple[int, int, bytes | None]:
+    def _restore(self, checkpoint: str) -> bytes | None:
+        """Set the position from a `checkpoint()` string; returns the DALI state to build with."""
         saved = json.loads(checkpoint)
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a relic-fast loader checkpoint (format {saved.get('format')!r})")
-        if saved["fingerprint"] != self._fingerprint():
-            diff = {k: (v, self._fingerprint().get(k)) for k, v in saved["fingerprint"].items()
-                    if self._fingerprint().get(k) != v}
+        now = self._fingerprint()
+        if saved["fingerprint"] != now:
+            diff = {k: (v, now.get(k)) for k, v in saved["fingerprint"].items() if now.get(k) != v}
             raise ValueError(f"the loader checkpoint was taken with other settings (saved, now): {diff}")
-        state = base64.b64decode(saved["dali"]) if saved["dali"] else None
-        return saved["epoch"], saved["step"], state
+        self._epoch, self._step, self._chunk_start = saved["epoch"], saved["step"], saved["chunk_start"]
+        if self._chunked:
+            self._chunk_epochs = saved["chunk_epochs"]
+        return base64.b64decode(saved["dali"]) if saved["dali"] else None
 
 
 class PretrainLoader(_EpochLoader):
@@ -234,14 +279,15 @@ class PretrainLoader(_EpochLoader):
         self._dali_output = "uint8" if data.output_dtype == "bfloat16" else data.output_dtype
         has_masks = dataset.mask_root is not None or dataset.kind == "webdataset"
         use_masks = has_masks and views.saliency_p > 0
-        policy = LastBatchPolicy.DROP if data.drop_last else LastBatchPolicy.FILL
-        super().__init__(dataset, data, shuffle=data.shuffle, policy=policy, masks=use_masks, **kwargs)
+        super().__init__(dataset, data, shuffle=data.shuffle, drop_last=data.drop_last, chunked=True,
+                         masks=use_masks, **kwargs)
 
-    def _pipeline(self, plan: EpochPlan, seed: int, checkpoint: bytes | None):
+    def _pipeline(self, plan: ReadPlan, seed: int, checkpoint: bytes | None):
         return multi_view_pipeline(plan, self.views, self.device, self._dali_output, self.debug,
                                    batch_size=self.batch_size, num_threads=self.data.num_threads,
                                    device_id=self.device_id, seed=seed,
-                                   prefetch_queue_depth=self.data.prefetch_queue_depth, checkpoint=checkpoint)
+                                   prefetch_queue_depth=self.data.prefetch_queue_depth, checkpoint=checkpoint,
+                                   exec_dynamic=True)
 
     def _fingerprint(self) -> dict:
         return {**super()._fingerprint(), "views": json.loads(json.dumps(dataclasses.asdict(self.views))),
@@ -275,9 +321,12 @@ class EvalLoader(_EpochLoader):
     def __init__(self, dataset: DatasetSpec, data: DataConfig, *, image_size: int, train: bool,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
         self.image_size, self.train, self.mean, self.std = image_size, train, tuple(mean), tuple(std)
-        super().__init__(dataset, data, shuffle=False, policy=LastBatchPolicy.PARTIAL, masks=False, **kwargs)
+        super().__init__(dataset, data, shuffle=False, drop_last=False, chunked=False, masks=False, **kwargs)
 
-    def _pipeline(self, plan: EpochPlan, seed: int, checkpoint: bytes | None):
+    def _policy(self) -> LastBatchPolicy:
+        return LastBatchPolicy.PARTIAL
+
+    def _pipeline(self, plan: ReadPlan, seed: int, checkpoint: bytes | None):
         return eval_pipeline(plan, self.image_size, self.train, self.device, self.mean, self.std,
                              batch_size=self.batch_size, num_threads=self.data.num_threads,
                              device_id=self.device_id, seed=seed,

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipelines import augment, saliency
-from dali_pipelines.readers import EpochPlan, read_encoded
+from dali_pipelines import augment, draws, saliency
+from dali_pipelines.readers import ReadPlan, read_encoded
 from dali_pipelines.recipe import ViewsConfig
 
 STATS_FIELDS = ("y0", "x0", "y1", "x1", "flip", "jitter", "gray", "blur", "solarize", "saliency")
@@ -42,50 +42,56 @@ def finish(view, output: str, views: ViewsConfig):
                                     mean=[255.0 * m for m in views.mean], std=[255.0 * s for s in views.std])
 
 
-def view_stats(window: augment.Window, decisions: augment.Decisions, blended):
-    """One (10,) float row of the debug output."""
-    def f(node):
-        return fn.cast(node, dtype=types.FLOAT)
-
-    return fn.cat(f(window.start), f(window.end), fn.stack(f(window.flip), decisions.jitter, decisions.gray,
-                                                            decisions.blur, decisions.solarize, f(blended)))
+def colour_maps(d, views: ViewsConfig):
+    """The per-view colour maps of the jitter form in use (`augment.py`)."""
+    if views.jitter_clip == "end":
+        return augment.fused_maps(d, views.num_views)
+    return augment.exact_maps(d, views.num_views)
 
 
-def multi_view_graph(plan: EpochPlan, views: ViewsConfig, device: str, output: str, debug: bool):
+def blur_kernels(d, views: ViewsConfig) -> list:
+    """(kernels, row) per view: Gaussian weights and half-widths, large and small views in one go each."""
+    large = augment.gaussian_rows(d.sigma[0:views.num_large], augment.blur_taps(views.large_size), views.num_large)
+    rows = [(large, k) for k in range(views.num_large)]
+    if views.num_small:
+        small = augment.gaussian_rows(d.sigma[views.num_large:views.num_views],
+                                      augment.blur_taps(views.small_size), views.num_small)
+        rows += [(small, k) for k in range(views.num_small)]
+    return rows
+
+
+def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, output: str, debug: bool):
     """The pipeline body (see the module docstring); returns the outputs in `output_names` order."""
     encoded = read_encoded(plan)
     images = fn.decoders.image(encoded.images, device="mixed" if device == "gpu" else "cpu",
                                output_type=types.RGB)
-    shape = fn.peek_image_shape(encoded.images)
-    interp = types.INTERP_CUBIC if views.interpolation == "cubic" else types.INTERP_LINEAR
-    blends, masks = None, None
+    d = draws.draw_image(fn.peek_image_shape(encoded.images), views)
+    cubic = views.interpolation == "cubic" or (views.interpolation == "auto" and device == "gpu")
+    interp = types.INTERP_CUBIC if cubic else types.INTERP_LINEAR
+    blends = 0.0 * d.flip
+    masks = None
     if encoded.mask_bytes is not None and views.saliency_p > 0:
         blends = saliency.draw_blends(views, encoded.has_mask)
         masks = saliency.decode_masks(encoded.mask_bytes, blends, device)
-    outputs, stats = [], []
+    maps, kernels = colour_maps(d, views), blur_kernels(d, views)
+    outputs = []
     for k in range(views.num_views):
-        large = k < views.num_large
-        size = views.large_size if large else views.small_size
-        window = augment.crop_window(shape, views.large_area if large else views.small_area,
-                                     views.aspect_ratio, views.flip_p)
-        view = augment.cut(images, window, size, interp)
-        blended = blends[k] if large and blends is not None else fn.random.coin_flip(probability=0.0,
-                                                                                      dtype=types.BOOL)
-        if large and blends is not None:
+        size = views.large_size if k < views.num_large else views.small_size
+        view = augment.cut(images, d.windows, k, size, interp)
+        if masks is not None and k < views.num_large:
             other = saliency.other_images(view) if views.saliency_fill == "other_image" else None
-            view = saliency.blend(view, masks, window, size, blended, views, other)
-        view, decisions = augment.augment(view, views, k, size, device)
+            if blends[k] > 0.0:
+                view = saliency.blend(view, masks, d.windows, k, size, views, other)
+        view = augment.augment_view(view, k, size, d, maps, *kernels[k], views, device)
         outputs.append(finish(view, output, views))
-        if debug:
-            stats.append(view_stats(window, decisions, blended))
     outputs.append(encoded.labels)
     if debug:
-        outputs.append(fn.stack(*stats))
+        outputs.append(draws.stats(d, blends))
     return tuple(outputs)
 
 
 @pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def multi_view_pipeline(plan: EpochPlan, views: ViewsConfig, device: str = "cpu", output: str = "uint8",
+def multi_view_pipeline(plan: ReadPlan, views: ViewsConfig, device: str = "cpu", output: str = "uint8",
                         debug: bool = False):
     """The pretraining pipeline; call with `batch_size`, `num_threads`, `device_id`, `seed` (and
     `checkpoint=` to resume) like any `@pipeline_def`."""

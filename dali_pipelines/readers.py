@@ -1,16 +1,17 @@
-"""DALI readers for one rank and one epoch: encoded images, labels and saliency masks, sharded and seeded.
+"""DALI readers for one rank: encoded images, labels and saliency masks, sharded and seeded.
 
-Shuffling is ours, not DALI's: each epoch's sample order is a permutation drawn from (seed, epoch),
-identical on every rank, and rank r reads the contiguous slice r of it (DALI's `shard_id` /
-`num_shards` arithmetic with `stick_to_shard`). So the ranks see disjoint samples that cover the
-dataset every epoch (exactly `torch.utils.data.DistributedSampler`'s contract), a run is
+Shuffling and sharding of folder and file-list datasets are ours, not DALI's: epoch e's order is a
+permutation drawn from (seed, e), identical on every rank; rank r reads slice r of it
+(`rank_samples`: DistributedSampler's contract, disjoint ranks covering the data each epoch, the
+same number of steps on every rank) and DALI just reads the rank's list in order. So a run is
 reproducible from its seed, and the loader always knows which files a rank reads (to name a bad
-one). DALI's own `shuffle_after_epoch` uses a hard-coded seed and hides the order; its
-`random_shuffle` is a buffer shuffle applied after a hidden global shuffle.
-Folder and file-list datasets read image and mask through two `fn.readers.file` fed the same
-ordered lists (same length, same sharding, no DALI shuffling), so sample i of both is the same
-image. WebDataset shards keep image and mask in one sample; there the order permutes the shards and
-a seeded DALI buffer shuffle mixes samples within the rank's slice.
+one). (DALI's `shuffle_after_epoch` uses a hard-coded seed and hides the order; `random_shuffle`
+is a buffer shuffle after a hidden global shuffle.) A rank's list may hold several epochs back to
+back, so one pipeline serves many epochs of a small dataset. Image and mask come from two
+`fn.readers.file` fed the same ordered list (same length, no DALI shuffling): sample i of both is
+the same image. WebDataset shards keep image and mask in one sample; there the epoch permutes the
+shards, DALI shards the samples (`shard_id`/`num_shards`, `stick_to_shard`) and a seeded buffer
+shuffle mixes samples within the rank's slice.
 """
 
 from __future__ import annotations
@@ -45,18 +46,19 @@ class MaskTable:
 
 
 @dataclass(frozen=True)
-class EpochPlan:
-    """What one rank reads in one epoch: the dataset, the epoch's order and this rank's slice."""
+class ReadPlan:
+    """What one pipeline reads: for folder/file lists the rank's sample indices in read order (DALI
+    shard 0 of 1); for webdataset the shard order, sharded by DALI."""
 
     dataset: DatasetSpec
-    order: np.ndarray
-    """Permutation of sample indices (folder/file list) or of shard indices (webdataset)."""
-    shard_id: int
-    num_shards: int
-    reader_seed: int
-    """Seed of the WebDataset shuffle buffer (per epoch and rank)."""
-    shuffle: bool
-    masks: MaskTable | None
+    samples: np.ndarray
+    """Sample indices to read in order (folder/file list) or shard indices (webdataset)."""
+    shard_id: int = 0
+    num_shards: int = 1
+    reader_seed: int = 0
+    """Seed of the WebDataset shuffle buffer."""
+    shuffle: bool = False
+    masks: MaskTable | None = None
     """Masks of a folder/file-list dataset, None when masks are not read."""
     read_wds_masks: bool = False
     """Read the `.mask.png` member of WebDataset samples."""
@@ -82,6 +84,24 @@ def epoch_order(num_items: int, *, seed: int, epoch: int, shuffle: bool) -> np.n
 def shard_bounds(num_samples: int, shard_id: int, num_shards: int) -> tuple[int, int]:
     """[start, end) of rank `shard_id`'s slice: DALI's reader arithmetic, floor(id * n / shards)."""
     return num_samples * shard_id // num_shards, num_samples * (shard_id + 1) // num_shards
+
+
+def steps_per_epoch(num_samples: int, num_shards: int, batch_size: int, drop_last: bool) -> int:
+    """Steps every rank takes per epoch: the smallest slice's full batches (drop_last), else enough
+    batches for the largest slice (smaller ones padded)."""
+    smallest, largest = num_samples // num_shards, -(-num_samples // num_shards)
+    return smallest // batch_size if drop_last else -(-largest // batch_size)
+
+
+def rank_samples(num_samples: int, *, seed: int, epoch: int, shuffle: bool, shard_id: int, num_shards: int,
+                 batch_size: int, drop_last: bool) -> np.ndarray:
+    """Sample indices rank `shard_id` reads in `epoch`: its slice of the epoch's order, cut to whole
+    batches (drop_last) or padded by repeating its last sample, `steps_per_epoch * batch_size` long."""
+    order = epoch_order(num_samples, seed=seed, epoch=epoch, shuffle=shuffle)
+    start, end = shard_bounds(num_samples, shard_id, num_shards)
+    count = steps_per_epoch(num_samples, num_shards, batch_size, drop_last) * batch_size
+    mine = order[start:end][:count]
+    return np.concatenate([mine, np.full(count - len(mine), mine[-1])]) if len(mine) < count else mine
 
 
 def placeholder_mask() -> Path:
@@ -130,22 +150,22 @@ def wds_index(tar: Path) -> Path:
     return path
 
 
-def _sharding(plan: EpochPlan, name: str) -> dict:
+def _sharding(plan: ReadPlan, name: str) -> dict:
     """Reader arguments shared by every reader of a plan (same slice, last sample repeated to pad)."""
     return dict(shard_id=plan.shard_id, num_shards=plan.num_shards, stick_to_shard=True,
                 pad_last_batch=True, name=name)
 
 
-def _read_files(plan: EpochPlan, name: str) -> Encoded:
+def _read_files(plan: ReadPlan, name: str) -> Encoded:
     """Folder/file list: an image reader and, in lockstep, a mask reader whose label is `has_mask`."""
     ds = plan.dataset
-    files = [str(ds.root / ds.files[i]) for i in plan.order]
-    labels = [int(ds.labels[i]) for i in plan.order]
+    files = [str(ds.root / ds.files[i]) for i in plan.samples]
+    labels = [int(ds.labels[i]) for i in plan.samples]
     images, label = fn.readers.file(files=files, labels=labels, **_sharding(plan, name))
     if plan.masks is None:
         return Encoded(images, label, None, None)
-    mask_files = [plan.masks.paths[i] for i in plan.order]
-    present = [int(plan.masks.present[i]) for i in plan.order]
+    mask_files = [plan.masks.paths[i] for i in plan.samples]
+    present = [int(plan.masks.present[i]) for i in plan.samples]
     mask_bytes, has_mask = fn.readers.file(files=mask_files, labels=present, **_sharding(plan, f"{name}_masks"))
     return Encoded(images, label, mask_bytes, has_mask[0] == 1)
 
@@ -165,10 +185,10 @@ def ascii_label(text):
     return fn.reshape(label, shape=[1])
 
 
-def _read_webdataset(plan: EpochPlan, name: str) -> Encoded:
+def _read_webdataset(plan: ReadPlan, name: str) -> Encoded:
     """WebDataset: shards in the epoch's order, image/label/mask from the same tar sample."""
     ds = plan.dataset
-    tars = [ds.tar_paths[i] for i in plan.order]
+    tars = [ds.tar_paths[i] for i in plan.samples]
     ext = [";".join(WDS_IMAGE_EXTENSIONS), WDS_LABEL_EXTENSION]
     if plan.read_wds_masks:
         ext.append(WDS_MASK_EXTENSION)
@@ -185,27 +205,28 @@ def _read_webdataset(plan: EpochPlan, name: str) -> Encoded:
     return Encoded(outputs[0], labels, mask_bytes, mask_bytes.shape()[0] > 0)
 
 
-def read_encoded(plan: EpochPlan, name: str = READER_NAME) -> Encoded:
+def read_encoded(plan: ReadPlan, name: str = READER_NAME) -> Encoded:
     """The readers of `plan` inside a pipeline definition."""
     if plan.dataset.kind == "webdataset":
         return _read_webdataset(plan, name)
     return _read_files(plan, name)
 
 
-def shard_sources(plan: EpochPlan, first: int = 0) -> list[str]:
-    """Human-readable sources this rank reads this epoch, from its `first`-th sample on: image paths
-    (and their masks), or `shard.tar:member` for WebDataset. Used to find a bad file."""
+def sample_sources(dataset: DatasetSpec, masks: MaskTable | None, samples) -> list[str]:
+    """Files behind folder/file-list `samples` (image paths, then their real masks), for validation."""
+    sources = []
+    for i in dict.fromkeys(int(i) for i in samples):
+        sources.append(str(dataset.root / dataset.files[i]))
+        if masks is not None and masks.present[i]:
+            sources.append(masks.paths[i])
+    return sources
+
+
+def wds_sources(plan: ReadPlan) -> list[str]:
+    """`shard.tar:member` of every image (and mask) in this rank's slice of a WebDataset plan."""
     ds = plan.dataset
-    if ds.kind != "webdataset":
-        start, end = shard_bounds(ds.num_samples, plan.shard_id, plan.num_shards)
-        sources = []
-        for i in plan.order[start + first:end]:
-            sources.append(str(ds.root / ds.files[i]))
-            if plan.masks is not None and plan.masks.present[i]:
-                sources.append(plan.masks.paths[i])
-        return sources
     members = []
-    for t in plan.order:
+    for t in plan.samples:
         for _, parts in scan_tar(ds.tar_paths[t]):
             image = next((parts[e] for e in WDS_IMAGE_EXTENSIONS if e in parts), None)
             if image is not None:

@@ -14,22 +14,20 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from dali_pipelines.augment import Window
+from dali_pipelines.draws import flags
 from dali_pipelines.recipe import ViewsConfig
 
 
-def draw_blends(views: ViewsConfig, has_mask) -> list:
-    """Per large view: a per-sample bool, True with `saliency_p` and only where the image has a mask."""
-    return [fn.random.coin_flip(probability=views.saliency_p, dtype=types.BOOL) & has_mask
-            for _ in range(views.num_large)]
+def draw_blends(views: ViewsConfig, has_mask):
+    """(V,) float flags: large view k blends with probability `saliency_p`, only where the image has a
+    mask; small views never."""
+    probabilities = [views.saliency_p] * views.num_large + [0.0] * views.num_small
+    return flags(probabilities) * fn.cast(has_mask, dtype=types.FLOAT)
 
 
-def decode_masks(mask_bytes, blends: list, device: str):
+def decode_masks(mask_bytes, blends, device: str):
     """The grayscale (H, W, 1) masks of the samples where any view blends; a 1x1 foreground elsewhere."""
-    anywhere = blends[0]
-    for blend in blends[1:]:
-        anywhere = anywhere | blend
-    if anywhere:
+    if fn.reductions.sum(blends) > 0.0:
         masks = fn.decoders.image(mask_bytes, device="cpu", output_type=types.GRAY)
     else:
         masks = types.Constant(np.full((1, 1, 1), 255, np.uint8), layout="HWC")
@@ -53,12 +51,10 @@ def _fill(view, views: ViewsConfig, other):
     return fn.cast(other, dtype=types.FLOAT)
 
 
-def blend(view, masks, window: Window, size: int, blended, views: ViewsConfig, other=None):
-    """`view` with its background replaced where `blended` (a per-sample bool) is True."""
-    if blended:
-        cut = fn.resize(masks, size=[size, size], roi_start=window.start, roi_end=window.end,
-                        roi_relative=True, interp_type=types.INTERP_LINEAR, antialias=True)
-        alpha = fn.cast(cut, dtype=types.FLOAT) * (1.0 / 255.0)
-        mixed = fn.cast(view, dtype=types.FLOAT) * alpha + _fill(view, views, other) * (1.0 - alpha)
-        view = fn.cast(mixed, dtype=types.UINT8)
-    return view
+def blend(view, masks, windows, k: int, size: int, views: ViewsConfig, other=None):
+    """`view` (view `k`) with its background replaced; call inside `if` on the view's blend flag."""
+    cut = fn.resize(masks, size=[size, size], roi_start=windows[k, 0:2], roi_end=windows[k, 2:4],
+                    roi_relative=True, interp_type=types.INTERP_LINEAR, antialias=True)
+    alpha = fn.cast(cut, dtype=types.FLOAT) * (1.0 / 255.0)
+    mixed = fn.cast(view, dtype=types.FLOAT) * alpha + _fill(view, views, other) * (1.0 - alpha)
+    return fn.cast(mixed, dtype=types.UINT8)
