@@ -137,7 +137,7 @@ def endless(loader):
 
 
 def loader_rate(dataset, views: ViewsConfig, data: DataConfig, config: Config, device: torch.device,
-                batches: int, warmup: int = 2) -> float:
+                batches: int, warmup: int = 1) -> float:
     """Images/s of a loader alone: `batches` batches timed after `warmup` untimed ones."""
     loader = build_loader(dataset, views, data, config, device)
     stream = endless(loader)

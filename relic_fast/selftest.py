@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-CHECKS = ("pipeline-statistics", "fused-loss", "compiled-step")
+CHECKS = ("pipeline-statistics", "compiled-step", "fused-loss")
+"""In the order they run (on CPU the interpreted fused-loss child starts first and runs alongside)."""
 LOSS_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 """Relative error allowed between the fused and the reference loss (terms and gradient), per input dtype."""
 STEP_TOLERANCE = {"loss": 3e-2, "update": 0.1}
@@ -120,27 +121,38 @@ def fused_loss_errors(device: str, perturb: float) -> dict[str, float]:
     return errors
 
 
-def interpreted_loss_errors(perturb: float) -> dict[str, float]:
-    """Run `fused_loss_errors("cpu")` in a subprocess with TRITON_INTERPRET=1; its JSON errors."""
+def start_interpreted_loss(perturb: float) -> subprocess.Popen:
+    """Start `fused_loss_errors("cpu")` in a subprocess with TRITON_INTERPRET=1 (it runs while other checks do)."""
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    out = subprocess.run([sys.executable, "-m", "relic_fast.selftest", "fused-loss-child", repr(perturb)],
-                         env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(f"the interpreted fused-loss check failed to run:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, "-m", "relic_fast.selftest", "fused-loss-child", repr(perturb)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def check_fused_loss(device: str, perturb: float) -> CheckResult:
-    """Fused Triton loss vs the reference, forward and backward."""
+def interpreted_loss_errors(child: subprocess.Popen) -> dict[str, float]:
+    """The JSON errors the interpreted child prints (its stderr in the error when it failed)."""
+    stdout, stderr = child.communicate(timeout=600)
+    if child.returncode != 0:
+        raise RuntimeError(f"the interpreted fused-loss check failed to run:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def triton_installed() -> bool:
+    """Whether triton can be imported (the fused loss's only extra dependency)."""
     import importlib.util
 
+    return importlib.util.find_spec("triton") is not None
+
+
+def check_fused_loss(device: str, perturb: float, child: subprocess.Popen | None = None) -> CheckResult:
+    """Fused Triton loss vs the reference, forward and backward (on CPU through the interpreted `child`)."""
     start = time.perf_counter()
-    if importlib.util.find_spec("triton") is None:
+    if not triton_installed():
         return CheckResult("fused-loss", "skip", "triton is not installed")
     if device == "cuda":
         errors, what = fused_loss_errors("cuda", perturb), "compiled kernels, training sizes"
     else:
-        errors, what = interpreted_loss_errors(perturb), "Triton interpreter (TRITON_INTERPRET=1), tiny sizes"
+        errors = interpreted_loss_errors(child or start_interpreted_loss(perturb))
+        what = "Triton interpreter (TRITON_INTERPRET=1), tiny sizes"
     tolerances = {"float32": LOSS_TOLERANCE["float32"], "bfloat16": LOSS_TOLERANCE["bfloat16"]}
     return judge("fused-loss", errors, tolerances, time.perf_counter() - start, what)
 
@@ -190,7 +202,9 @@ def check_compiled_step(device: str, perturb: float, compile_backend: str | None
 
 # ---------------------------------------------------------------- pipeline statistics
 def view_statistics(loader, batches: int) -> dict[str, torch.Tensor]:
-    """Per view (rows): mean and std of each channel, and whether it is gray; large and small views apart."""
+    """Per image (rows), averaged over its large (or small) views: each channel's pixel mean and std, and
+    the fraction of its views that are gray. Views of one image are correlated, images are not: the
+    z-scores of `statistic_z_scores` therefore take images as the independent samples."""
     stats: dict[str, list[torch.Tensor]] = {}
     stream = iter(loader)
     for _ in range(batches):
@@ -198,14 +212,15 @@ def view_statistics(loader, batches: int) -> dict[str, torch.Tensor]:
         if batch is None:
             stream = iter(loader)
             batch = next(stream)
+        images = batch.labels.shape[0]
         for kind, x in (("large", batch.large), ("small", batch.small)):
             if x is None:
                 continue
-            x = x.float().cpu().flatten(2)                                    # (views, 3, pixels), 0..255
+            x = x.float().cpu().flatten(2)                                    # (V*B, 3, pixels), 0..255
             gray = ((x[:, 0] - x[:, 1]).abs().amax(1) + (x[:, 1] - x[:, 2]).abs().amax(1)) < 0.5
-            stats.setdefault(f"{kind} mean", []).append(x.mean(2))
-            stats.setdefault(f"{kind} std", []).append(x.std(2))
-            stats.setdefault(f"{kind} gray", []).append(gray.float()[:, None])
+            per_view = {"mean": x.mean(2), "std": x.std(2), "gray": gray.float()[:, None]}
+            for name, values in per_view.items():                            # view-major -> per image
+                stats.setdefault(f"{kind} {name}", []).append(values.unflatten(0, (-1, images)).mean(0))
     return {key: torch.cat(parts) for key, parts in stats.items()}
 
 
@@ -275,13 +290,18 @@ def run_selftest(device: str = "auto", *, only: tuple[str, ...] | None = None, p
                  compile_backend: str | None = None, log: Callable[[str], Any] = lambda text: None) -> list[CheckResult]:
     """Run the checks (all, or `only`) on `device`; an exception inside a check is its failure."""
     device = resolve_device(device)
+    names = tuple(only or CHECKS)
+    for name in names:
+        if name not in CHECKS:
+            raise ValueError(f"unknown check {name!r}; choose from {', '.join(CHECKS)}")
+    child = None
+    if device == "cpu" and "fused-loss" in names and triton_installed():
+        child = start_interpreted_loss(perturb)  # the interpreter runs alongside the other checks
     runners = {"pipeline-statistics": lambda: check_pipeline_statistics(device, perturb),
-               "fused-loss": lambda: check_fused_loss(device, perturb),
+               "fused-loss": lambda: check_fused_loss(device, perturb, child),
                "compiled-step": lambda: check_compiled_step(device, perturb, compile_backend)}
     results = []
-    for name in only or CHECKS:
-        if name not in runners:
-            raise ValueError(f"unknown check {name!r}; choose from {', '.join(CHECKS)}")
+    for name in names:
         log(f"selftest: {name} on {device}")
         start = time.perf_counter()
         try:
