@@ -59,7 +59,7 @@ def test_verdict_rules():
 
 
 def test_ablations_switch_off_one_group_each():
-    groups = {name: (views, data) for name, views, data in ablations(ViewsConfig(), DataConfig())}
+    groups = {name: (views, data) for name, views, data in ablations(ViewsConfig(), DataConfig(output_dtype="float16"))}
     assert groups["gaussian blur"][0].blur_p == (0.0,) and groups["gaussian blur"][0].jitter_p == 0.8
     assert groups["colour jitter + grayscale"][0].jitter_p == 0.0 and groups["colour jitter + grayscale"][0].grayscale_p == 0.0
     assert groups["normalize + cast output"][1].output_dtype == "uint8"
