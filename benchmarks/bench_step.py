@@ -53,6 +53,8 @@ class StepBench:
     projector_hidden: int = 4096
     predictor_hidden: int = 4096
     loss_implementation: str = "auto"
+    threads: int | None = None
+    """torch intra-op threads (torch.set_num_threads); None keeps torch's default."""
     seed: int = 0
 
 
@@ -95,6 +97,8 @@ def view_sizes(bench: StepBench) -> str:
 
 def measure_variant(bench: StepBench, variant: str) -> Result:
     """Images/s of the training step in one variant (fresh networks, same seed, synthetic views)."""
+    import torch
+
     from relic_fast.step import train_step
     from relic_fast.synthetic import standalone_context, synthetic_inputs
 
@@ -116,6 +120,7 @@ def measure_variant(bench: StepBench, variant: str) -> Result:
     first_step_s = time.perf_counter() - start
     row = measure(bench="step", pipeline=variant, fn=step, items=bench.batch_size, warmup=max(bench.warmup - 1, 0),
                   repeats=bench.repeats, sync=sync, recipe=view_sizes(bench), batch_size=bench.batch_size,
+                  threads=torch.get_num_threads(),
                   extra={"device": bench.device, "encoder": f"{bench.encoder}x{bench.width}", "compiled": compiled,
                          "precision": precision, "channels_last": channels_last,
                          "first_step_s": round(first_step_s, 3), "loss_implementation": loss.implementation})
@@ -127,13 +132,17 @@ def measure_variant(bench: StepBench, variant: str) -> Result:
 
 def run(bench: StepBench, *, console=None) -> list[Result]:
     """Measure every variant of `bench`; rows carry their ratio to the eager fp32 contiguous baseline."""
+    import torch
+
+    if bench.threads is not None:
+        torch.set_num_threads(bench.threads)
     rows = []
     for variant in bench.variants:
         rows.append(measure_variant(bench, variant))
         if console is not None:
             console.log(f"measured {variant}: {rows[-1].images_per_s:,.1f} images/s "
                         f"(first step {rows[-1].extra['first_step_s']:.1f} s)")
-    return add_ratios(rows, baseline=BASELINE, match=("recipe",))
+    return add_ratios(rows, baseline=BASELINE, match=("recipe", "threads"))
 
 
 def resolve_device(device: str) -> str:
@@ -163,6 +172,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--predictor-hidden", type=int, help="predictor MLP hidden width (default 4096)")
     add("--loss", dest="loss_implementation", choices=("auto", "reference", "fused"),
         help="loss implementation (default auto: fused on CUDA, reference on CPU)")
+    add("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     add("--seed", type=int)
     add("--json", type=Path, help="write the rows, machine and command as JSON here")
     add("--png", type=Path, help="write a bar chart of images/s here")
@@ -174,7 +184,7 @@ def bench_from_args(args: argparse.Namespace) -> StepBench:
     bench = defaults_for(resolve_device(args.device))
     changes = {key: getattr(args, key) for key in ("encoder", "width", "views", "large_size", "small_size",
                                                    "batch_size", "warmup", "repeats", "projector_hidden",
-                                                   "predictor_hidden", "loss_implementation", "seed")
+                                                   "predictor_hidden", "loss_implementation", "threads", "seed")
                if getattr(args, key) is not None}
     if args.variants:
         variants = ALL_VARIANTS if args.variants == ["all"] else tuple(args.variants)
