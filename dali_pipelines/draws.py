@@ -103,13 +103,14 @@ def draw_image(shape, views: ViewsConfig) -> ImageDraws:
         windows=crop_windows(shape, views, flip), flip=flip, jitter=jitter,
         gray=flags([views.grayscale_p] * count), blur=flags([s[0] for s in settings]),
         solarize=flags([s[1] for s in settings]),
-        sigma=fn.random.uniform(range=list(views.blur_sigma), shape=[count]),
+        sigma=views.blur_sigma[0] + fn.random.uniform(range=[0.0, 1.0], shape=[count])
+        * (views.blur_sigma[1] - views.blur_sigma[0]),
         shift=shift, factor=factor, contrast=1.0 + symmetric(views.contrast, jitter, count),
         saturation=1.0 + symmetric(views.saturation, jitter, count),
         angle=2.0 * math.pi * symmetric(views.hue, jitter, count), order=order)
 
 
 def stats(draws: ImageDraws, saliency):
-    """(V, 10) float debug rows: window (4), flip, jitter, gray, blur, solarize, saliency."""
+    """(V, 11) float debug rows: window (4), flip, jitter, gray, blur, solarize, saliency, sigma."""
     return fn.cat(draws.windows, fn.stack(draws.flip, draws.jitter, draws.gray, draws.blur, draws.solarize,
-                                          saliency, axis=1), axis=1)
+                                          saliency, draws.sigma, axis=1), axis=1)

@@ -49,7 +49,7 @@ class ViewBatch:
     labels: torch.Tensor
     normalized: bool
     stats: torch.Tensor | None = None
-    """Debug pipelines only: (B, L+S, 10) per-view crop windows and decisions (`pretrain.STATS_FIELDS`)."""
+    """Debug pipelines only: (B, L+S, 11) per-view crop windows and decisions (`pretrain.STATS_FIELDS`)."""
 
 
 def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],

@@ -8,8 +8,9 @@ normalized float through `fn.crop_mirror_normalize` (one fused pass).
 The device is a parameter: `device="gpu"` puts the decoder in `mixed` mode so that every image
 operator after it runs on the GPU; all random draws and crop windows stay on the CPU as per-sample
 arguments. Outputs, in order: `large0..large{L-1}`, `small0..small{S-1}`, `labels`, and with
-`debug=True` a float (L+S, 10) `stats` tensor per sample: per view (y0, x0, y1, x1, flip, jitter,
-gray, blur, solarize, saliency) with the window in relative coordinates (x0 > x1 when flipped).
+`debug=True` a float (L+S, 11) `stats` tensor per sample: per view (y0, x0, y1, x1, flip, jitter,
+gray, blur, solarize, saliency, sigma) with the window in relative coordinates (x0 > x1 when
+flipped) and the blur's sigma (drawn for every view, used where blur is 1).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dali_pipelines import augment, draws, saliency
 from dali_pipelines.readers import ReadPlan, read_encoded
 from dali_pipelines.recipe import ViewsConfig
 
-STATS_FIELDS = ("y0", "x0", "y1", "x1", "flip", "jitter", "gray", "blur", "solarize", "saliency")
+STATS_FIELDS = ("y0", "x0", "y1", "x1", "flip", "jitter", "gray", "blur", "solarize", "saliency", "sigma")
 """Columns of the debug `stats` output, one row per view."""
 
 OUTPUT_TYPES = {"uint8": types.UINT8, "float16": types.FLOAT16, "float32": types.FLOAT}
