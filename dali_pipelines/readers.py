@@ -181,7 +181,7 @@ def ascii_label(text):
     power = fn.cast(count - 1 - position, dtype=types.FLOAT)
     weight = fn.cast(is_digit, dtype=types.FLOAT) * (10.0 ** power)
     value = fn.reductions.sum(fn.cast(digit, dtype=types.FLOAT) * weight)
-    label = fn.cast(value + 0.5, dtype=types.INT32) - fn.cast(count == 0, dtype=types.INT32)
+    label = fn.cast(value, dtype=types.INT32) - fn.cast(count == 0, dtype=types.INT32)  # cast rounds
     return fn.reshape(label, shape=[1])
 
 
