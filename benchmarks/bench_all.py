@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"), help="folder for the files")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto")
     parser.add_argument("--data", help="JPEG folder tree for the loader (default: the generated photo corpus)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads of the step and loss benchmarks "
+                                                     "(default: torch's choice; 1 on a shared, busy CPU)")
     args = parser.parse_args(argv)
     console = Console()
     out = args.out
@@ -64,8 +66,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
     device = bench_step.resolve_device(args.device)
     step_bench = bench_step.defaults_for(device)
     console.rule(f"training step ({device})")
-    step_rows = bench_step.main(["--device", device, "--json", str(out / "step.json"), "--png", str(out / "step.png")],
-                                prog="relic-fast bench step")
+    threads = ["--threads", str(args.threads)] if args.threads else []  # bench_step sets them for the loss too
+    step_rows = bench_step.main(["--device", device, *threads, "--json", str(out / "step.json"),
+                                 "--png", str(out / "step.png")], prog="relic-fast bench step")
     console.rule("loader")
     loader_rows = bench_loader.main(loader_args(step_bench, args.data, out), prog="relic-fast bench loader")
     console.rule("loss")

@@ -22,6 +22,7 @@ Measurements, in order (single process, the config's device):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import statistics
 import threading
 import time
@@ -99,6 +100,9 @@ def trace_training(trainer, settings: ProfileSettings, trace_path: Path) -> dict
             trainer.train(save_final=False)
         finally:
             trainer.on_step = None
+    if len(timings) < settings.warmup + settings.steps:
+        raise ValueError(f"the run stopped after {len(timings)} steps, before warm-up + profiled steps "
+                         f"({settings.warmup} + {settings.steps}): raise train.epochs or lower --steps")
     measured = timings[settings.warmup:]
     return {"per_step": [{"data_ms": 1e3 * d, "compute_ms": 1e3 * c} for d, c in measured],
             "phases_ms": phase_times(prof, len(measured))}
@@ -149,7 +153,8 @@ def loader_rate(dataset, views: ViewsConfig, data: DataConfig, config: Config, d
         next(stream)
     synchronize(device)
     elapsed = time.perf_counter() - start
-    del stream, loader  # release the pipeline's threads and buffers before the next one
+    del stream, loader
+    gc.collect()  # release the pipeline's threads and (GPU) buffers before the next one is built
     return batches * config.train.batch_size / elapsed
 
 

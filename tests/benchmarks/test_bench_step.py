@@ -25,7 +25,8 @@ def one_thread():
 
 
 def test_variants_cover_every_combination_once():
-    assert len(set(ALL_VARIANTS)) == 8 and BASELINE in DEFAULT_VARIANTS
+    assert len(set(ALL_VARIANTS)) == 8
+    assert all(BASELINE in variants and set(variants) <= set(ALL_VARIANTS) for variants in DEFAULT_VARIANTS.values())
     assert parse_variant("compiled-bf16-channels-last") == (True, "bf16", True)
     assert parse_variant(BASELINE) == (False, "fp32", False)
     with pytest.raises(ValueError, match="unknown variant"):
@@ -37,6 +38,7 @@ def test_device_defaults_and_overrides():
     assert (gpu.encoder, gpu.views, gpu.large_size, gpu.small_size, gpu.batch_size) == ("resnet50", "4L+2S", 224, 96, 128)
     cpu = defaults_for("cpu")
     assert (cpu.encoder, cpu.views, cpu.large_size, cpu.small_size, cpu.batch_size) == ("resnet18", "2L+2S", 64, 32, 16)
+    assert "compiled-bf16-channels-last" in gpu.variants and "compiled-fp32-channels-last" in cpu.variants
     args = build_parser("test").parse_args(["--device", "cpu", "--batch-size", "4", "--variants", "all"])
     bench = bench_from_args(args)
     assert bench.batch_size == 4 and bench.encoder == "resnet18" and bench.variants == ALL_VARIANTS
