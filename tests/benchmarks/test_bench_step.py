@@ -70,3 +70,19 @@ def test_tiny_step_benchmark_writes_json_and_chart(tmp_path, one_thread):
     assert cl["ratios"][BASELINE] == pytest.approx(cl["images_per_s"] / rows[BASELINE]["images_per_s"])
     assert rows[BASELINE]["ratios"] == {}
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_bench_all_runs_the_loader_on_the_step_recipe_and_compares_them(tmp_path):
+    from benchmarks.bench_all import loader_args, summary
+    from benchmarks.harness import Result
+
+    args = loader_args(defaults_for("cuda"), "/data", tmp_path)
+    assert args[args.index("--recipe") + 1] == "4L+2S" and args[args.index("--batch-size") + 1] == "128"
+    assert args[args.index("--device") + 1] == "gpu" and args[args.index("--data") + 1] == "/data"
+    assert args[args.index("--json") + 1] == str(tmp_path / "loader.json")
+    loader = [Result("loader", "torchvision", images_per_s=50.0), Result("loader", "dali-cpu", images_per_s=120.0)]
+    step = [Result("step", BASELINE, images_per_s=80.0), Result("step", "compiled-fp32-channels-last", images_per_s=200.0)]
+    head = summary(loader, step, [])
+    assert head["loader"]["pipeline"] == "dali-cpu" and head["step"]["pipeline"] == "compiled-fp32-channels-last"
+    assert head["bound"] == "input" and head["loader_over_step"] == pytest.approx(0.6)
+    assert summary(loader, step[:1], [])["bound"] == "compute"
