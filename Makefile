@@ -5,6 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
+DEMO_SEEDS ?= 1
 
 .PHONY: setup demo test test-fast clean
 
@@ -17,9 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-## Pretrain the CPU demo recipe on the built-in demo dataset (generated on first use), then evaluate it.
+## The demo experiment on the built-in demo dataset (generated on first use): pretrain the CPU demo
+## recipe with and without saliency masking, then linear-probe both and a random-init encoder.
 demo: setup
-	$(VENV)/bin/relic-fast pretrain --config configs/demo_cpu.toml --out $(DEMO_OUT)
+	$(VENV)/bin/relic-fast experiment --config configs/demo_cpu.toml --seeds $(DEMO_SEEDS) --out $(DEMO_OUT)
 
 ## The whole test suite (what CI runs).
 test: setup
