@@ -20,7 +20,7 @@ from relic_fast.cli import app
 from relic_fast.step import NonFiniteLossError
 from relic_fast.trainer import Trainer, pretrain
 
-from conftest import REPO, TINY_OVERRIDES
+from tiny_recipe import REPO, TINY_OVERRIDES
 
 
 def with_train(config, **changes):
