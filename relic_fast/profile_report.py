@@ -20,9 +20,9 @@ WAIT_SHARE_LIMIT = 0.25
 """A loop that waits for data longer than this share of its time is input-bound whatever the rates say."""
 
 
-def slowest_group(ablation: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    """The ablation row of the costliest switchable operator group (decode + crops excluded), if any."""
-    rows = [row for row in ablation or [] if not row["kept_only"]]
+def slowest_group(ablation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ablation row of the costliest switchable operator group above the noise (decode + crops excluded)."""
+    rows = [row for row in (ablation or {}).get("groups", []) if not row["kept_only"] and not row["within_noise"]]
     return max(rows, key=lambda row: row["cost_ms_per_batch"]) if rows else None
 
 
@@ -80,7 +80,7 @@ def input_suggestions(config, measurements: dict[str, Any]) -> list[str]:
     slowest = slowest_group(measurements.get("ablation"))
     if slowest is not None and slowest["group"] in GROUP_ADVICE:
         tips.append(GROUP_ADVICE[slowest["group"]])
-    bare = [row for row in measurements.get("ablation") or [] if row["kept_only"]]
+    bare = [row for row in (measurements.get("ablation") or {}).get("groups", []) if row["kept_only"]]
     if bare and bare[0]["share"] > 0.5:
         tips.append(f"decoding and cropping alone take {100 * bare[0]['share']:.0f}% of the loader's time: store "
                     "the dataset at a smaller size (short side ~ 1.15 x large_size) or decode on the GPU")
@@ -172,12 +172,14 @@ def print_report(report: dict[str, Any], console=None) -> None:
                       f"  (data tax {100 * m['data_tax']['tax']:.1f}%)")
     console.print(rates)
     if m.get("ablation"):
-        costs = Table(title="DALI operator groups, by ablation (ms per batch each adds)")
+        ablation = m["ablation"]
+        costs = Table(title=f"DALI operator groups, by ablation (ms per batch each adds; full recipe "
+                            f"{ablation['full_batch_ms']:,.1f} ms, noise +/- {ablation['noise_ms']:,.1f} ms)")
         for column in ("group", "loader img/s without it", "ms per batch", "share"):
             costs.add_column(column, justify="left" if column == "group" else "right")
-        for row in m["ablation"]:
-            costs.add_row(row["group"], f"{row['images_per_s_without']:,.1f}", f"{row['cost_ms_per_batch']:,.1f}",
-                          f"{100 * row['share']:.0f}%")
+        for row in ablation["groups"]:
+            share = "within noise" if row["within_noise"] else f"{100 * row['share']:.0f}%"
+            costs.add_row(row["group"], f"{row['images_per_s_without']:,.1f}", f"{row['cost_ms_per_batch']:,.1f}", share)
         console.print(costs)
     style = "bold red" if report["verdict"]["bound"] == "input" else "bold yellow"
     console.print(f"[{style}]{report['verdict']['text']}[/]")

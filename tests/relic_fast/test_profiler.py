@@ -45,11 +45,17 @@ def measurements(loader: float, model: float, wait: float, ablation=None) -> dic
 
 
 def test_verdict_rules():
-    blur = {"group": "gaussian blur", "cost_ms_per_batch": 30.0, "share": 0.5, "kept_only": False}
-    jitter = {"group": "colour jitter + grayscale", "cost_ms_per_batch": 10.0, "share": 0.2, "kept_only": False}
-    bare = {"group": "decode + crops (everything else off)", "cost_ms_per_batch": 50.0, "share": 0.8, "kept_only": True}
-    assert slowest_group([jitter, bare, blur]) is blur
-    slow_loader = verdict(measurements(100.0, 400.0, 0.6, [jitter, blur, bare]))
+    def row(group, cost, kept_only=False, within_noise=False):
+        return {"group": group, "cost_ms_per_batch": cost, "share": cost / 60.0, "kept_only": kept_only,
+                "within_noise": within_noise}
+
+    blur, jitter = row("gaussian blur", 30.0), row("colour jitter + grayscale", 10.0)
+    bare = row("decode + crops (everything else off)", 50.0, kept_only=True)
+    noisy = row("solarize", 40.0, within_noise=True)
+    ablation = {"full_batch_ms": 60.0, "noise_ms": 5.0, "groups": [jitter, noisy, bare, blur]}
+    assert slowest_group(ablation) is blur
+    assert slowest_group({"groups": [noisy, bare]}) is None
+    slow_loader = verdict(measurements(100.0, 400.0, 0.6, ablation))
     assert slow_loader["bound"] == "input"
     assert "100.0 img/s" in slow_loader["text"] and "400.0 img/s" in slow_loader["text"] and "gaussian blur" in slow_loader["text"]
     contention = verdict(measurements(500.0, 400.0, WAIT_SHARE_LIMIT + 0.1))
@@ -84,9 +90,11 @@ def test_profile_cli_writes_report_and_chrome_trace(tiny_demo, tmp_path, one_thr
     assert set(m["loop"]["phases_ms"]) == set(PHASES)
     assert all(m["loop"]["phases_ms"][p]["calls"] == 3 for p in ("forward", "backward", "optimizer", "ema"))
     assert m["loader_images_per_s"] > 0 and m["consumption_images_per_s"] > 0 and m["pipeline_device"] == "cpu"
-    groups = [row["group"] for row in m["ablation"]]
+    ablation = m["ablation"]
+    groups = [row["group"] for row in ablation["groups"]]
     assert {"gaussian blur", "saliency masking", "normalize + cast output"} <= set(groups)
-    assert groups[-1].startswith("decode + crops") and all(row["images_per_s_without"] > 0 for row in m["ablation"])
+    assert groups[-1].startswith("decode + crops") and all(row["images_per_s_without"] > 0 for row in ablation["groups"])
+    assert ablation["full_batch_ms"] > 0 and ablation["noise_ms"] >= 0
     assert report["verdict"]["bound"] in ("input", "compute") and report["suggestions"]
     assert report["verdict"] == verdict(m)
     assert report["config"]["model"]["encoder"] == "resnet18" and report["machine"]["torch"] == torch.__version__
