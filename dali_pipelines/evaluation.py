@@ -12,13 +12,14 @@ from __future__ import annotations
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipelines.readers import ReadPlan, read_encoded
+from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
 
 EVAL_OUTPUTS = ["images", "labels"]
 
 
 @pipeline_def
-def eval_pipeline(plan: ReadPlan, size: int, train: bool, device: str = "cpu",
-                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+def eval_pipeline(plan: ReadPlan, size: int, train: bool, device: str = "cpu", mean=IMAGENET_MEAN,
+                  std=IMAGENET_STD):
     """Linear-eval pipeline over `plan`; outputs (images float32 HWC normalized, labels int32 (1,))."""
     encoded = read_encoded(plan)
     decoder = "mixed" if device == "gpu" else "cpu"

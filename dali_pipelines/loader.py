@@ -1,13 +1,16 @@
 """Torch-facing loaders over the DALI pipelines: `build_pretrain_loader` (multi-view `ViewBatch`es) and `build_eval_loader`.
 
-Each epoch is one DALI pipeline (`DALIGenericIterator` underneath) over that epoch's seeded sample
-order (see `readers.py`); a new `iter()` starts the next epoch, or finishes the current one when it
-was left part-way. Views come out of DALI as HWC and are packed VIEW-MAJOR into one (V*B, H, W, 3)
-tensor whose NCHW permutation is channels-last with no layout copy (the one copy is the packing of
-the V per-view outputs). `checkpoint()` is (epoch, step, DALI checkpoint of the pipeline: reader
-positions and every random generator): a loader built from it yields the identical next batches.
-A DALI error during iteration becomes a `BadImageError` naming the unreadable file(s), found by
-validating this rank's files of the epoch with PIL.
+A `DALIGenericIterator` runs each pipeline. For folder/file-list data a pipeline reads a rank's
+seeded sample lists of several consecutive epochs back to back (`readers.rank_samples`; at least
+`chunk_samples` samples, so a small dataset does not rebuild a pipeline every epoch); WebDataset
+and the eval loader build one pipeline per epoch. A new `iter()` starts the next epoch, or finishes
+the current one when it was left part-way. Views come out of DALI as HWC and are packed VIEW-MAJOR
+into one (V*B, H, W, 3) tensor whose NCHW permutation is channels-last with no layout copy (the one
+copy packs the V per-view outputs; DALI's dynamic executor hands them over without copying).
+`checkpoint()` is (epoch, step, DALI checkpoint: reader positions and every random generator): a
+loader built from it yields the identical next batches. A DALI error during iteration becomes a
+`BadImageError` naming the unreadable file(s), found by validating this rank's files of the epoch
+with PIL (`validate.validate_image`), starting with the batches in flight.
 """
 
 from __future__ import annotations
