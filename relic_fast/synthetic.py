@@ -47,6 +47,8 @@ def standalone_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig,
     whatever their precision or memory format.
     """
     device = torch.device(device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as the trainer sets it on CUDA
     torch.manual_seed(seed)
     online, target = build_networks(model)
     memory_format = memory_format_of(channels_last)
