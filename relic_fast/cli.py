@@ -317,7 +317,8 @@ def profile_command(
         data: Annotated[Optional[str], typer.Option("--data", help="Dataset (as for pretrain). Omitted: the recipe's data.path, else the built-in demo dataset.")] = None,
         steps: Annotated[int, typer.Option("--steps", min=1, help="Profiled training steps (after --warmup).")] = 10,
         warmup: Annotated[int, typer.Option("--warmup", min=1, help="Training steps first, untimed (compilation, pipeline start).")] = 2,
-        loader_batches: Annotated[int, typer.Option("--loader-batches", min=1, help="Batches per loader measurement.")] = 8,
+        loader_batches: Annotated[int, typer.Option("--loader-batches", min=1, help="Batches per timed window of a loader measurement.")] = 8,
+        loader_repeats: Annotated[int, typer.Option("--loader-repeats", min=1, help="Timed windows per loader measurement (median).")] = 3,
         synthetic_steps: Annotated[int, typer.Option("--synthetic-steps", min=1, help="Timed steps of the model alone on synthetic views.")] = 5,
         ablation: Annotated[bool, typer.Option("--ablation/--no-ablation", help="Cost DALI operator groups by ablation (one loader measurement each).")] = True,
         out: Annotated[Path, typer.Option("--out", help="Run folder: profile.json, profile_trace.json (Chrome trace), metrics.jsonl, config.toml.")] = Path("runs/profile"),
@@ -331,7 +332,7 @@ def profile_command(
     cfg = resolve_config(config, overrides)
     if data is not None:
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, path=data))
-    settings = ProfileSettings(steps=steps, warmup=warmup, loader_batches=loader_batches,
+    settings = ProfileSettings(steps=steps, warmup=warmup, loader_batches=loader_batches, loader_repeats=loader_repeats,
                                synthetic_steps=synthetic_steps, ablation=ablation)
     report = profile_run(cfg, out, settings, log=console.log)
     print_report(report, console)

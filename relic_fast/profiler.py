@@ -49,7 +49,10 @@ class ProfileSettings:
     """Training steps first, untimed: compilation, pipeline start-up, allocator warm-up."""
 
     loader_batches: int = 8
-    """Batches timed per loader measurement (the standalone rate and each ablation)."""
+    """Batches per timed window of a loader measurement (the standalone rate and each ablation)."""
+
+    loader_repeats: int = 3
+    """Timed windows per loader measurement; the median window gives the rate (load spikes are common)."""
 
     synthetic_steps: int = 5
     """Timed steps of the synthetic-data consumption measurement (and of the data-tax one)."""
@@ -61,7 +64,7 @@ class ProfileSettings:
     """Measure the step rate with a pipeline running concurrently; None: on CUDA only."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "warmup", "loader_batches", "synthetic_steps"):
+        for name in ("steps", "warmup", "loader_batches", "loader_repeats", "synthetic_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"profile {name} must be >= 1, got {getattr(self, name)}")
 
@@ -141,21 +144,23 @@ def endless(loader):
 
 
 def loader_rate(dataset, views: ViewsConfig, data: DataConfig, config: Config, device: torch.device,
-                batches: int, warmup: int = 1) -> float:
-    """Images/s of a loader alone: `batches` batches timed after `warmup` untimed ones."""
+                settings: ProfileSettings) -> float:
+    """Images/s of a loader alone: the median of `loader_repeats` windows of `loader_batches` batches,
+    after one untimed batch (pipeline start-up)."""
     loader = build_loader(dataset, views, data, config, device)
     stream = endless(loader)
-    for _ in range(warmup):
-        next(stream)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+    next(stream)
+    windows = []
+    for _ in range(settings.loader_repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(settings.loader_batches):
+            next(stream)
+        synchronize(device)
+        windows.append(time.perf_counter() - start)
     del stream, loader
     gc.collect()  # release the pipeline's threads and (GPU) buffers before the next one is built
-    return batches * config.train.batch_size / elapsed
+    return settings.loader_batches * config.train.batch_size / statistics.median(windows)
 
 
 def ablations(views: ViewsConfig, data: DataConfig) -> list[tuple[str, ViewsConfig, DataConfig]]:
@@ -177,7 +182,7 @@ def ablations(views: ViewsConfig, data: DataConfig) -> list[tuple[str, ViewsConf
     return groups
 
 
-def measure_ablation(dataset, config: Config, device: torch.device, batches: int,
+def measure_ablation(dataset, config: Config, device: torch.device, settings: ProfileSettings,
                      full_rate: float) -> dict[str, Any]:
     """Each operator group's cost: ms per batch it adds (full recipe minus the recipe without it).
 
@@ -186,9 +191,9 @@ def measure_ablation(dataset, config: Config, device: torch.device, batches: int
     noise is marked so (`within_noise`) and never named the slowest.
     """
     batch = config.train.batch_size
-    measured = [(group, views, data, loader_rate(dataset, views, data, config, device, batches))
+    measured = [(group, views, data, loader_rate(dataset, views, data, config, device, settings))
                 for group, views, data in ablations(config.views, config.data)]
-    again = loader_rate(dataset, config.views, config.data, config, device, batches)
+    again = loader_rate(dataset, config.views, config.data, config, device, settings)
     full_ms = 1e3 * batch * (1 / full_rate + 1 / again) / 2
     noise_ms = 1e3 * batch * abs(1 / full_rate - 1 / again)
     rows = []
@@ -275,8 +280,8 @@ def profile_run(config: Config, out_dir: Path, settings: ProfileSettings = Profi
     log(f"training {settings.warmup} + {settings.steps} steps under torch.profiler")
     loop = trace_training(trainer, settings, trace_path)
     loop["summary"] = summarize_steps(loop["per_step"], batch)
-    log(f"the loader alone ({settings.loader_batches} batches)")
-    full_rate = loader_rate(trainer.dataset, config.views, config.data, config, device, settings.loader_batches)
+    log(f"the loader alone ({settings.loader_repeats} x {settings.loader_batches} batches)")
+    full_rate = loader_rate(trainer.dataset, config.views, config.data, config, device, settings)
     log(f"the step alone on synthetic views ({settings.synthetic_steps} steps)")
     consumption = synthetic_rate(trainer, settings.synthetic_steps)
     measurements = {"loop": loop, "loader_images_per_s": full_rate, "consumption_images_per_s": consumption,
@@ -284,8 +289,7 @@ def profile_run(config: Config, out_dir: Path, settings: ProfileSettings = Profi
                     "device": str(device), "trace": str(trace_path)}
     if settings.ablation:
         log("DALI operator groups by ablation")
-        measurements["ablation"] = measure_ablation(trainer.dataset, config, device, settings.loader_batches,
-                                                    full_rate)
+        measurements["ablation"] = measure_ablation(trainer.dataset, config, device, settings, full_rate)
     if settings.data_tax if settings.data_tax is not None else device.type == "cuda":
         log("the data tax: the step with a pipeline running concurrently")
         measurements["data_tax"] = data_tax(trainer, settings, consumption)

@@ -26,7 +26,7 @@ CPU_RUN = ["train.device=cpu", "train.compile=off", "train.precision=fp32", "tra
 TINY_DEMO = CPU_RUN + ["model.encoder=resnet18", "model.projector_hidden=64", "model.predictor_hidden=64",
                        "model.embedding_dim=32", "views.num_large=2", "views.num_small=2", "views.large_size=32",
                        "views.small_size=16", "train.batch_size=8", "data.num_threads=2", "data.output_dtype=float32"]
-QUICK = ProfileSettings(steps=2, warmup=1, loader_batches=1, synthetic_steps=2, ablation=False)
+QUICK = ProfileSettings(steps=2, warmup=1, loader_batches=1, loader_repeats=1, synthetic_steps=2, ablation=False)
 
 
 @pytest.fixture()
@@ -80,7 +80,7 @@ def test_ablations_switch_off_one_group_each():
 def test_profile_cli_writes_report_and_chrome_trace(tiny_demo, tmp_path, one_thread):
     out = tmp_path / "run"
     args = ["profile", "--data", str(tiny_demo), "--steps", "3", "--warmup", "1", "--loader-batches", "1",
-            "--synthetic-steps", "1", "--out", str(out)]
+            "--loader-repeats", "1", "--synthetic-steps", "1", "--out", str(out)]
     result = CliRunner().invoke(app, args + [item for key in TINY_DEMO for item in ("--set", key)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "profile.json").read_text())
