@@ -317,14 +317,16 @@ class PretrainLoader(_EpochLoader):
 
 class EvalLoader(_EpochLoader):
     """Linear-eval loader: yields (images (B, 3, S, S) channels-last float32 normalized, labels (B,)),
-    every sample once per epoch in dataset order, the last batch partial."""
+    every sample once per epoch, the last batch partial; in dataset order for evaluation (`train=False`),
+    in a seeded fresh order each epoch for training the probe (`train=True`: SGD must not see one class
+    at a time)."""
 
     output_map = EVAL_OUTPUTS
 
     def __init__(self, dataset: DatasetSpec, data: DataConfig, *, image_size: int, train: bool,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
         self.image_size, self.train, self.mean, self.std = image_size, train, tuple(mean), tuple(std)
-        super().__init__(dataset, data, shuffle=False, drop_last=False, chunked=False, masks=False, **kwargs)
+        super().__init__(dataset, data, shuffle=train, drop_last=False, chunked=False, masks=False, **kwargs)
 
     def _policy(self) -> LastBatchPolicy:
         return LastBatchPolicy.PARTIAL
