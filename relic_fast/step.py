@@ -42,6 +42,8 @@ def prepare_views(batch: ViewBatch, views: ViewsConfig, device: torch.device, ch
         x = x.to(device, non_blocking=True)
         if not batch.normalized:
             x = normalize_views(x, views.mean, views.std, torch.float32)
+        elif x.dtype != torch.float32:
+            x = x.float()  # half-precision views: autocast casts again where it wants; fp32 steps need fp32
         return x.contiguous(memory_format=memory_format)
 
     return StepInputs(place(batch.large), place(batch.small), views.num_large, views.num_small)
