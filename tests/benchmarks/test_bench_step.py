@@ -15,15 +15,6 @@ from relic_fast.cli import app
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on 2 shared cores a second OpenMP thread that gets descheduled stalls every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_variants_cover_every_combination_once():
     assert len(set(ALL_VARIANTS)) == 8
     assert all(BASELINE in variants and set(variants) <= set(ALL_VARIANTS) for variants in DEFAULT_VARIANTS.values())

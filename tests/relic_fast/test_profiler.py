@@ -29,15 +29,6 @@ TINY_DEMO = CPU_RUN + ["model.encoder=resnet18", "model.projector_hidden=64", "m
 QUICK = ProfileSettings(steps=2, warmup=1, loader_batches=1, loader_repeats=1, synthetic_steps=2, ablation=False)
 
 
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on 2 shared cores a second OpenMP thread that gets descheduled stalls every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def measurements(loader: float, model: float, wait: float, ablation=None) -> dict:
     """The part of a profile's measurements the verdict reads."""
     return {"loader_images_per_s": loader, "consumption_images_per_s": model,

@@ -18,15 +18,6 @@ from relic_fast.selftest import (CHECKS, MAX_Z, CheckResult, compare_pipelines, 
                                  statistic_z_scores)
 
 
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on 2 shared cores a second OpenMP thread that gets descheduled stalls every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_judge_compares_each_error_with_its_tolerance():
     passed = judge("x", {"float32:loss a": 1e-6, "bfloat16:grad b": 1e-2}, {"float32": 1e-4, "bfloat16": 2e-2}, 1.0, "w")
     assert passed.status == "pass" and "bfloat16:grad b" in passed.detail  # the worst relative to its tolerance
