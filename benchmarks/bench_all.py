@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.harness import Result, plot_images_per_s
+from benchmarks.harness import Result, command_line, plot_images_per_s
 
 
 def loader_args(step_bench, data: str | None, out: Path) -> list[str]:
@@ -75,7 +73,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
     loss_rows = bench_loss.main(["--device", device, "--json", str(out / "loss.json")], prog="relic-fast bench loss")
     plot_images_per_s(loss_rows, out / "loss.png", title="RELICv2 loss forward + backward, samples/s")
     head = summary(loader_rows, step_rows, loss_rows)
-    head["command"] = shlex.join([*shlex.split(prog), *(sys.argv[1:] if argv is None else argv)])
+    head["command"] = command_line(prog, argv)
     (out / "summary.json").write_text(json.dumps(head, indent=2) + "\n")
     if "bound" in head:
         console.print(f"[bold]{head['bound']}-bound on this machine:[/] the DALI loader delivers "

@@ -21,15 +21,13 @@ import argparse
 import gc
 import os
 import re
-import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from benchmarks.harness import (Result, add_ratios, measure, plot_images_per_s, print_table,
-                                write_json)
+from benchmarks.harness import Result, add_ratios, command_line, measure, print_table, save_outputs
 from dali_pipelines.recipe import DataConfig, ViewsConfig
 
 DEFAULT_RECIPES = ("2L", "4L+2S", "2L+6S")
@@ -269,11 +267,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
                         baseline_blur=args.baseline_blur, seed=args.seed)
     rows = run(bench, console=console)
     print_table(rows, f"loader throughput: {data}, batch {bench.batch_size}, {bench.device}", console=console)
-    command = shlex.join([*shlex.split(prog), *(sys.argv[1:] if argv is None else argv)])
-    if args.json:
-        console.print(f"wrote {write_json(args.json, rows, command)}")
-    if args.png:
-        console.print(f"wrote {plot_images_per_s(rows, args.png, title='loader images/s')}")
+    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, png_path=args.png,
+                 chart_title="loader images/s", console=console)
     return rows
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import re
-import shlex
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -33,8 +32,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import (Result, add_ratios, device_sync, measure, peak_memory_gib,
-                                print_table, reset_peak_memory, write_json)
+from benchmarks.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
+                                print_table, reset_peak_memory, save_outputs)
 from relic_fast.loss import draw_negative_offsets, relicv2_loss
 
 IMPLEMENTATIONS = ("reference", "reference-compiled", "fused", "fused-compiled", "fused-bf16")
@@ -231,9 +230,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
                console=console)
     print_table(rows, f"RELICv2 loss forward + backward, {device}, D={args.dim}, "
                       f"matmul precision {args.matmul_precision}", console=console)
-    command = shlex.join([*shlex.split(prog), *(sys.argv[1:] if argv is None else argv)])
-    if args.json:
-        console.print(f"wrote {write_json(args.json, rows, command)}")
+    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, console=console)
     return rows
 
 

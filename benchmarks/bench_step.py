@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.harness import (Result, add_ratios, device_sync, measure, peak_memory_gib, plot_images_per_s,
-                                print_table, reset_peak_memory, write_json)
+from benchmarks.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
+                                print_table, reset_peak_memory, save_outputs)
 
 BASELINE = "eager-fp32-contiguous"
 ALL_VARIANTS = tuple(f"{mode}-{precision}-{layout}" for mode in ("eager", "compiled")
@@ -215,11 +214,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
     title = (f"training step: {bench.encoder}x{bench.width}, {view_sizes(bench)}, batch {bench.batch_size}, "
              f"{bench.device} (synthetic views on the device)")
     print_table(rows, title, console=console)
-    command = shlex.join([*shlex.split(prog), *(sys.argv[1:] if argv is None else argv)])
-    if args.json:
-        console.print(f"wrote {write_json(args.json, rows, command)}")
-    if args.png:
-        console.print(f"wrote {plot_images_per_s(rows, args.png, title='training step images/s')}")
+    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, png_path=args.png,
+                 chart_title="training step images/s", console=console)
     return rows
 
 

@@ -375,3 +375,21 @@ def plot_images_per_s(results: Sequence[Result], png_path: str | Path, title: st
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
+
+
+def command_line(prog: str, argv: Sequence[str] | None) -> str:
+    """The command that produced a result, as the user typed it (recorded in every JSON)."""
+    import shlex
+    import sys
+
+    return shlex.join([*shlex.split(prog), *(sys.argv[1:] if argv is None else argv)])
+
+
+def save_outputs(rows: Sequence[Result], *, command: str, json_path: str | Path | None,
+                 png_path: str | Path | None = None, chart_title: str = "images/s", console=None) -> None:
+    """Write the JSON (and PNG chart) a benchmark run was asked for, and say where."""
+    say = console.print if console is not None else print
+    if json_path:
+        say(f"wrote {write_json(json_path, rows, command)}")
+    if png_path:
+        say(f"wrote {plot_images_per_s(rows, png_path, title=chart_title)}")
