@@ -6,9 +6,9 @@
   residual block starts at gamma = 0 (BYOL's and Goyal et al.'s init), so each block starts as identity.
 - `OnlineNetwork` (encoder -> projector -> predictor) returns (projection, prediction); the
   `TargetNetwork` (encoder -> projector) is an EMA copy that never takes a gradient.
-- `embed_views` runs the online network once per resolution (all large views batched, then all
-  small views) and the target once over the large views: the tensors the loss compares. No loss
-  is computed in any `forward`.
+- `relic_fast.step.MultiViewOnline` runs the online network once per resolution (all large views
+  batched, then all small views); the step runs the target once over the large views. No loss is
+  computed in any `forward`.
 - `ema_update` moves the target with multi-tensor ops; BatchNorm buffers are copied from online.
 """
 
@@ -192,20 +192,3 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     online_buffers = list(online.encoder.buffers()) + list(online.projector.buffers())
     if target_buffers:
         torch._foreach_copy_(target_buffers, online_buffers)
-
-
-def embed_views(online: nn.Module, target: nn.Module, large: torch.Tensor, small: torch.Tensor | None,
-                num_large: int, num_small: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Online predictions (L+S, B, D) and target projections (L, B, D) for a batch of views.
-
-    `large` is (L*B, 3, H, W) and `small` (S*B, 3, h, w) (or None), view-major. The online network
-    runs once per resolution (BatchNorm statistics span all views of that resolution); the target
-    sees the large views only. The result feeds `relicv2_loss(predictions, projections)`.
-    """
-    predictions = [online(large)[1].unflatten(0, (num_large, -1))]
-    if num_small > 0:
-        if small is None:
-            raise ValueError(f"num_small={num_small} but no small views were given")
-        predictions.append(online(small)[1].unflatten(0, (num_small, -1)))
-    projections = target(large).unflatten(0, (num_large, -1))
-    return torch.cat(predictions), projections

@@ -8,7 +8,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from relic_fast.config import ModelConfig, OptimConfig
 from relic_fast.loss import relicv2_loss
 from relic_fast.models import (ENCODER_LAYERS, MLP, OnlineNetwork, TargetNetwork, build_encoder,
-                               build_networks, convert_sync_batchnorm, ema_update, embed_views)
+                               build_networks, convert_sync_batchnorm, ema_update)
 from relic_fast.optim import build_lars
 
 EXPANSION = {"resnet18": 1, "resnet34": 1, "resnet50": 4, "resnet101": 4, "resnet152": 4, "resnet200": 4}
@@ -146,7 +146,10 @@ def test_one_training_step_on_cpu_resnet18_four_large_two_small_views():
     online_before = [p.clone() for p in online.parameters()]
     target_before = [p.clone() for p in target.parameters()]
 
-    predictions, projections = embed_views(online, target, large, small, num_large, num_small)
+    from relic_fast.step import MultiViewOnline  # the trainer's one-call-per-resolution online forward
+
+    predictions = MultiViewOnline(online)(large, small).unflatten(0, (num_large + num_small, -1))
+    projections = target(large).unflatten(0, (num_large, -1))
     assert predictions.shape == (num_large + num_small, batch, 8)
     assert projections.shape == (num_large, batch, 8) and not projections.requires_grad
     loss = relicv2_loss(predictions, projections, implementation="reference")
