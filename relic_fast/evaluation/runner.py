@@ -95,11 +95,18 @@ def evaluate_encoder(encoder: nn.Module, config: Config, data_root: Path, log=No
     result = linear_eval(encoder, train_dataset=train_dataset, val_datasets=val_datasets, eval_cfg=config.eval,
                          data_cfg=config.data, device=device, seed=config.train.seed, precision=precision,
                          mean=config.views.mean, std=config.views.std, log=log)
-    splits = result["splits"]
-    if "val" in splits and "val_correlated" in splits:
-        # Reliance on the spurious background: accuracy where it helps minus where it carries no signal.
-        result["background_gap"] = splits["val_correlated"]["top1"] - splits["val"]["top1"]
+    gap = background_gap(result["splits"])
+    if gap is not None:
+        result["background_gap"] = gap
     return result
+
+
+def background_gap(splits: dict[str, dict[str, float]]) -> float | None:
+    """Reliance on the spurious background: val_correlated top-1 minus val top-1 (where it carries no
+    signal); None unless both splits were scored."""
+    if "val" in splits and "val_correlated" in splits:
+        return splits["val_correlated"]["top1"] - splits["val"]["top1"]
+    return None
 
 
 def linear_eval_table(result: dict[str, Any]):

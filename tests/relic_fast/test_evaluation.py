@@ -332,12 +332,61 @@ def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_
     assert all(steps == 3 and path == str(tiny_demo) for _, _, steps, path, _ in calls)
     assert calls[0][-1] != calls[1][-1]                               # one run folder per (seed, variant)
     assert [(row["variant"], row["seed"]) for row in results["rows"]] == [
-        ("random_init", 3), ("relicv2_no_saliency", 3), ("relicv2_saliency", 3)]
-    assert [row["saliency_p"] for row in results["rows"][1:]] == [0.0, 0.5]
+        ("random_init", 3), ("relicv2_no_saliency", 3), ("relicv2_saliency", 3), ("supervised", 3)]
+    assert [row["saliency_p"] for row in results["rows"][1:3]] == [0.0, 0.5]
     assert results["rows"][2]["final_loss"] == 1.5
+    assert results["rows"][3]["steps"] == 40 // 16                   # the supervised reference: the recipe's
+    #                                                                   budget, 1 epoch of 40 images (< 3)
     for metrics in results["summary"].values():
         assert set(metrics) == {"val_top1", "val_correlated_top1", "background_gap"}
         assert metrics["val_top1"]["n"] == 1 and 0.0 <= metrics["val_top1"]["mean"] <= 100.0
     saved = json.loads((tmp_path / "exp" / "experiment.json").read_text())
     assert saved["settings"]["seeds"] == [3] and saved["settings"]["saliency_p"] == 0.5
     assert saved["summary"] == results["summary"]
+
+
+# ---------------------------------------------------------------- the supervised reference
+
+
+def test_supervised_reference_learns_a_separable_toy_task():
+    """Two classes told apart by colour: trained end-to-end with labels, the head scores held-out images ~100%."""
+    from relic_fast.evaluation.supervised import train_supervised
+    from relic_fast.models import build_encoder
+
+    torch.manual_seed(0)
+
+    def batch(count):
+        labels = torch.randint(0, 2, (count,))
+        images = torch.randn(count, 3, 8, 8) * 0.3
+        images[:, 0] += labels[:, None, None] * 2.0 - 1.0           # class 1: red up, class 0: red down
+        return images, labels
+
+    train = [batch(16) for _ in range(4)]
+    encoder = build_encoder("resnet18", small_stem=True)
+    head = train_supervised(encoder, train, steps=24, num_classes=2, batch_size=16, device="cpu", base_lr=1.6)
+    assert not encoder.training and not head.training
+    features, labels = extract_features(encoder, [batch(64)], "cpu")
+    assert evaluate_head(head, features, labels)["top1"] >= 95.0
+
+
+def test_untrained_supervised_reference_is_at_chance_on_the_toy_task():
+    """The same toy with zero steps: the zero-initialized head predicts one class, so the test above can fail."""
+    from relic_fast.evaluation.supervised import train_supervised
+    from relic_fast.models import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", small_stem=True)
+    head = train_supervised(encoder, [], steps=0, num_classes=2, batch_size=16, device="cpu")
+    labels = torch.arange(64) % 2
+    features, _ = extract_features(encoder, [(torch.randn(64, 3, 8, 8), labels)], "cpu")
+    assert evaluate_head(head, features, labels)["top1"] == pytest.approx(50.0)
+
+
+def test_supervised_reference_runs_the_pretraining_step_budget():
+    from relic_fast.config import config_from_dict
+    from relic_fast.evaluation.supervised import pretraining_steps
+
+    config = config_from_dict({}, "test", {"train": {"batch_size": 32, "epochs": 2}})
+    assert pretraining_steps(config, 2000) == 124                    # 62 full batches an epoch (drop_last)
+    capped = config_from_dict({}, "test", {"train": {"batch_size": 32, "epochs": 2, "max_steps": 3}})
+    assert pretraining_steps(capped, 2000) == 3
