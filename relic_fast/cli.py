@@ -221,7 +221,7 @@ def experiment_command(
         out: Annotated[Path, typer.Option("--out", help="Folder for the runs (seed<N>/<variant>/) and experiment.json.")] = Path("runs/experiment"),
         seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of seeds (train.seed, train.seed + 1, ...); the table shows mean ± std.")] = 3,
         steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Pretraining steps per run (default: the recipe's train.max_steps).")] = None) -> None:
-    """Demo experiment: random init vs RELICv2 with / without saliency masking, linear probe on val and val_correlated."""
+    """Demo experiment: random init vs RELICv2 with / without saliency masking (linear probe on val and val_correlated), and a supervised reference (same encoder and steps, with labels)."""
     from relic_fast.evaluation.experiment import run_demo_experiment
 
     resolve_config(config, None)  # a clean error for a bad recipe before any run starts
