@@ -139,7 +139,8 @@ def run_demo_experiment(config_path: Path | str | None, *, data_root: Path | Non
             rows.append(run_variant(run_config, variant, data_root=data_root,
                                     run_dir=out_dir / f"seed{seed}" / variant, log=console.print))
     summary = summarize(rows)
-    steps = steps if steps is not None else (config.train.max_steps or "all")
+    if steps is None:  # what the runs did (the recipe's epochs or max_steps)
+        steps = next((row["steps"] for row in rows if row.get("steps")), config.train.max_steps or "all")
     console.print(results_table(summary, len(seed_list), steps))
     results = {"rows": rows, "summary": summary,
                "settings": {"config": str(config_path) if config_path else None, "data": str(data_root),
