@@ -68,9 +68,9 @@ def make_head(feature_dim: int, num_classes: int, device: torch.device | str,
     return LinearProbe(feature_dim, num_classes, feature_norm).to(device).train()
 
 
-def make_sgd(head: nn.Module, lr: float) -> torch.optim.SGD:
-    """SGD with Nesterov momentum 0.9 and no weight decay (the protocol's optimizer)."""
-    return torch.optim.SGD(head.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=0.0)
+def make_sgd(module: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.SGD:
+    """SGD with Nesterov momentum 0.9 over `module`'s parameters (the protocol's optimizer: no weight decay)."""
+    return torch.optim.SGD(module.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=weight_decay)
 
 
 def sgd_step(head: nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor,

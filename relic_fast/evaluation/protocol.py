@@ -69,6 +69,17 @@ def dataset_features(encoder: nn.Module, dataset, *, eval_cfg: EvalConfig, data_
     return extract_features(encoder, loader, device, precision=precision, storage_device=storage)
 
 
+def score_splits(encoder: nn.Module, head: nn.Module, val_datasets: dict, *, eval_cfg: EvalConfig,
+                 data_cfg: DataConfig, device: torch.device | str, seed: int = 0, precision: str = "fp32",
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, dict[str, float]]:
+    """{split: {"top1", "top5"}} of `head` on the frozen `encoder`'s val-style features of each split."""
+    data_cfg = dataclasses.replace(data_cfg, drop_last=False, shuffle=False)
+    common = dict(eval_cfg=eval_cfg, data_cfg=data_cfg, device=device, seed=seed, precision=precision,
+                  mean=mean, std=std)
+    return {name: evaluate_head(head, *dataset_features(encoder, dataset, **common))
+            for name, dataset in val_datasets.items()}
+
+
 def linear_eval(encoder: nn.Module, *, train_dataset, val_datasets: dict, eval_cfg: EvalConfig,
                 data_cfg: DataConfig, device: torch.device | str, seed: int = 0, precision: str = "fp32",
                 mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -106,10 +117,7 @@ def linear_eval(encoder: nn.Module, *, train_dataset, val_datasets: dict, eval_c
                                     epochs=eval_cfg.linear_epochs, batch_size=batch,
                                     base_lr=eval_cfg.linear_base_lr, device=device, precision=precision,
                                     feature_norm=eval_cfg.linear_feature_norm, on_epoch=on_epoch)
-    splits = {}
-    for name, dataset in val_datasets.items():
-        features, labels = dataset_features(encoder, dataset, seed=seed, **common)
-        splits[name] = evaluate_head(head, features, labels)
+    splits = score_splits(encoder, head, val_datasets, seed=seed, **common)
     headline = splits.get("val", next(iter(splits.values())))
     return {"top1": headline["top1"], "top5": headline["top5"], "splits": splits,
             "mode": eval_cfg.linear_mode, "feature_norm": eval_cfg.linear_feature_norm,

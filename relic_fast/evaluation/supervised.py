@@ -6,9 +6,10 @@ lets this encoder learn the classes at all. This reference answers it: a randoml
 (the seed's, as `random_init_encoder` builds it) and a linear head are trained together with
 cross-entropy on the train split's labels, for as many steps as pretraining runs, on the DALI
 linear-eval train pipeline (random-resized-crop + flip), then scored on every validation split like the
-probes. It is a ceiling for what a self-supervised encoder of that budget can approach, not a protocol
-of the paper: SGD with Nesterov momentum 0.9, weight decay `WEIGHT_DECAY`, lr = `BASE_LR` * batch / 256
-on a per-step cosine to 0.
+probes; in float32 on every device (a small reference, kept free of precision effects). It is a ceiling
+for what a self-supervised encoder of that budget can approach, not a protocol of the paper: SGD with
+Nesterov momentum 0.9, weight decay `WEIGHT_DECAY`, lr = `BASE_LR` * batch / 256 on a per-step cosine
+to 0.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from relic_fast.config import Config
-from relic_fast.evaluation.features import autocast_context
-from relic_fast.evaluation.linear import LinearProbe, MOMENTUM, cosine_lr, evaluate_head, make_head, scaled_lr
+from relic_fast.evaluation.linear import LinearProbe, cosine_lr, make_head, make_sgd, scaled_lr, sgd_step
 
 BASE_LR = 0.1
 """Peak learning rate per 256 images (the usual from-scratch ResNet value)."""
@@ -34,31 +33,22 @@ WEIGHT_DECAY = 5e-4
 
 
 def train_supervised(encoder: nn.Module, loader: Iterable, *, steps: int, num_classes: int, batch_size: int,
-                     device: torch.device | str, precision: str = "fp32", base_lr: float = BASE_LR,
+                     device: torch.device | str, base_lr: float = BASE_LR,
                      weight_decay: float = WEIGHT_DECAY) -> LinearProbe:
     """Train `encoder` and a new linear head together on `loader`'s (images, labels) for `steps` steps.
 
     `loader` is iterated again whenever an epoch ends. Returns the head; the encoder is left in eval mode.
     """
-    device = torch.device(device)
     head = make_head(encoder.feature_dim, num_classes, device)
-    parameters = list(encoder.parameters()) + list(head.parameters())
+    classifier = nn.Sequential(encoder, head).train()
     peak = scaled_lr(base_lr, batch_size)
-    optimizer = torch.optim.SGD(parameters, lr=peak, momentum=MOMENTUM, nesterov=True, weight_decay=weight_decay)
-    encoder.train()
+    optimizer = make_sgd(classifier, peak, weight_decay)
     step = 0
     while step < steps:
         for images, labels in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, steps, peak)
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             labels = torch.as_tensor(labels).flatten().long().to(device, non_blocking=True)
-            with autocast_context(device, precision):
-                logits = head(encoder(images).float().flatten(1))
-            loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            sgd_step(classifier, optimizer, images, labels, cosine_lr(step, steps, peak))
             step += 1
             if step == steps:
                 break
@@ -75,28 +65,22 @@ def pretraining_steps(config: Config, train_samples: int) -> int:
 def supervised_reference(config: Config, data_root: Path, *, steps: int | None = None) -> dict[str, Any]:
     """Train the seed's random-init encoder with labels for `steps` (None: the pretraining budget of
     `config`) at `train.batch_size` and `eval.image_size`; top-1/top-5 on every validation split."""
-    from relic_fast.evaluation.protocol import dataset_features, eval_loader, num_classes_of
+    from relic_fast.evaluation.protocol import check_same_classes, eval_loader, num_classes_of, score_splits
     from relic_fast.evaluation.runner import (background_gap, random_init_encoder, resolve_device,
                                              split_datasets)
 
     train_dataset, val_datasets = split_datasets(data_root)
+    for name, dataset in val_datasets.items():
+        check_same_classes(train_dataset, name, dataset)
     device = resolve_device(config.train.device)
-    # bf16 where the recipe trains in it on a GPU; fp16 would need loss scaling, so it runs in fp32.
-    precision = "bf16" if device.type == "cuda" and config.train.precision == "bf16" else "fp32"
     steps = pretraining_steps(config, train_dataset.num_samples) if steps is None else steps
     batch = min(config.train.batch_size, train_dataset.num_samples)
-    common = dict(data_cfg=dataclasses.replace(config.data, drop_last=False), device=device,
-                  mean=config.views.mean, std=config.views.std)
+    common = dict(device=device, seed=config.train.seed, mean=config.views.mean, std=config.views.std)
     encoder = random_init_encoder(config).to(device).to(memory_format=torch.channels_last)
-    loader = eval_loader(train_dataset, train=True, seed=config.train.seed,
+    loader = eval_loader(train_dataset, train=True, data_cfg=dataclasses.replace(config.data, drop_last=False),
                          eval_cfg=dataclasses.replace(config.eval, linear_batch_size=batch), **common)
     head = train_supervised(encoder, loader, steps=steps, num_classes=num_classes_of(train_dataset),
-                            batch_size=batch, device=device, precision=precision)
-    common["data_cfg"] = dataclasses.replace(common["data_cfg"], shuffle=False)
-    splits = {}
-    for name, dataset in val_datasets.items():
-        features, labels = dataset_features(encoder, dataset, eval_cfg=config.eval, seed=config.train.seed,
-                                            precision=precision, **common)
-        splits[name] = evaluate_head(head, features, labels)
+                            batch_size=batch, device=device)
+    splits = score_splits(encoder, head, val_datasets, eval_cfg=config.eval, data_cfg=config.data, **common)
     return {"splits": splits, "background_gap": background_gap(splits), "steps": steps, "batch_size": batch,
             "base_lr": BASE_LR, "weight_decay": WEIGHT_DECAY, "image_size": config.eval.image_size}
