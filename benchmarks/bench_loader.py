@@ -61,6 +61,10 @@ class LoaderBench:
     baseline_blur: str = "torchvision"
     """Blur of the torchvision baseline: "torchvision" (exact, 23 taps) or "pil" (faster)."""
     seed: int = 0
+    saliency_p: float = 0.0
+    """p_m of the DALI pipeline's saliency blending (needs masks); the torchvision baseline has none."""
+    masks: str = ""
+    """Saliency-mask tree of `data` (`relic-fast masks` output); empty: the dataset's default, if any."""
 
 
 def parse_recipe(text: str) -> tuple[int, int]:
@@ -74,7 +78,7 @@ def parse_recipe(text: str) -> tuple[int, int]:
 def views_for(recipe: str, bench: LoaderBench) -> ViewsConfig:
     """The default `ViewsConfig` with the recipe's view counts and any size overrides."""
     num_large, num_small = parse_recipe(recipe)
-    changes = {"num_large": num_large, "num_small": num_small}
+    changes = {"num_large": num_large, "num_small": num_small, "saliency_p": bench.saliency_p}
     if bench.large_size is not None:
         changes["large_size"] = bench.large_size
     if bench.small_size is not None:
@@ -136,7 +140,8 @@ def measure_dali(bench: LoaderBench, dataset, recipe: str, threads: int) -> Resu
                                    device_id=0 if bench.device == "gpu" else None)
     step = consume(endless(loader), bench.batches)
     row = timed(bench, f"dali-{bench.device}", step, recipe=recipe, threads=threads,
-                extra={"views": view_sizes(views), "output_dtype": data.output_dtype})
+                extra={"views": view_sizes(views), "output_dtype": data.output_dtype,
+                       "saliency_p": views.saliency_p})
     del step, loader
     gc.collect()  # free the pipeline's threads and buffers before the next configuration runs
     return row
@@ -177,7 +182,10 @@ def run(bench: LoaderBench, *, console=None) -> list[Result]:
     """Measure every (pipeline, recipe, threads) configuration of `bench`; rows with ratios filled."""
     from dali_pipelines.dataset import resolve_dataset
 
-    dataset = resolve_dataset(bench.data)
+    dataset = resolve_dataset(bench.data, masks=bench.masks)
+    if bench.saliency_p > 0 and dataset.mask_root is None:
+        raise ValueError(f"--saliency-p {bench.saliency_p} needs saliency masks for {bench.data}: "
+                         "compute them with `relic-fast masks DATA --out MASKS` and pass --masks MASKS")
     if dataset.kind == "webdataset":
         raise ValueError("bench_loader compares readers on a folder tree or a file list; "
                          f"{bench.data} holds WebDataset shards")
@@ -238,6 +246,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--baseline-blur", choices=("torchvision", "pil"), default="torchvision",
         help="blur op of the torchvision baseline (pil: PIL's faster approximation)")
     add("--seed", type=int, default=0)
+    add("--saliency-p", type=float, default=0.0,
+        help="p_m: share of images whose background the DALI pipeline swaps (needs masks; default 0)")
+    add("--masks", default="", help="saliency-mask tree of --data (from `relic-fast masks`)")
     add("--json", type=Path, help="write the rows, machine and command as JSON here")
     add("--png", type=Path, help="write a bar chart of images/s here")
     return parser
@@ -264,7 +275,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
                         batch_size=args.batch_size, batches=args.batches, repeats=args.repeats,
                         warmup=args.warmup, device=resolve_device(args.device), pipelines=tuple(args.pipelines),
                         large_size=args.large_size, small_size=args.small_size, output_dtype=args.output_dtype,
-                        baseline_blur=args.baseline_blur, seed=args.seed)
+                        baseline_blur=args.baseline_blur, seed=args.seed, saliency_p=args.saliency_p,
+                        masks=args.masks)
     rows = run(bench, console=console)
     print_table(rows, f"loader throughput: {data}, batch {bench.batch_size}, {bench.device}", console=console)
     save_outputs(rows, command=command_line(prog, argv), json_path=args.json, png_path=args.png,

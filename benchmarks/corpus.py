@@ -11,7 +11,10 @@ files. Usage: `python -m benchmarks.corpus OUT --count 400`.
 from __future__ import annotations
 
 import argparse
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -63,24 +66,37 @@ def cut_image(photo: np.ndarray, rng: np.random.Generator):
     return image
 
 
-def make_photo_corpus(out: Path, count: int = 400, seed: int = 0) -> Path:
-    """Write `count` JPEGs to `out/<source photo>/<source photo>_<index>.jpg`; return `out`.
-
-    Deterministic: image i is drawn from its own generator seeded by (seed, i), so the same
-    arguments write byte-identical files. Classes take turns, so every class gets count/8 images.
-    """
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    out = Path(out)
+def write_images(out: Path, indices: Sequence[int], seed: int) -> None:
+    """Write the corpus images with these indices (one process's share of `make_photo_corpus`)."""
     sources = load_sources()
     names = list(sources)
-    for name in names[:count]:
-        (out / name).mkdir(parents=True, exist_ok=True)
-    for index in range(count):
+    for index in indices:
         name = names[index % len(names)]
         rng = np.random.default_rng([seed, index])
         image = cut_image(sources[name], rng)
         image.save(out / name / f"{name}_{index:05d}.jpg", format="JPEG", quality=JPEG_QUALITY)
+
+
+def make_photo_corpus(out: Path, count: int = 400, seed: int = 0, workers: int | None = None) -> Path:
+    """Write `count` JPEGs to `out/<source photo>/<source photo>_<index>.jpg`; return `out`.
+
+    Deterministic: image i is drawn from its own generator seeded by (seed, i), so the same
+    arguments write byte-identical files whatever `workers` (processes; default: all CPU cores).
+    Classes take turns, so every class gets count/8 images.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    out = Path(out)
+    for name in SOURCES[:count]:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers or os.cpu_count() or 1, count // 64 or 1))
+    if workers == 1:
+        write_images(out, range(count), seed)
+        return out
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for done in pool.map(write_images, [out] * workers, [range(i, count, workers) for i in range(workers)],
+                             [seed] * workers):
+            del done
     return out
 
 
@@ -90,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="folder to write the class folders into")
     parser.add_argument("--count", type=int, default=400, help="number of images (default 400)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--workers", type=int, help="processes (default: all CPU cores; same files either way)")
     args = parser.parse_args(argv)
-    out = make_photo_corpus(args.out, count=args.count, seed=args.seed)
+    out = make_photo_corpus(args.out, count=args.count, seed=args.seed, workers=args.workers)
     files = sorted(out.rglob("*.jpg"))
     size_kb = sum(f.stat().st_size for f in files) / max(len(files), 1) / 1024
     print(f"wrote {args.count} JPEGs to {out} ({len(files)} in the tree, mean {size_kb:.1f} KB)")

@@ -253,6 +253,14 @@ def bench_step_command(ctx: typer.Context) -> None:
     main(ctx.args, prog="relic-fast bench step")
 
 
+@bench_app.command("train", context_settings=FORWARD_ARGS, add_help_option=False)
+def bench_train_command(ctx: typer.Context) -> None:
+    """The real trainer's images/s fed by its DALI pipeline, by synthetic views and by torchvision, plus compile warm-up (--help for options)."""
+    from benchmarks.bench_train import main
+
+    main(ctx.args, prog="relic-fast bench train")
+
+
 @bench_app.command("all", context_settings=FORWARD_ARGS, add_help_option=False)
 def bench_all_command(ctx: typer.Context) -> None:
     """Loader, step and loss benchmarks with the device's defaults into one folder (--out DIR; --help for options)."""

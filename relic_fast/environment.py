@@ -11,7 +11,11 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
+
+_IMPORTED_AT = time.time()
+"""Fallback process start where /proc is missing: when this module was first imported."""
 
 
 def package_version(distribution: str, module: str | None = None) -> str | None:
@@ -35,6 +39,28 @@ def dali_version() -> str | None:
     except ImportError:
         return None
     return dali.__version__
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (interpreter start included): what a user waits for.
+
+    Linux reads the start time from /proc/self/stat (field 22, clock ticks after boot) against
+    /proc/uptime; elsewhere, the time since relic-fast's first import (misses ~0.1 s of start-up).
+    """
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time() - _IMPORTED_AT
+
+
+def compiled_graph_count() -> int:
+    """Graphs torch.compile (Dynamo) has compiled in this process so far: a rise after the first
+    steps is a recompilation (new shapes, guards failing) that costs warm-up time again."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def apex_available() -> bool:

@@ -21,6 +21,7 @@ from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.checkpoint import latest_checkpoint, save_checkpoint
 from relic_fast.config import Config, to_toml
 from relic_fast.distributed import World, all_reduce_mean, close_world, init_world
+from relic_fast.environment import compiled_graph_count, process_age_s
 from relic_fast.models import build_networks, convert_sync_batchnorm
 from relic_fast.monitor import RunMonitor
 from relic_fast.optim import build_lars
@@ -96,9 +97,13 @@ class Trainer:
         if should_compile(config.train.compile, self.world.device):
             # dynamic=False: the two view resolutions compile to two static graphs instead of one dynamic one.
             forward = torch.compile(forward_loss, dynamic=False)
+            torch._logging.set_logs(recompiles=True)  # say why, should a later step recompile
         self.on_step: Callable[[float, float], None] | None = None
         """Profile hook (`relic_fast.profiler`): called after each step with (data wait s, step s), the
         device synchronized around the step. None in normal runs: no extra host syncs."""
+        self.warmup_report: dict[str, float] = {}
+        """After this process's first step: `first_step_s` (process start to the end of that step: the
+        compile warm-up a user waits for) and `compiled_graphs`; every log adds `recompiles` since."""
         self.context = StepContext(online=self.online, online_module=self.online_module, target=self.target,
                                    optimizer=self.optimizer, scaler=self.scaler, forward=forward,
                                    loss=config.loss, precision=config.train.precision, device=self.world.device)
@@ -188,6 +193,8 @@ class Trainer:
                     self.on_step(step_start - fetch_start, time.perf_counter() - step_start)
                 self.step += 1
                 window_steps += 1
+                if not self.warmup_report:
+                    self._record_warmup()
                 if self.step % cfg.log_every == 0 or self.step == self.last_step:
                     elapsed = time.perf_counter() - window_start
                     last = self._log(accumulated / window_steps, lr, tau, window_steps, elapsed, data_wait)
@@ -198,7 +205,22 @@ class Trainer:
                 if self.step % self.steps_per_epoch == 0:
                     self._knn_monitor(self.step // self.steps_per_epoch)
         return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
-                "last_metrics": last}
+                "last_metrics": last, **self.warmup_report, "recompiles": self.recompiles()}
+
+    def _record_warmup(self) -> None:
+        """Once, after this process's first step: how long start-up and compilation took, and how many
+        graphs were compiled (a one-time host sync, so the time includes the step's device work)."""
+        if self.world.device.type == "cuda":
+            torch.cuda.synchronize(self.world.device)
+        self.warmup_report = {"first_step_s": process_age_s(), "compiled_graphs": compiled_graph_count()}
+        self.monitor.message(f"first step done {self.warmup_report['first_step_s']:.1f} s after process start "
+                             f"({self.warmup_report['compiled_graphs']} compiled graph(s))")
+
+    def recompiles(self) -> int:
+        """Graphs compiled after this process's first step: 0 when every step reuses the first compilation."""
+        if not self.warmup_report:
+            return 0
+        return compiled_graph_count() - int(self.warmup_report["compiled_graphs"])
 
     def _profile_sync(self) -> None:
         """Profile mode only (`on_step` set): wait for the device, so device work is timed where it was queued."""
@@ -212,7 +234,8 @@ class Trainer:
         metrics = {"epoch": self.step / self.steps_per_epoch, "loss": total, "contrastive": contrastive,
                    "invariance": invariance, "lr": lr, "tau": tau,
                    "images_per_s": steps * self.global_batch / max(elapsed, 1e-9),
-                   "data_wait_pct": 100.0 * data_wait / max(elapsed, 1e-9)}
+                   "data_wait_pct": 100.0 * data_wait / max(elapsed, 1e-9),
+                   **self.warmup_report, "recompiles": self.recompiles()}
         self.monitor.log(self.step, metrics)
         return metrics
 

@@ -1,0 +1,208 @@
+"""End-to-end training throughput: the real trainer (`relic-fast pretrain`'s loop) fed three ways.
+
+One process, one compiled step, three feeds, so the rows differ only in where the views come from:
+  trainer + dali-<device>   the trainer as `relic-fast pretrain` runs it, its own DALI pipeline
+                            (GPU when the recipe's `data.device` resolves there);
+  trainer + synthetic       the trainer's step on views already on the device: the consumption
+                            rate, i.e. what a free data pipeline would give (the baseline);
+  trainer + torchvision     the same loop fed by the torchvision + PIL DataLoader (the recipe of
+                            `benchmarks.torchvision_recipe`, one worker per core by default).
+The loop rates come from the trainer's own log windows (`train.log_every` steps between two host
+syncs); the first window holds compilation and pipeline start-up and is dropped. One more row times
+the compile warm-up (process start to the end of the first step) and counts the graphs torch.compile
+built after that first step (recompilations; the goal is 0).
+
+    relic-fast bench train --config configs/imagenet_resnet50.toml --data DIR --json train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.harness import Result, add_ratios, command_line, print_table, save_outputs
+
+BASELINE = "trainer + synthetic"
+
+
+def window_rates(metrics_path: Path, first_step: int) -> list[dict[str, Any]]:
+    """The trainer's log records (images/s, data wait) written after step `first_step`, in order."""
+    if not metrics_path.exists():
+        return []
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "images_per_s" in r and r["step"] > first_step]
+
+
+def run_windows(trainer, loader, *, window: int, windows: int) -> list[dict[str, Any]]:
+    """Run the trainer's loop on `loader` for `windows + 1` log windows of `window` steps; return the
+    records of the last `windows` (the first one absorbs start-up: compilation, worker spawn)."""
+    trainer.loader = loader
+    trainer.config = trainer.config.replace(train=dataclasses.replace(trainer.config.train, log_every=window))
+    start = trainer.step
+    trainer.last_step = start + window * (windows + 1)
+    trainer.train(save_final=False)
+    return window_rates(trainer.out_dir / "metrics.jsonl", start + window)
+
+
+def loop_row(pipeline: str, records: list[dict[str, Any]], batch: int, recipe: str, **extra: Any) -> Result:
+    """A row from the steady log windows: median images/s, quartile spread, mean data-wait share."""
+    rates = sorted(r["images_per_s"] for r in records)
+    if not rates:
+        raise RuntimeError(f"{pipeline}: the trainer logged no steady window")
+    quartiles = statistics.quantiles(rates, n=4) if len(rates) > 1 else [rates[0]] * 3
+    median = statistics.median(rates)
+    return Result(bench="train", pipeline=pipeline, recipe=recipe, batch_size=batch, images_per_s=median,
+                  images_per_s_spread=(quartiles[0], quartiles[2]), ms=1e3 * batch / median, repeats=len(rates),
+                  extra={"data_wait_pct": statistics.mean(r["data_wait_pct"] for r in records), **extra})
+
+
+def synthetic_row(trainer, *, steps: int, repeats: int, recipe: str) -> Result:
+    """The trainer's step on synthetic views already on the device (no data at all): `repeats` timings."""
+    from relic_fast.profiler import synthetic_rate
+
+    batch = trainer.config.train.batch_size
+    rates = sorted(synthetic_rate(trainer, steps) for _ in range(repeats))
+    quartiles = statistics.quantiles(rates, n=4) if len(rates) > 1 else [rates[0]] * 3
+    median = statistics.median(rates)
+    return Result(bench="train", pipeline=BASELINE, recipe=recipe, batch_size=batch, images_per_s=median,
+                  images_per_s_spread=(quartiles[0], quartiles[2]), ms=1e3 * batch / median, repeats=repeats,
+                  extra={"steps_per_repeat": steps})
+
+
+def torchvision_loader(trainer, workers: int):
+    """The torchvision + PIL baseline loader over the trainer's dataset and recipe (pinned on CUDA)."""
+    from benchmarks.torchvision_recipe import build_torchvision_loader
+
+    dataset = trainer.dataset
+    if dataset.kind == "webdataset":
+        raise ValueError("the torchvision feed reads a folder tree or file list, not WebDataset shards")
+    files = [dataset.root / f for f in dataset.files]
+    return build_torchvision_loader(files, dataset.labels, trainer.config.views,
+                                    batch_size=trainer.config.train.batch_size, num_workers=workers,
+                                    seed=trainer.config.train.seed,
+                                    pin_memory=trainer.world.device.type == "cuda")
+
+
+def peak_gib(device) -> float | None:
+    """Peak GPU memory allocated so far in GiB (None on CPU)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+FEEDS = ("dali", "synthetic", "torchvision")
+
+
+def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), window: int = 10, windows: int = 4,
+        synthetic_steps: int = 10, synthetic_repeats: int = 3, torchvision_workers: int = 1,
+        torchvision_window: int | None = None, console=None) -> list[Result]:
+    """Measure the trainer fed by each of `feeds` (in FEEDS order), plus its compile warm-up.
+
+    The torchvision feed's window defaults to `torchvision_workers` steps: its workers deliver their
+    batches in waves of one batch each, so a shorter window would time batches prefetched earlier."""
+    from relic_fast.environment import compiled_graph_count
+    from relic_fast.profiler import loader_device_id
+    from relic_fast.trainer import Trainer
+
+    unknown = set(feeds) - set(FEEDS)
+    if unknown or not feeds:
+        raise ValueError(f"feeds {sorted(unknown) or '(none)'}: choose from {', '.join(FEEDS)}")
+    say = console.log if console is not None else print
+    train = dataclasses.replace(config.train, max_steps=0, checkpoint_every=10**9, knn_every_epochs=0)
+    config = config.replace(train=train)
+    trainer = Trainer(config, out_dir)
+    if trainer.world.distributed:
+        raise RuntimeError("bench train runs a single process; start it without torchrun")
+    views, batch, device = config.views, config.train.batch_size, trainer.world.device
+    recipe = f"{views.num_large}x{views.large_size}" + (f"+{views.num_small}x{views.small_size}" if views.num_small else "")
+    rows = []
+    if "dali" in feeds:
+        name = f"trainer + dali-{'gpu' if loader_device_id(config, device) is not None else 'cpu'}"
+        say(f"{name}: {windows + 1} windows of {window} steps (the first one absorbs compilation)")
+        records = run_windows(trainer, trainer.loader, window=window, windows=windows)
+        rows.append(loop_row(name, records, batch, recipe, peak_gib=peak_gib(device),
+                             threads=config.data.num_threads))
+    if "synthetic" in feeds:
+        say(f"{BASELINE} views: {synthetic_repeats} x {synthetic_steps} steps")
+        rows.append(synthetic_row(trainer, steps=synthetic_steps, repeats=synthetic_repeats, recipe=recipe))
+    if "torchvision" in feeds:
+        tv_window = torchvision_window or torchvision_workers
+        say(f"trainer + torchvision ({torchvision_workers} workers): 2 windows of {tv_window} steps")
+        records = run_windows(trainer, torchvision_loader(trainer, torchvision_workers), window=tv_window, windows=1)
+        rows.append(loop_row("trainer + torchvision", records, batch, recipe, threads=torchvision_workers))
+    rows = add_ratios(rows, baseline=BASELINE, match=("recipe",))
+    if trainer.warmup_report:
+        warmup = trainer.warmup_report
+        rows.append(Result(bench="train", pipeline="compile warm-up", recipe=recipe, batch_size=batch,
+                           ms=1e3 * warmup["first_step_s"],
+                           extra={"seconds": warmup["first_step_s"], "compiled_graphs": warmup["compiled_graphs"],
+                                  "recompiles_after_first_step": compiled_graph_count() - warmup["compiled_graphs"],
+                                  "what": "process start to the end of the first training step"}))
+    common = {"device": str(device), "precision": config.train.precision, "compile": config.train.compile,
+              "channels_last": config.train.channels_last, "encoder": f"{config.model.encoder} {config.model.width}x",
+              "saliency_p": views.saliency_p, "data": str(trainer.dataset.root)}
+    return [dataclasses.replace(r, extra={**common, **r.extra}) for r in rows]
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The command-line options (shared by `python -m benchmarks.bench_train` and `relic-fast bench train`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--config", "-c", type=Path, help="TOML recipe (see configs/); defaults apply to what it leaves out")
+    add("--data", help="dataset, as for pretrain (default: the recipe's data.path, else the demo dataset)")
+    add("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set train.batch_size=128")
+    add("--feeds", nargs="+", choices=FEEDS, default=["dali", "synthetic"],
+        help="what feeds the trainer (default: dali synthetic); torchvision is slow: give it its own run")
+    add("--window", type=int, default=10, help="steps per timed log window (default 10)")
+    add("--windows", type=int, default=4, help="timed windows of the DALI-fed loop, after the first (default 4)")
+    add("--synthetic-steps", type=int, default=10, help="steps per synthetic timing (default 10)")
+    add("--synthetic-repeats", type=int, default=3, help="synthetic timings, median reported (default 3)")
+    add("--torchvision-workers", type=int, default=0,
+        help="DataLoader workers of the torchvision feed (default 0: one per CPU core)")
+    add("--torchvision-window", type=int, default=0,
+        help="steps per window of the torchvision feed (default 0: as many as workers, one wave of batches)")
+    add("--out", type=Path, help="run folder for metrics.jsonl (default: a temporary folder)")
+    add("--json", type=Path, help="write the rows, machine and command as JSON here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_train") -> list[Result]:
+    """Parse `argv`, run the benchmark, print the table and write the JSON when asked."""
+    from rich.console import Console
+
+    from relic_fast.config import ConfigError, load_config
+
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    for name in ("window", "windows", "synthetic_steps", "synthetic_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        parser.error(f"config error: {err}")
+    if args.data:
+        config = config.replace(data=dataclasses.replace(config.data, path=args.data))
+    workers = args.torchvision_workers if args.torchvision_workers > 0 else (os.cpu_count() or 1)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    with tempfile.TemporaryDirectory(prefix="relic-fast-bench-train-") as scratch:
+        out_dir = args.out or Path(scratch)
+        rows = run(config, out_dir, feeds=tuple(args.feeds), window=args.window, windows=args.windows,
+                   synthetic_steps=args.synthetic_steps, synthetic_repeats=args.synthetic_repeats,
+                   torchvision_workers=workers, torchvision_window=args.torchvision_window or None,
+                   console=console)
+    print_table(rows, f"training throughput: {config.model.encoder}, batch {config.train.batch_size}", console=console)
+    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, console=console)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
