@@ -168,7 +168,7 @@ def print_report(report: dict[str, Any], console=None) -> None:
     rates.add_row("step alone (synthetic views on the device)", f"{m['consumption_images_per_s']:,.1f}")
     rates.add_row("training loop", f"{summary['images_per_s']:,.1f}")
     if "data_tax" in m:
-        rates.add_row("step with a pipeline running alongside", f"{m['data_tax']['images_per_s_with_pipeline']:,.1f}"
+        rates.add_row("step with a pipeline feeding it (same pace)", f"{m['data_tax']['images_per_s_with_pipeline']:,.1f}"
                       f"  (data tax {100 * m['data_tax']['tax']:.1f}%)")
     console.print(rates)
     if m.get("ablation"):

@@ -14,8 +14,8 @@ Measurements, in order (single process, the config's device):
    loader's rate is measured again with one group of operators switched off through the config
    (jitter_p = 0, blur_p = 0, ...; the pipeline does not build an operator whose probability is 0),
    and a group's cost is the time it adds per batch.
-5. On CUDA, the data tax: the synthetic step rate while a second pipeline runs concurrently on the
-   same GPU, against the rate alone.
+5. On CUDA, the data tax: the synthetic step rate while a second pipeline feeds the loop one batch
+   per step (its device work overlapping the step's, as in training), against the rate alone.
 `relic_fast.profile_report` turns the numbers into the verdict, suggestions, tables and profile.json.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,10 +206,13 @@ def measure_ablation(dataset, config: Config, device: torch.device, settings: Pr
     return {"full_batch_ms": full_ms, "noise_ms": noise_ms, "groups": rows}
 
 
-def synthetic_rate(trainer, steps: int, background: Callable[[], None] | None = None) -> float:
+def synthetic_rate(trainer, steps: int, fetch: Callable[[], Any] | None = None) -> float:
     """Images/s of the trainer's step on synthetic views already on the device (no data wait).
 
-    With `background`, a thread calls it in a loop while the steps run (the data-tax measurement).
+    With `fetch`, one batch is fetched (and dropped) before every step, as the training loop does:
+    the pipeline then runs at the loop's pace, prefetching ahead, and its device work competes with
+    the step as it does in training (the data-tax measurement). A free-running pipeline would
+    produce several times what the step consumes and overstate the tax.
     """
     from relic_fast.step import train_step
     from relic_fast.synthetic import synthetic_inputs
@@ -218,36 +220,28 @@ def synthetic_rate(trainer, steps: int, background: Callable[[], None] | None = 
     device, batch = trainer.world.device, trainer.config.train.batch_size
     inputs = synthetic_inputs(trainer.config.views, batch, device,
                               channels_last=trainer.config.train.channels_last, seed=1)
-    stop = threading.Event()
 
-    def keep_busy() -> None:
-        while not stop.is_set():
-            background()
+    def step() -> None:
+        if fetch is not None:
+            fetch()
+        train_step(trainer.context, inputs, 1e-3, 0.99, batch)
 
-    thread = threading.Thread(target=keep_busy, daemon=True) if background is not None else None
-    if thread is not None:
-        thread.start()
-    try:
-        train_step(trainer.context, inputs, 1e-3, 0.99, batch)  # warm-up (shapes already compiled by the run)
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            train_step(trainer.context, inputs, 1e-3, 0.99, batch)
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join()
-    return steps * batch / elapsed
+    step()  # warm-up (shapes already compiled by the run; the pipeline starts)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return steps * batch / (time.perf_counter() - start)
 
 
 def data_tax(trainer, settings: ProfileSettings, alone_rate: float) -> dict[str, float]:
-    """The step rate while a second pipeline runs on the same device, and the share of step rate lost."""
+    """The step rate with a second pipeline feeding it batches at the loop's pace (dropped: the step keeps
+    its synthetic views), and the share of step rate lost to the pipeline's work on the same device."""
     loader = build_loader(trainer.dataset, trainer.config.views, trainer.config.data, trainer.config,
                           trainer.world.device)
     stream = endless(loader)
-    with_pipeline = synthetic_rate(trainer, settings.synthetic_steps, background=lambda: next(stream))
+    with_pipeline = synthetic_rate(trainer, settings.synthetic_steps, fetch=lambda: next(stream))
     del stream, loader
     return {"images_per_s_alone": alone_rate, "images_per_s_with_pipeline": with_pipeline,
             "tax": max(0.0, 1.0 - with_pipeline / alone_rate)}

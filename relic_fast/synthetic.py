@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
+from relic_fast.environment import configure_cuda_math
 from relic_fast.models import build_networks
 from relic_fast.optim import build_lars
 from relic_fast.step import MultiViewOnline, StepContext, StepInputs, forward_loss
@@ -47,8 +48,7 @@ def standalone_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig,
     whatever their precision or memory format.
     """
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as the trainer sets it on CUDA
+    configure_cuda_math(device)  # as the trainer sets it
     torch.manual_seed(seed)
     online, target = build_networks(model)
     memory_format = memory_format_of(channels_last)

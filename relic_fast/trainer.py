@@ -21,7 +21,7 @@ from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.checkpoint import latest_checkpoint, save_checkpoint
 from relic_fast.config import Config, to_toml
 from relic_fast.distributed import World, all_reduce_mean, close_world, init_world
-from relic_fast.environment import compiled_graph_count, process_age_s
+from relic_fast.environment import compiled_graph_count, configure_cuda_math, process_age_s
 from relic_fast.models import build_networks, convert_sync_batchnorm
 from relic_fast.monitor import RunMonitor
 from relic_fast.optim import build_lars
@@ -74,9 +74,7 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.world: World = init_world(config.train.device)
-        if self.world.device.type == "cuda":
-            # TF32 matmuls for fp32 work (the fused loss's normalized fp32 inputs among them); bf16 autocast covers the rest.
-            torch.set_float32_matmul_precision("high")
+        configure_cuda_math(self.world.device)
         self.dataset, self.val_root = training_dataset(config, self.world)
         self._check_batch()
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank

@@ -93,3 +93,10 @@ def test_torchvision_loader_without_small_views(corpus):
     views = ViewsConfig(num_large=2, num_small=0, large_size=24)
     batch = next(iter(build_torchvision_loader(files, [0] * len(files), views, batch_size=5, num_workers=0)))
     assert batch.small is None and batch.large.shape == (10, 3, 24, 24)
+
+
+def test_corpus_bytes_do_not_depend_on_the_worker_count(tmp_path):
+    serial = make_photo_corpus(tmp_path / "serial", count=130, seed=2, workers=1)
+    parallel = make_photo_corpus(tmp_path / "parallel", count=130, seed=2, workers=2)
+    assert len(jpeg_bytes(serial)) == 130
+    assert jpeg_bytes(parallel) == jpeg_bytes(serial)

@@ -65,7 +65,7 @@ def _reference(online, target, online_all, **kw):
     """float64 reference loss (3,) and gradient of <WEIGHTS, loss> w.r.t. online."""
     online = online.detach().double().clone().requires_grad_()
     loss = relicv2_core_reference(online, target.double(), online_all.double(), **kw)
-    (grad,) = torch.autograd.grad(loss @ WEIGHTS, online)
+    (grad,) = torch.autograd.grad(loss @ WEIGHTS.to(loss.device), online)
     return loss.detach(), grad
 
 

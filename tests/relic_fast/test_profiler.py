@@ -139,3 +139,24 @@ def test_verdict_compute_bound_when_model_heavy(tiny_demo, tmp_path, one_thread)
     assert report["verdict"]["bound"] == "compute", report["verdict"]["text"]
     assert m["loader_images_per_s"] > m["consumption_images_per_s"]
     assert any("headroom" in tip for tip in report["suggestions"])
+
+
+def test_data_tax_fetches_one_batch_per_step(monkeypatch):
+    """The data-tax pipeline runs at the loop's pace: one fetch before each step (warm-up included)."""
+    from types import SimpleNamespace
+
+    import relic_fast.step
+    import relic_fast.synthetic
+    from relic_fast.profiler import synthetic_rate
+
+    calls = []
+    monkeypatch.setattr(relic_fast.step, "train_step", lambda *args: calls.append("step"))
+    monkeypatch.setattr(relic_fast.synthetic, "synthetic_inputs", lambda *args, **kwargs: None)
+    trainer = SimpleNamespace(world=SimpleNamespace(device=torch.device("cpu")), context=None,
+                              config=SimpleNamespace(views=ViewsConfig(),
+                                                     train=SimpleNamespace(batch_size=4, channels_last=True)))
+    assert synthetic_rate(trainer, 3, fetch=lambda: calls.append("fetch")) > 0
+    assert calls == ["fetch", "step"] * 4
+    calls.clear()
+    synthetic_rate(trainer, 2)
+    assert calls == ["step"] * 3
