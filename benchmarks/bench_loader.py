@@ -65,6 +65,8 @@ class LoaderBench:
     """p_m of the DALI pipeline's saliency blending (needs masks); the torchvision baseline has none."""
     masks: str = ""
     """Saliency-mask tree of `data` (`relic-fast masks` output); empty: the dataset's default, if any."""
+    interpolation: str = "auto"
+    """The crops' resampling (`views.interpolation`): auto (cubic on GPU, linear on CPU), linear or cubic."""
 
 
 def parse_recipe(text: str) -> tuple[int, int]:
@@ -78,7 +80,8 @@ def parse_recipe(text: str) -> tuple[int, int]:
 def views_for(recipe: str, bench: LoaderBench) -> ViewsConfig:
     """The default `ViewsConfig` with the recipe's view counts and any size overrides."""
     num_large, num_small = parse_recipe(recipe)
-    changes = {"num_large": num_large, "num_small": num_small, "saliency_p": bench.saliency_p}
+    changes = {"num_large": num_large, "num_small": num_small, "saliency_p": bench.saliency_p,
+               "interpolation": bench.interpolation}
     if bench.large_size is not None:
         changes["large_size"] = bench.large_size
     if bench.small_size is not None:
@@ -141,7 +144,7 @@ def measure_dali(bench: LoaderBench, dataset, recipe: str, threads: int) -> Resu
     step = consume(endless(loader), bench.batches)
     row = timed(bench, f"dali-{bench.device}", step, recipe=recipe, threads=threads,
                 extra={"views": view_sizes(views), "output_dtype": data.output_dtype,
-                       "saliency_p": views.saliency_p})
+                       "saliency_p": views.saliency_p, "interpolation": views.interpolation})
     del step, loader
     gc.collect()  # free the pipeline's threads and buffers before the next configuration runs
     return row
@@ -249,6 +252,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--saliency-p", type=float, default=0.0,
         help="p_m: share of images whose background the DALI pipeline swaps (needs masks; default 0)")
     add("--masks", default="", help="saliency-mask tree of --data (from `relic-fast masks`)")
+    add("--interpolation", choices=("auto", "linear", "cubic"), default="auto",
+        help="crop resampling of the DALI pipeline (auto: cubic on GPU, linear on CPU)")
     add("--json", type=Path, help="write the rows, machine and command as JSON here")
     add("--png", type=Path, help="write a bar chart of images/s here")
     return parser
@@ -276,7 +281,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
                         warmup=args.warmup, device=resolve_device(args.device), pipelines=tuple(args.pipelines),
                         large_size=args.large_size, small_size=args.small_size, output_dtype=args.output_dtype,
                         baseline_blur=args.baseline_blur, seed=args.seed, saliency_p=args.saliency_p,
-                        masks=args.masks)
+                        masks=args.masks, interpolation=args.interpolation)
     rows = run(bench, console=console)
     print_table(rows, f"loader throughput: {data}, batch {bench.batch_size}, {bench.device}", console=console)
     save_outputs(rows, command=command_line(prog, argv), json_path=args.json, png_path=args.png,

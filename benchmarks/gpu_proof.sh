@@ -85,6 +85,12 @@ stage loader 25 75 $RF bench loader --data $CORPUS --masks $MASKS --saliency-p 0
   --json "$RESULTS/loader.json"
 stage loader-nosal 20 45 $RF bench loader --data $CORPUS --device $DEVICE --recipe 4L+2S --threads 4 \
   --batch-size $LOADER_BATCH --batches 4 --repeats 5 --pipelines dali "${LOADER_SIZES[@]}" --json "$RESULTS/loader-nosaliency.json"
+# what limits the pipeline alone (CPU side?): more DALI threads, and linear instead of cubic crops
+stage loader-sweep 30 60 $RF bench loader --data $CORPUS --device $DEVICE --recipe 4L+2S --threads 4 8 12 \
+  --batch-size $LOADER_BATCH --batches 4 --repeats 3 --pipelines dali "${LOADER_SIZES[@]}" --json "$RESULTS/loader-threads.json"
+stage loader-linear 20 45 $RF bench loader --data $CORPUS --device $DEVICE --recipe 4L+2S --threads 4 \
+  --interpolation linear --batch-size $LOADER_BATCH --batches 4 --repeats 5 --pipelines dali "${LOADER_SIZES[@]}" \
+  --json "$RESULTS/loader-linear.json"
 stage selftest 20 90 $RF selftest --device $DEVICE --only pipeline-statistics --only fused-loss
 stage gpu-tests 30 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests
 # target 5: where the time goes; the data tax of the GPU pipeline

@@ -87,7 +87,9 @@ def loader_results(payload: dict[str, Any]) -> list[dict[str, Any]]:
     for row in payload["results"]:
         saliency = row.get("saliency_p", 0.0) or 0.0
         config = f"{row['pipeline']} {row.get('recipe') or ''} B={row['batch_size']}, {row['threads']} threads".replace("  ", " ")
-        entry = {"bench": "loader", "config": config + (f", saliency p={saliency}" if row["pipeline"].startswith("dali") else ""),
+        if row["pipeline"].startswith("dali"):
+            config += f", saliency p={saliency}, {row.get('interpolation', 'auto')} crops"
+        entry = {"bench": "loader", "config": config,
                  "images_per_s": row["images_per_s"], "cpu_ms_per_image": row.get("cpu_ms_per_image"),
                  "baseline": {"what": "GPU.md plain probe, no saliency", "images_per_s": 6712}
                  if row["pipeline"] == "dali-gpu" else None}

@@ -95,7 +95,8 @@ class Trainer:
         if should_compile(config.train.compile, self.world.device):
             # dynamic=False: the two view resolutions compile to two static graphs instead of one dynamic one.
             forward = torch.compile(forward_loss, dynamic=False)
-            torch._logging.set_logs(recompiles=True)  # say why, should a later step recompile
+            # say why, should a later step recompile or the step split into several graphs (each costs warm-up)
+            torch._logging.set_logs(recompiles=True, graph_breaks=True)
         self.on_step: Callable[[float, float], None] | None = None
         """Profile hook (`relic_fast.profiler`): called after each step with (data wait s, step s), the
         device synchronized around the step. None in normal runs: no extra host syncs."""
