@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmarks.bench_loader import view_sizes
 from benchmarks.harness import Result, add_ratios, command_line, print_table, save_outputs
 
 BASELINE = "trainer + synthetic"
@@ -51,29 +52,30 @@ def run_windows(trainer, loader, *, window: int, windows: int) -> list[dict[str,
     return window_rates(trainer.out_dir / "metrics.jsonl", start + window)
 
 
-def loop_row(pipeline: str, records: list[dict[str, Any]], batch: int, recipe: str, **extra: Any) -> Result:
-    """A row from the steady log windows: median images/s, quartile spread, mean data-wait share."""
-    rates = sorted(r["images_per_s"] for r in records)
-    if not rates:
-        raise RuntimeError(f"{pipeline}: the trainer logged no steady window")
+def rate_row(pipeline: str, rates: Sequence[float], batch: int, recipe: str, extra: dict[str, Any]) -> Result:
+    """A row of several images/s measurements: the median, its quartile spread and ms per batch."""
+    rates = sorted(rates)
     quartiles = statistics.quantiles(rates, n=4) if len(rates) > 1 else [rates[0]] * 3
     median = statistics.median(rates)
     return Result(bench="train", pipeline=pipeline, recipe=recipe, batch_size=batch, images_per_s=median,
                   images_per_s_spread=(quartiles[0], quartiles[2]), ms=1e3 * batch / median, repeats=len(rates),
-                  extra={"data_wait_pct": statistics.mean(r["data_wait_pct"] for r in records), **extra})
+                  extra=extra)
+
+
+def loop_row(pipeline: str, records: list[dict[str, Any]], batch: int, recipe: str, **extra: Any) -> Result:
+    """A row from the steady log windows: median images/s, quartile spread, mean data-wait share."""
+    if not records:
+        raise RuntimeError(f"{pipeline}: the trainer logged no steady window")
+    wait = statistics.mean(r["data_wait_pct"] for r in records)
+    return rate_row(pipeline, [r["images_per_s"] for r in records], batch, recipe, {"data_wait_pct": wait, **extra})
 
 
 def synthetic_row(trainer, *, steps: int, repeats: int, recipe: str) -> Result:
     """The trainer's step on synthetic views already on the device (no data at all): `repeats` timings."""
     from relic_fast.profiler import synthetic_rate
 
-    batch = trainer.config.train.batch_size
-    rates = sorted(synthetic_rate(trainer, steps) for _ in range(repeats))
-    quartiles = statistics.quantiles(rates, n=4) if len(rates) > 1 else [rates[0]] * 3
-    median = statistics.median(rates)
-    return Result(bench="train", pipeline=BASELINE, recipe=recipe, batch_size=batch, images_per_s=median,
-                  images_per_s_spread=(quartiles[0], quartiles[2]), ms=1e3 * batch / median, repeats=repeats,
-                  extra={"steps_per_repeat": steps})
+    rates = [synthetic_rate(trainer, steps) for _ in range(repeats)]
+    return rate_row(BASELINE, rates, trainer.config.train.batch_size, recipe, {"steps_per_repeat": steps})
 
 
 def torchvision_loader(trainer, workers: int):
@@ -121,7 +123,7 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
     if trainer.world.distributed:
         raise RuntimeError("bench train runs a single process; start it without torchrun")
     views, batch, device = config.views, config.train.batch_size, trainer.world.device
-    recipe = f"{views.num_large}x{views.large_size}" + (f"+{views.num_small}x{views.small_size}" if views.num_small else "")
+    recipe = view_sizes(views)
     rows = []
     if "dali" in feeds:
         name = f"trainer + dali-{'gpu' if loader_device_id(config, device) is not None else 'cpu'}"
