@@ -34,11 +34,12 @@ if [ "$DEVICE" = gpu ]; then
   CORPUS_COUNT=${CORPUS_COUNT:-2048}; BATCH=${BATCH:-128}; LOADER_BATCH=256; LOSS_B=4096
   CONFIG=configs/imagenet_resnet50.toml; LOADER_SIZES=(); TV_WORKERS=$(nproc)
   LOSS_IMPLS="reference reference-compiled fused fused-bf16"
+  STEP_VARIANTS="eager-bf16-channels-last compiled-bf16-channels-last"
   CPU_THREADS=$(nproc); WINDOW=10; WINDOWS=4; PROFILE_STEPS=10
 else  # smoke: the same stages, tiny, on the CPU (how this script is tested without a GPU)
   CORPUS_COUNT=${CORPUS_COUNT:-48}; BATCH=${BATCH:-8}; LOADER_BATCH=8; LOSS_B=64
   CONFIG=configs/demo_cpu.toml; TV_WORKERS=2; CPU_THREADS=2; WINDOW=2; WINDOWS=1; PROFILE_STEPS=2
-  LOADER_SIZES=(--large-size 32 --small-size 16); LOSS_IMPLS=reference
+  LOADER_SIZES=(--large-size 32 --small-size 16); LOSS_IMPLS=reference; STEP_VARIANTS=eager-fp32-channels-last
 fi
 CORPUS=$WORK/corpus
 MASKS=$WORK/corpus-masks
@@ -105,5 +106,8 @@ stage profile-cpu 50 120 $RF profile --config $CONFIG --data $CORPUS "${TRAIN_SE
 stage train-torchvision 60 130 $RF bench train --config $CONFIG --data $CORPUS "${TRAIN_SETS[@]}" --set train.compile=off \
   --feeds torchvision --torchvision-workers $TV_WORKERS --out "$RESULTS/train-torchvision-run" \
   --json "$RESULTS/train-torchvision.json"
+# the synthetic step benchmark (eager vs compiled; the compiled graph is the trainer's, so its cache is warm here)
+stage step 40 120 $RF bench step --device $DEVICE --variants $STEP_VARIANTS \
+  --json "$RESULTS/step.json"
 log "done: $(wc -l < "$RESULTS/stages.tsv") stages"
 pack

@@ -99,6 +99,13 @@ def loader_results(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def step_results(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a `bench step` JSON: each variant's images/s on synthetic views and its first step's seconds."""
+    return [{"bench": "step", "config": f"{row['pipeline']} {row['encoder']} {row['recipe']} B={row['batch_size']}",
+             "images_per_s": row["images_per_s"], "first_step_s": row["first_step_s"], "peak_gib": row.get("peak_gib"),
+             "baseline": None} for row in payload["results"]]
+
+
 def loss_results(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of a `bench loss` JSON: each implementation's ms and peak extra memory vs the compiled reference."""
     out = []
@@ -141,7 +148,8 @@ def collect(folder: Path) -> dict[str, Any]:
     """The summary of one proof folder: machine, command and every result row."""
     results, machine = [], None
     readers = {"bench train": train_results, "bench_train": train_results, "bench loader": loader_results,
-               "bench_loader": loader_results, "bench loss": loss_results, "bench_loss": loss_results}
+               "bench_loader": loader_results, "bench loss": loss_results, "bench_loss": loss_results,
+               "bench step": step_results, "bench_step": step_results}
     for path, payload in bench_files(folder):
         reader = next((fn for key, fn in readers.items() if key in payload["command"]), None)
         if reader is None:
@@ -157,7 +165,7 @@ def collect(folder: Path) -> dict[str, Any]:
                             "file": str(path.relative_to(folder))})
     if machine is None:
         raise ValueError(f"{folder}: no benchmark JSON or profile.json found")
-    order = ("train", "warmup", "loader", "loss", "profile", "data-tax")
+    order = ("train", "warmup", "step", "loader", "loss", "profile", "data-tax")
     results.sort(key=lambda row: order.index(row["bench"]))
     keep = ("gpu", "cpus", "cpu", "torch", "torchvision", "dali", "triton", "commit", "date")
     return {"machine": {key: machine.get(key) for key in keep}, "command": PROOF_COMMAND, "results": results}
