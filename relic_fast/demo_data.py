@@ -54,7 +54,7 @@ BACKGROUND_CORRELATION = 0.7
 """Default fraction of a class's images (train, val_correlated) drawn on the class's own background family."""
 
 FORMAT = "relic-fast-demo-data"
-VERSION = 2
+VERSION = 3
 """Bumped whenever rendering changes, so cached datasets of an older version are regenerated."""
 
 JPEG_QUALITY = 90
