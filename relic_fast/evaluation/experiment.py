@@ -9,9 +9,9 @@ The random-init encoder of a seed is built exactly as the trainer builds its onl
 that seed (`torch.manual_seed(seed)`, then `build_encoder`), so each comparison is paired: the same
 starting weights, with and without pretraining.
 A last row, the supervised reference (`relic_fast.evaluation.supervised`), trains that same starting
-encoder end-to-end with the labels for the pretraining step budget: the ceiling of what the budget can
-teach this encoder, which tells a weak self-supervised result apart from a budget too small to learn
-the classes at all.
+encoder end-to-end with the labels for the pretraining step budget, with plain SGD: what labels alone
+teach this encoder in that many steps. It is a reference, not a ceiling: on the demo data (version 3)
+124 plain-SGD steps leave it at chance while RELICv2's LARS learns (see the README's demo section).
 """
 
 from __future__ import annotations

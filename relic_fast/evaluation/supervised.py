@@ -6,8 +6,9 @@ lets this encoder learn the classes at all. This reference answers it: a randoml
 (the seed's, as `random_init_encoder` builds it) and a linear head are trained together with
 cross-entropy on the train split's labels, for as many steps as pretraining runs, on the DALI
 linear-eval train pipeline (random-resized-crop + flip), then scored on every validation split like the
-probes; in float32 on every device (a small reference, kept free of precision effects). It is a ceiling
-for what a self-supervised encoder of that budget can approach, not a protocol of the paper: SGD with
+probes; in float32 on every device (a small reference, kept free of precision effects). It is what plain
+supervised SGD reaches in the same budget (no upper bound: at 124 steps on the demo data it stays at
+chance while LARS-driven RELICv2 learns), not a protocol of the paper: SGD with
 Nesterov momentum 0.9, weight decay `WEIGHT_DECAY`, lr = `BASE_LR` * batch / 256 on a per-step cosine
 to 0.
 """
