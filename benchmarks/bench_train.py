@@ -109,7 +109,6 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
 
     The torchvision feed's window defaults to `torchvision_workers` steps: its workers deliver their
     batches in waves of one batch each, so a shorter window would time batches prefetched earlier."""
-    from relic_fast.environment import compiled_graph_count
     from relic_fast.profiler import loader_device_id
     from relic_fast.trainer import Trainer
 
@@ -145,7 +144,7 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
         rows.append(Result(bench="train", pipeline="compile warm-up", recipe=recipe, batch_size=batch,
                            ms=1e3 * warmup["first_step_s"],
                            extra={"seconds": warmup["first_step_s"], "compiled_graphs": warmup["compiled_graphs"],
-                                  "recompiles_after_first_step": compiled_graph_count() - warmup["compiled_graphs"],
+                                  "recompiles_after_first_step": trainer.recompiles(),
                                   "what": "process start to the end of the first training step"}))
     common = {"device": str(device), "precision": config.train.precision, "compile": config.train.compile,
               "channels_last": config.train.channels_last, "encoder": f"{config.model.encoder} {config.model.width}x",

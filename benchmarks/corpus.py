@@ -94,9 +94,8 @@ def make_photo_corpus(out: Path, count: int = 400, seed: int = 0, workers: int |
         write_images(out, range(count), seed)
         return out
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for done in pool.map(write_images, [out] * workers, [range(i, count, workers) for i in range(workers)],
-                             [seed] * workers):
-            del done
+        list(pool.map(write_images, [out] * workers, [range(i, count, workers) for i in range(workers)],
+                      [seed] * workers))  # list(): a worker's exception is raised here
     return out
 
 
