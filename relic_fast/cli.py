@@ -214,6 +214,29 @@ def linear_eval_command(
     console.print(f"[bold green]wrote[/] {path}")
 
 
+@app.command("export")
+def export_command(
+        source: Annotated[Path, typer.Argument(help="Checkpoint file, or a run folder (its newest checkpoint).")],
+        out: Annotated[Path, typer.Option("--out", help="Weights file: *.safetensors (needs the safetensors package) or *.pt; the JSON sidecar goes next to it (same name, .json).")],
+        network: Annotated[str, typer.Option("--network", help="online (what the paper's evaluation probes) or target (the EMA encoder).")] = "online",
+        fmt: Annotated[str, typer.Option("--format", help="torchvision, timm (strict=True loads into their resnetN without the fc) or relic-fast (any width and stem; relic_fast.export.load_encoder).")] = "torchvision") -> None:
+    """Export the pretrained encoder as a plain state dict that torchvision / timm ResNets load, plus a JSON sidecar."""
+    from relic_fast.checkpoint import CheckpointError
+    from relic_fast.export import ExportError, export_encoder
+
+    try:
+        report = export_encoder(source, out, network=network, fmt=fmt)
+    except (CheckpointError, ConfigError, ExportError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    meta = report.metadata
+    print_rows("relic-fast export", [
+        ("weights", str(report.weights)), ("sidecar", str(report.sidecar)),
+        ("encoder", f"{meta['encoder']} {meta['width']}x, stem {meta['stem']}, {meta['feature_dim']} features"),
+        ("network", f"{meta['network']} at step {meta['step']} ({meta['checkpoint']})"),
+        ("loaded strict=True by", meta["verified_with"]), ("load with", meta["load"])])
+
+
 @app.command("experiment")
 def experiment_command(
         config: ConfigPath = None,

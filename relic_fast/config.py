@@ -51,6 +51,12 @@ class ModelConfig:
     """Synchronize BatchNorm statistics across ranks under DDP (SyncBatchNorm; CUDA only: CPU/gloo runs
     keep per-rank statistics)."""
 
+    activation_checkpointing: bool = False
+    """Recompute each residual stage of the online encoder in backward instead of keeping its
+    activations: about a third more encoder compute for roughly half the activation memory (the
+    README's memory table), so that 512 images per GPU (the paper's batch on 8 GPUs) fit in 80 GB.
+    Gradients and BatchNorm running statistics are those of a run without it."""
+
     def __post_init__(self) -> None:
         check(self.width in (1, 2, 4), "width", f"choose 1, 2 or 4, got {self.width}")
         for name in ("projector_hidden", "embedding_dim", "predictor_hidden"):

@@ -10,15 +10,20 @@
   batched, then all small views); the step runs the target once over the large views. No loss is
   computed in any `forward`.
 - `ema_update` moves the target with multi-tensor ops; BatchNorm buffers are copied from online.
+- Activation checkpointing (`model.activation_checkpointing`): each residual stage keeps only its
+  input for backward and recomputes the rest there (`checkpoint_stage`), with BatchNorm running
+  statistics updated by the forward only, never again by the recomputation.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from relic_fast.config import ModelConfig
@@ -63,7 +68,19 @@ class ResNetEncoder(ResNet):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Identity()
         self.feature_dim = 512 * block.expansion * width
+        self.activation_checkpointing = False
+        """Recompute each residual stage in backward instead of storing its activations (when training
+        with grad enabled; `model.activation_checkpointing`)."""
         self._init_weights(zero_init_residual)
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features; with activation checkpointing, each of the four stages is a checkpoint."""
+        if not (self.activation_checkpointing and self.training and torch.is_grad_enabled()):
+            return super()._forward_impl(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = checkpoint_stage(stage, x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         """torchvision's init (Kaiming fan-out convs, BN 1/0), optionally zeroing each block's last BN gamma."""
@@ -79,6 +96,40 @@ class ResNetEncoder(ResNet):
                     nn.init.zeros_(m.bn3.weight)
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
+
+
+@contextmanager
+def running_statistics_frozen(module: nn.Module) -> Iterator[None]:
+    """Every BatchNorm in `module` updates scratch copies of its running statistics (and of
+    `num_batches_tracked`), which are dropped afterwards: what a recomputation must do, or each step
+    counts twice. The layers still normalize with batch statistics and save the same tensors."""
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    kept = [{name: getattr(norm, name) for name in names} for norm in norms]
+    for norm, buffers in zip(norms, kept):
+        for name, buffer in buffers.items():
+            setattr(norm, name, buffer.clone())
+    try:
+        yield
+    finally:
+        for norm, buffers in zip(norms, kept):
+            for name, buffer in buffers.items():
+                setattr(norm, name, buffer)
+
+
+def checkpoint_stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`stage(x)` keeping only `x` for backward (non-reentrant `torch.utils.checkpoint`).
+
+    Eager: the recomputation runs under `running_statistics_frozen`, so BatchNorm running statistics
+    move once per forward, as without checkpointing. Compiled: AOTAutograd recomputes only the
+    region's functional ops in the backward graph; the running-statistics updates stay in the forward
+    graph, once, so the plain checkpoint is already right there.
+    """
+    if torch.compiler.is_compiling():
+        return checkpoint(stage, x, use_reentrant=False)
+    return checkpoint(stage, x, use_reentrant=False,
+                      context_fn=lambda: (nullcontext(), running_statistics_frozen(stage)))
 
 
 def build_encoder(name: str, width: int = 1, small_stem: bool = False,
@@ -155,6 +206,7 @@ def build_networks(model: ModelConfig, device: torch.device | str | None = None
                    ) -> tuple[OnlineNetwork, TargetNetwork]:
     """Online and target networks for `model`, in channels-last memory format (on `device` if given)."""
     encoder = build_encoder(model.encoder, model.width, model.small_stem)
+    encoder.activation_checkpointing = model.activation_checkpointing
     projector = MLP(encoder.feature_dim, model.projector_hidden, model.embedding_dim)
     predictor = MLP(model.embedding_dim, model.predictor_hidden, model.embedding_dim)
     online = OnlineNetwork(encoder, projector, predictor).to(device=device, memory_format=torch.channels_last)
