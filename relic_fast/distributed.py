@@ -80,3 +80,12 @@ def broadcast_object(obj, src: int = 0):
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+def same_on_every_rank(value) -> bool:
+    """Whether every rank holds an equal `value` (always True in a single process); a collective call."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values: list = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return all(v == values[0] for v in values)
+    return True

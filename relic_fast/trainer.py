@@ -20,7 +20,7 @@ from dali_pipelines.dataset import DatasetSpec, resolve_dataset
 from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.checkpoint import latest_checkpoint, save_checkpoint
 from relic_fast.config import Config, to_toml
-from relic_fast.distributed import World, all_reduce_mean, close_world, init_world
+from relic_fast.distributed import World, all_reduce_mean, close_world, init_world, same_on_every_rank
 from relic_fast.environment import compiled_graph_count, configure_cuda_math, process_age_s
 from relic_fast.models import build_networks, convert_sync_batchnorm
 from relic_fast.monitor import RunMonitor
@@ -277,6 +277,9 @@ class Trainer:
     def restore(self) -> str | None:
         """Load the newest usable checkpoint of `out_dir` (skipping corrupt ones); returns this rank's loader state."""
         found = latest_checkpoint(self.out_dir, warn=lambda text: print(text) if self.world.is_main else None)
+        if not same_on_every_rank(found[0].name if found else None):
+            raise ValueError(f"--resume: the ranks found different checkpoints in {self.out_dir}; with several "
+                             f"nodes, --out must be a folder that every node shares (NFS, Lustre, ...)")
         if found is None:
             if self.world.is_main:
                 print(f"--resume: no checkpoint in {self.out_dir}, starting from scratch")
