@@ -284,6 +284,14 @@ def bench_train_command(ctx: typer.Context) -> None:
     main(ctx.args, prog="relic-fast bench train")
 
 
+@bench_app.command("memory", context_settings=FORWARD_ARGS, add_help_option=False)
+def bench_memory_command(ctx: typer.Context) -> None:
+    """Peak memory of a training step with and without activation checkpointing, per batch size (--help for options)."""
+    from benchmarks.bench_memory import main
+
+    main(ctx.args, prog="relic-fast bench memory")
+
+
 @bench_app.command("all", context_settings=FORWARD_ARGS, add_help_option=False)
 def bench_all_command(ctx: typer.Context) -> None:
     """Loader, step and loss benchmarks with the device's defaults into one folder (--out DIR; --help for options)."""
