@@ -229,12 +229,7 @@ def export_command(
     except (CheckpointError, ConfigError, ExportError) as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
-    meta = report.metadata
-    print_rows("relic-fast export", [
-        ("weights", str(report.weights)), ("sidecar", str(report.sidecar)),
-        ("encoder", f"{meta['encoder']} {meta['width']}x, stem {meta['stem']}, {meta['feature_dim']} features"),
-        ("network", f"{meta['network']} at step {meta['step']} ({meta['checkpoint']})"),
-        ("loaded strict=True by", meta["verified_with"]), ("load with", meta["load"])])
+    print_rows("relic-fast export", report.rows())
 
 
 @app.command("experiment")

@@ -53,8 +53,8 @@ class ModelConfig:
 
     activation_checkpointing: bool = False
     """Recompute each residual stage of the online encoder in backward instead of keeping its
-    activations: about a third more encoder compute for roughly half the activation memory (the
-    README's memory table), so that 512 images per GPU (the paper's batch on 8 GPUs) fit in 80 GB.
+    activations: less memory for one more encoder forward per step (figures in the README's memory
+    table), e.g. so that 512 images per GPU, the paper's batch on one 8-GPU node, fit in 80 GB.
     Gradients and BatchNorm running statistics are those of a run without it."""
 
     def __post_init__(self) -> None:

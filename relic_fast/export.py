@@ -52,6 +52,14 @@ class ExportReport:
     sidecar: Path
     metadata: dict[str, Any]
 
+    def rows(self) -> list[tuple[str, str]]:
+        """(item, value) rows for the command's summary table."""
+        meta = self.metadata
+        return [("weights", str(self.weights)), ("sidecar", str(self.sidecar)),
+                ("encoder", f"{meta['encoder']} {meta['width']}x, stem {meta['stem']}, {meta['feature_dim']} features"),
+                ("network", f"{meta['network']} at step {meta['step']} ({meta['checkpoint']})"),
+                ("loaded strict=True by", meta["verified_with"]), ("load with", meta["load"])]
+
 
 def config_hash(config: dict[str, Any]) -> str:
     """SHA-256 of the run's resolved config (canonical JSON): equal hashes, equal recipes."""
