@@ -98,6 +98,11 @@ def control_group():
     return dist.new_group(backend="gloo")
 
 
+def wait_for_all(group) -> None:
+    """Block until every rank of `group` (a `control_group`) gets here."""
+    dist.barrier(group=group)
+
+
 def all_reduce_max_async(tensor: torch.Tensor, group):
     """Start an element-wise max of the CPU `tensor` over `group` in place; returns the work to `wait()` on."""
     return dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group, async_op=True)

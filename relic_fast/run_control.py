@@ -6,6 +6,11 @@ SIGUSR1 (SLURM's `--signal` pre-timeout warning) ask the run to finish its step,
 and exit with `ExitCode.STOPPED`; a second SIGINT raises KeyboardInterrupt at once. The trainer asks
 `RunControl.after_step` after every optimizer step and gets a `Decision`.
 
+Leaving the loop, the ranks wait for each other, so that none exits before rank 0 has written the
+last checkpoint: torchrun answers a rank's non-zero exit by sending SIGTERM to the others. For the
+same reason, once a stop is decided the handlers stay installed until the process exits (a further
+SIGTERM is redundant; a further SIGINT still stops at once).
+
 Under torchrun a signal may reach one rank, or every rank at different steps, and `train.checkpoint_minutes`
 is measured by rank 0's clock, yet every rank must checkpoint and stop at the same step (checkpointing
 is collective). The ranks agree through one 2-element all-reduce (max) per step on a separate gloo
@@ -26,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from relic_fast.distributed import all_reduce_max_async
+from relic_fast.distributed import all_reduce_max_async, wait_for_all
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -55,6 +60,8 @@ class RunControl:
         self._last_checkpoint = clock()
         self._pending: tuple[object, torch.Tensor] | None = None
         self._previous: dict[int, object] = {}
+        self.stopping = False
+        """A stop was decided: the process is on its way out."""
 
     # ---------------------------------------------------------------- signals
     def __enter__(self) -> "RunControl":
@@ -65,11 +72,14 @@ class RunControl:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous.clear()
-        if self._pending is not None and exc_type is None:
-            self._pending[0].wait()  # every rank started the same reductions; finish them before the group goes
+        if not self.stopping:
+            for number, handler in self._previous.items():
+                signal.signal(number, handler)
+            self._previous.clear()
+        if self.group is not None and exc_type is None:
+            if self._pending is not None:
+                self._pending[0].wait()  # every rank started the same reductions; finish them before the group goes
+            wait_for_all(self.group)  # rank 0 has written the last checkpoint when this returns
         self._pending = None
 
     def _on_signal(self, number: int, frame) -> None:
@@ -91,6 +101,7 @@ class RunControl:
             decision = self._agreed(on_schedule)
         if decision.checkpoint or decision.stop:
             self._last_checkpoint = self.clock()  # reset before the next flags leave, so a save counts once
+        self.stopping = self.stopping or decision.stop is not None
         if self.group is not None and not decision.stop:
             flags = torch.tensor([self.received or 0, int(self.is_main and self._clock_due())], dtype=torch.int64)
             self._pending = (all_reduce_max_async(flags, self.group), flags)
