@@ -1,36 +1,96 @@
 """The `relic-fast` command line: parse, resolve the config, call one library function.
 
-No training logic lives here; every command is a thin wrapper over a `relic_fast` function.
+No training logic lives here; every command is a thin wrapper over a `relic_fast` function. Errors
+a user can fix (`relic_fast.errors`) become one line and their exit code in one place,
+`ErrorReportingGroup`; `--debug` or RELIC_FAST_DEBUG=1 adds the full traceback.
 """
 
 from __future__ import annotations
 
+import os
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from relic_fast.config import Config, ConfigError, load_config
+from relic_fast.config import Config, load_config
+from relic_fast.errors import ExitCode, classify, describe
+
+DEBUG_ENV = "RELIC_FAST_DEBUG"
+console = Console()
+error_console = Console(stderr=True)
+
+
+def launch_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun set them (imported on use: commands like `config show` start without torch)."""
+    from relic_fast.distributed import launch_rank as from_environment
+
+    return from_environment()
+
+
+def report_error(label: str, message: str, style: str = "bold red") -> None:
+    """Print `label: message` to stderr unwrapped, naming the rank under torchrun."""
+    rank, world_size = launch_rank()
+    where = f"rank {rank}/{world_size}: " if world_size > 1 else ""
+    error_console.print(Text.assemble(where, (f"{label}:", style), " ", message), soft_wrap=True)
+
+
+class ErrorReportingGroup(TyperGroup):
+    """The command group whose `invoke` turns every known error of any command into one line and its
+    exit code (`relic_fast.errors.ExitCode`); unexpected errors keep their traceback (a bug to report)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own exits and usage errors
+        except KeyboardInterrupt:  # a second Ctrl-C during a run (see run_control), or one outside it
+            self._show_traceback()
+            report_error("interrupted", "stopped at once, no checkpoint written; `--resume` continues from the "
+                                        "last one")
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
+        except Exception as err:
+            known = classify(err)
+            if known is None:
+                if launch_rank()[1] > 1:
+                    report_error("unexpected error", f"{type(err).__name__} (traceback below)")
+                raise
+            code, label = known
+            if not (getattr(err, "rank_0_speaks", False) and launch_rank()[0] != 0):
+                self._show_traceback()
+                report_error(label, describe(err), "bold yellow" if code == ExitCode.STOPPED else "bold red")
+            raise typer.Exit(code) from None
+
+    @staticmethod
+    def _show_traceback() -> None:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exc()
+
 
 app = typer.Typer(help="RELICv2 self-supervised pretraining of ResNets with DALI GPU pipelines.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  cls=ErrorReportingGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect configuration recipes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-console = Console()
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help=f"Show the full traceback of an error (as {DEBUG_ENV}=1 does).")] = False) -> None:
+    """Options for every command (they come before the command: `relic-fast --debug pretrain ...`)."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML recipe (see configs/); defaults apply to what it leaves out.")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: section.key=value (repeatable), e.g. --set train.batch_size=256.")]
 
 
 def resolve_config(path: Optional[Path], overrides: Optional[list[str]]) -> Config:
-    """Load and validate the config, turning a config error into a clean exit naming the key."""
-    try:
-        return load_config(path, overrides or [])
-    except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {err}")
-        raise typer.Exit(2) from None
+    """Load and validate the config (a `ConfigError` names the key; `ErrorReportingGroup` reports it)."""
+    return load_config(path, overrides or [])
 
 
 @config_app.command("show")
@@ -96,8 +156,9 @@ def pretrain(config: ConfigPath = None,
     if steps is not None:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, max_steps=steps))
     summary = run_pretrain(cfg, out_dir=out, resume=resume)
-    console.print(f"[bold green]done:[/] {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
-                  f"checkpoint {summary['checkpoint']}")
+    if launch_rank()[0] == 0:  # one voice under torchrun
+        console.print(f"[bold green]done:[/] {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+                      f"checkpoint {summary['checkpoint']}")
 
 
 @app.command("index")
@@ -197,19 +258,14 @@ def linear_eval_command(
         out: Annotated[Optional[Path], typer.Option("--out", help="Report file (.json) or folder for linear_eval.json (default: next to the checkpoint).")] = None,
         random_init: Annotated[bool, typer.Option("--random-init", help="Evaluate a randomly initialized encoder of the config's model section (the baseline); no checkpoint needed.")] = False) -> None:
     """Linear evaluation of a frozen encoder: top-1/top-5 on every validation split, written to linear_eval.json."""
-    from relic_fast.checkpoint import CheckpointError
     from relic_fast.evaluation.runner import linear_eval_table, run_linear_eval
 
     cfg = resolve_config(config, overrides)  # validates --config/--set; the whole config of --random-init
     if checkpoint is None and not random_init:
         console.print("[bold red]error:[/] give --checkpoint, or --random-init for the baseline")
         raise typer.Exit(2)
-    try:
-        result, path = run_linear_eval(data_root=data, config=cfg, checkpoint=checkpoint, config_path=config,
-                                       overrides=overrides, random_init=random_init, out=out, log=console.print)
-    except (CheckpointError, ConfigError, FileNotFoundError) as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
+    result, path = run_linear_eval(data_root=data, config=cfg, checkpoint=checkpoint, config_path=config,
+                                   overrides=overrides, random_init=random_init, out=out, log=console.print)
     console.print(linear_eval_table(result))
     console.print(f"[bold green]wrote[/] {path}")
 

@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dali_pipelines.recipe import DataConfig, InvalidField, ViewsConfig, check
+from relic_fast.errors import ExitCode, RelicFastError
 
 
-class ConfigError(ValueError):
+class ConfigError(RelicFastError, ValueError):
     """A configuration value is unknown, mistyped or out of range; the message names key and file."""
+
+    exit_code = ExitCode.CONFIG
+    label = "config error"
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     """Steps between checkpoints (one is also written at the end)."""
 
+    checkpoint_minutes: float = 0.0
+    """Also checkpoint when this many minutes have passed since the last checkpoint (0: off), so a long
+    `checkpoint_every` cannot lose hours; under torchrun rank 0's clock decides for every rank."""
+
     keep_checkpoints: int = 3
     """Checkpoints kept in RUN_DIR/checkpoints (older ones are deleted)."""
 
@@ -171,6 +179,8 @@ class TrainConfig:
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.checkpoint_minutes >= 0, "checkpoint_minutes",
+              f"must be >= 0 (0: off), got {self.checkpoint_minutes}")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,12 @@ class World:
         return self.world_size > 1
 
 
+def launch_rank() -> tuple[int, int]:
+    """(rank, world size) as `torchrun` sets them in the environment, readable before (and without)
+    joining the process group: who prints, who locks, and which rank an error came from."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     """The torch device for a `train.device` choice ("auto" picks CUDA when available)."""
     if choice == "auto":
@@ -89,3 +95,23 @@ def same_on_every_rank(value) -> bool:
         dist.all_gather_object(values, value)
         return all(v == values[0] for v in values)
     return True
+
+
+def control_group():
+    """A gloo process group of every rank, for small host-side agreements (the stop flag) that must
+    not queue behind, or sync with, the device collectives of the default group; None in a single process.
+
+    Every rank must call this at the same point (creating a group is itself collective)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def wait_for_all(group) -> None:
+    """Block until every rank of `group` (a `control_group`) gets here."""
+    dist.barrier(group=group)
+
+
+def all_reduce_max_async(tensor: torch.Tensor, group):
+    """Start an element-wise max of the CPU `tensor` over `group` in place; returns the work to `wait()` on."""
+    return dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group, async_op=True)

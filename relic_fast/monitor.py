@@ -97,7 +97,7 @@ class RunMonitor:
     def message(self, text: str) -> None:
         """Print a line above the live display."""
         if self.enabled:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True)  # one line, however narrow the terminal or log
 
     def close(self) -> None:
         """Stop the display and flush TensorBoard."""

@@ -7,7 +7,6 @@ Read top-down: `Trainer.__init__` builds the world, data, networks, optimizer an
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,13 +17,17 @@ from torch.profiler import record_function
 
 from dali_pipelines.dataset import DatasetSpec, resolve_dataset
 from dali_pipelines.loader import build_pretrain_loader
-from relic_fast.checkpoint import latest_checkpoint, save_checkpoint
-from relic_fast.config import Config, to_toml
-from relic_fast.distributed import World, all_reduce_mean, close_world, init_world, same_on_every_rank
+from relic_fast.checkpoint import check_resumable, latest_checkpoint, save_checkpoint
+from relic_fast.config import Config, ConfigError, to_toml
+from relic_fast.distributed import (World, all_reduce_mean, close_world, control_group, init_world, launch_rank,
+                                    same_on_every_rank)
 from relic_fast.environment import compiled_graph_count, configure_cuda_math, process_age_s
+from relic_fast.errors import ResumeMismatchError, RunStopped
 from relic_fast.models import build_networks, convert_sync_batchnorm
 from relic_fast.monitor import RunMonitor
 from relic_fast.optim import build_lars
+from relic_fast.run_control import RunControl
+from relic_fast.runlock import RunLock
 from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
 from relic_fast.step import MultiViewOnline, NonFiniteLossError, StepContext, forward_loss, prepare_views, train_step
 
@@ -111,10 +114,11 @@ class Trainer:
         """The global batch must split evenly over ranks and fit the dataset."""
         batch, world = self.config.train.batch_size, self.world.world_size
         if batch % world:
-            raise ValueError(f"train.batch_size = {batch} does not split over {world} ranks; use a multiple of {world}")
+            raise ConfigError(f"train.batch_size = {batch} does not split over {world} ranks; "
+                              f"use a multiple of {world}")
         if self.dataset.num_samples < batch and self.config.data.drop_last:
-            raise ValueError(f"train.batch_size = {batch} exceeds the dataset's {self.dataset.num_samples} images "
-                             f"({self.dataset.root}); lower it or set data.drop_last = false")
+            raise ConfigError(f"train.batch_size = {batch} exceeds the dataset's {self.dataset.num_samples} images "
+                              f"({self.dataset.root}); lower it or set data.drop_last = false")
 
     def _build_networks(self):
         """Online (DDP-wrapped when distributed) and EMA target networks on the training device."""
@@ -146,12 +150,16 @@ class Trainer:
     def train(self, save_final: bool = True) -> dict[str, Any]:
         """Run until `last_step`; return a summary (final loss, checkpoint path, throughput).
 
+        A stop signal (`run_control`) ends the run at an agreed step: checkpoint, then `RunStopped`.
         `save_final=False` (profiling) skips the final checkpoint."""
         if self.world.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.toml").write_text(to_toml(self.config))
         summary: dict[str, Any] = {"start_step": self.step}
-        with RunMonitor(self.out_dir, self.last_step, self.step, enabled=self.world.is_main) as monitor:
+        cfg = self.config.train
+        self.control = RunControl(checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
+                                  is_main=self.world.is_main, group=control_group())
+        with self.control, RunMonitor(self.out_dir, self.last_step, self.step, enabled=self.world.is_main) as monitor:
             self.monitor = monitor
             try:
                 summary.update(self._run_steps())
@@ -160,8 +168,12 @@ class Trainer:
                 monitor.message(f"[bold red]stopped:[/] {err} at step {self.step + 1}; "
                                 f"the last good state is saved in {path}")
                 raise
-        summary["checkpoint"] = self.save() if save_final else None
+            summary["checkpoint"] = self.save() if save_final else None
         summary["steps"] = self.step
+        stopped_by = summary.pop("stopped_by")
+        if stopped_by:
+            saved = f" and saved {summary['checkpoint']}; `--resume` continues" if summary["checkpoint"] else ""
+            raise RunStopped(f"{stopped_by} received; finished step {self.step}{saved}")
         return summary
 
     def _run_steps(self) -> dict[str, Any]:
@@ -170,7 +182,8 @@ class Trainer:
         accumulated = torch.zeros(3, device=self.world.device)
         window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
         last: dict[str, Any] = {}
-        while self.step < self.last_step:
+        stopped_by = None
+        while self.step < self.last_step and stopped_by is None:
             batches = iter(self.loader)
             while self.step < self.last_step:
                 fetch_start = time.perf_counter()
@@ -194,17 +207,21 @@ class Trainer:
                 window_steps += 1
                 if not self.warmup_report:
                     self._record_warmup()
-                if self.step % cfg.log_every == 0 or self.step == self.last_step:
+                decision = self.control.after_step(self.step)  # the same on every rank
+                stopped_by = decision.stop if self.step < self.last_step else None  # a finished run just ends
+                if self.step % cfg.log_every == 0 or self.step == self.last_step or stopped_by:
                     elapsed = time.perf_counter() - window_start
                     last = self._log(accumulated / window_steps, lr, tau, window_steps, elapsed, data_wait)
                     accumulated.zero_()
                     window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
-                if self.step % cfg.checkpoint_every == 0 and self.step < self.last_step:
+                if stopped_by:
+                    break  # `train` writes the checkpoint
+                if decision.checkpoint and self.step < self.last_step:
                     self.save()
                 if self.step % self.steps_per_epoch == 0:
                     self._knn_monitor(self.step // self.steps_per_epoch)
         return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
-                "last_metrics": last, **self.warmup_report, "recompiles": self.recompiles()}
+                "last_metrics": last, **self.warmup_report, "recompiles": self.recompiles(), "stopped_by": stopped_by}
 
     def _record_warmup(self) -> None:
         """Once, after this process's first step: how long start-up and compilation took, and how many
@@ -278,16 +295,14 @@ class Trainer:
         """Load the newest usable checkpoint of `out_dir` (skipping corrupt ones); returns this rank's loader state."""
         found = latest_checkpoint(self.out_dir, warn=lambda text: print(text) if self.world.is_main else None)
         if not same_on_every_rank(found[0].name if found else None):
-            raise ValueError(f"--resume: the ranks found different checkpoints in {self.out_dir}; with several "
-                             f"nodes, --out must be a folder that every node shares (NFS, Lustre, ...)")
+            raise ResumeMismatchError(f"--resume: the ranks found different checkpoints in {self.out_dir}; with "
+                                      f"several nodes, --out must be a folder that every node shares (NFS, Lustre, ...)")
         if found is None:
             if self.world.is_main:
                 print(f"--resume: no checkpoint in {self.out_dir}, starting from scratch")
             return None
         path, state = found
-        if state["world_size"] != self.world.world_size:
-            raise ValueError(f"{path} was written by {state['world_size']} ranks; resume it with the same number "
-                             f"(this run has {self.world.world_size}): the data position is per rank")
+        check_resumable(path, state, self.config.to_dict(), self.world.world_size)
         self.online_module.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -303,10 +318,20 @@ class Trainer:
 
 
 def pretrain(config: Config, *, out_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) RELICv2 pretraining as `config` says, writing into `out_dir`; returns a summary."""
-    trainer = Trainer(config, out_dir, resume=resume)
+    """Run (or resume) RELICv2 pretraining as `config` says, writing into `out_dir`; returns a summary.
+
+    Rank 0 holds `out_dir`'s lock (`runlock`) for the whole run: a second run into the same folder fails."""
+    rank, world_size = launch_rank()
+    lock = RunLock(out_dir).acquire() if rank == 0 else None
+    if lock is not None and lock.note:
+        print(lock.note)
     try:
-        return trainer.train()
+        trainer = Trainer(config, out_dir, resume=resume)
+        try:
+            return trainer.train()
+        finally:
+            if world_size > 1:
+                close_world()
     finally:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            close_world()
+        if lock is not None:
+            lock.release()

@@ -27,15 +27,15 @@ def split_datasets(data_root: Path) -> tuple[Any, dict[str, Any]]:
     A validation split is any sibling folder of `train/` except `masks/` and hidden ones, e.g. the
     demo data's `val/` and `val_correlated/`; each is read as a folder tree of class folders.
     """
-    from dali_pipelines.dataset import resolve_dataset
+    from dali_pipelines.dataset import DatasetError, resolve_dataset
 
     root = Path(data_root)
     if not (root / "train").is_dir():
-        raise FileNotFoundError(f"{root}: expected a train/ folder (and val/) of class folders")
+        raise DatasetError(f"{root}: expected a train/ folder (and val/) of class folders")
     names = sorted(p.name for p in root.iterdir()
                    if p.is_dir() and p.name not in SKIPPED_FOLDERS and not p.name.startswith((".", "_")))
     if "val" not in names:
-        raise FileNotFoundError(f"{root}: expected a val/ folder next to train/")
+        raise DatasetError(f"{root}: expected a val/ folder next to train/")
     names.sort(key=lambda name: name != "val")  # stable: val first, the rest alphabetical
     return (resolve_dataset(str(root / "train"), "folder"),
             {name: resolve_dataset(str(root / name), "folder") for name in names})

@@ -1,12 +1,13 @@
 """Shared fixtures for the trainer-side tests: a tiny demo dataset and a tiny pretraining config."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from relic_fast.config import load_config
 
-from tiny_recipe import DEMO_RECIPE, TINY_OVERRIDES
+from tiny_recipe import BROKEN, DEMO_RECIPE, TINY_OVERRIDES
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,15 @@ def tiny_demo(tmp_path_factory) -> Path:
 def tiny_config(tiny_demo):
     """A CPU recipe small enough for a step in well under a second: resnet18 small-stem, 2x32 px + 1x16 px views."""
     return load_config(DEMO_RECIPE, TINY_OVERRIDES + [f"data.path={tiny_demo}"])
+
+
+@pytest.fixture()
+def messy_tree(tiny_demo, tmp_path):
+    """The tiny demo train split (no masks) plus a truncated JPEG and a text file named .jpg in class folders."""
+    root = tmp_path / "messy"
+    shutil.copytree(tiny_demo / "train", root)
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    good = next(classes[0].glob("*.jpg")).read_bytes()
+    (classes[0] / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (classes[1] / "notes.jpg").write_bytes(BROKEN["notes.jpg"])
+    return root

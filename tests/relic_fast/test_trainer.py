@@ -1,25 +1,23 @@
-"""The pretraining job end to end on CPU: CLI run, exact resume (also after SIGKILL), corrupt checkpoints,
-non-finite loss, compiled vs eager steps, and a 2-process gloo DDP run."""
+"""The pretraining job end to end on CPU: CLI run, exact resume (also after SIGKILL and SIGTERM), corrupt
+checkpoints, non-finite loss, compiled vs eager steps, and a 2-process gloo DDP run."""
 
 import dataclasses
 import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+import cli_process
 from relic_fast.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
 from relic_fast.cli import app
+from relic_fast.errors import ExitCode
 from relic_fast.step import NonFiniteLossError
 from relic_fast.trainer import Trainer, pretrain
-
 from tiny_recipe import REPO, TINY_OVERRIDES
 
 
@@ -53,11 +51,7 @@ def uninterrupted(tmp_path_factory, tiny_demo):
 
 def test_cli_pretrain_writes_run_folder(tiny_demo, tmp_path):
     out = tmp_path / "run"
-    args = ["pretrain", "--config", str(REPO / "configs" / "demo_cpu.toml"), "--data", str(tiny_demo),
-            "--out", str(out), "--steps", "3"]
-    for item in TINY_OVERRIDES:
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, cli_process.pretrain_args(tiny_demo, out, 3))
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
@@ -65,6 +59,7 @@ def test_cli_pretrain_writes_run_folder(tiny_demo, tmp_path):
         assert key in lines[-1]
     assert lines[0]["lr"] < lines[-1]["lr"]  # warm-up
     assert (out / "config.toml").is_file()
+    assert not (out / "run.lock").exists()  # released when the run ends
     assert [p.name for p in list_checkpoints(out)] == ["step-000000002.pt", "step-000000003.pt"]
 
 
@@ -79,22 +74,30 @@ def test_resume_continues_exactly(uninterrupted, tiny_config, tmp_path):
 @pytest.mark.slow
 def test_sigkill_loses_only_steps_since_last_checkpoint(uninterrupted, tiny_demo, tmp_path):
     reference, _ = uninterrupted
-    args = [sys.executable, "-m", "relic_fast", "pretrain", "--config", str(REPO / "configs" / "demo_cpu.toml"),
-            "--data", str(tiny_demo), "--out", str(tmp_path), "--steps", "6"]
-    for item in TINY_OVERRIDES:
-        args += ["--set", item]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not checkpoint_path(tmp_path, 2).exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    args = cli_process.pretrain_args(tiny_demo, tmp_path, 6)
+    cli_process.signal_when(checkpoint_path(tmp_path, 2), cli_process.start(args), signal.SIGKILL)
     survivors = list_checkpoints(tmp_path)
     assert survivors, "the run was killed before its first checkpoint"
     for path in survivors:
         read_checkpoint(path)  # every file under a checkpoint name is complete
-    result = CliRunner().invoke(app, args[3:] + ["--resume"])
+    result = CliRunner().invoke(app, args + ["--resume"])  # the stale lock of the killed process is taken over
     assert result.exit_code == 0, result.output
+    assert_same_weights(checkpoint_path(reference, 6), checkpoint_path(tmp_path, 6))
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(uninterrupted, tiny_demo, tmp_path):
+    reference, _ = uninterrupted
+    args = cli_process.pretrain_args(tiny_demo, tmp_path, 6)
+    code, output = cli_process.signal_when(checkpoint_path(tmp_path, 2), cli_process.start(args), signal.SIGTERM)
+    assert code == ExitCode.STOPPED, output
+    stopped_at = read_checkpoint(list_checkpoints(tmp_path)[-1])["step"]
+    assert 2 < stopped_at < 6, output  # the step under way when the signal came, not the last one
+    assert f"stopped: SIGTERM received; finished step {stopped_at} and saved" in output, output
+    assert "Traceback" not in output and "done:" not in output, output
+    result = CliRunner().invoke(app, args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"step {stopped_at})" in result.output  # "resumed from ... (step N)": from the signal's checkpoint
     assert_same_weights(checkpoint_path(reference, 6), checkpoint_path(tmp_path, 6))
 
 

@@ -2,28 +2,13 @@
 meets them, and `data.on_bad_file = "skip"` trains on the rest."""
 
 import dataclasses
-import shutil
 
 import pytest
 
 from dali_pipelines.loader import BadImageError
 from relic_fast.dataset_tools.index import index_dataset
 from relic_fast.trainer import pretrain
-
-BROKEN = {"truncated.jpg": None, "notes.jpg": b"this is text, not an image\n"}
-
-
-@pytest.fixture()
-def messy_tree(tiny_demo, tmp_path):
-    """The tiny demo train split (no masks) plus a truncated JPEG and a text file named .jpg in class folders."""
-    root = tmp_path / "messy"
-    shutil.copytree(tiny_demo / "train", root)
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
-    good = next(classes[0].glob("*.jpg")).read_bytes()
-    (classes[0] / "truncated.jpg").write_bytes(good[: len(good) // 3])
-    (classes[1] / "notes.jpg").write_bytes(BROKEN["notes.jpg"])
-    return root
-
+from tiny_recipe import BROKEN
 
 def configured(config, path, **data):
     return config.replace(data=dataclasses.replace(config.data, path=str(path), **data),

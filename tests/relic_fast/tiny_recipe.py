@@ -14,3 +14,6 @@ TINY_OVERRIDES = [
     "loss.implementation=reference", "optim.warmup_epochs=0.5",
 ]
 """Overrides on top of configs/demo_cpu.toml: resnet18 small-stem, 2x32 px + 1x16 px views, batch 8."""
+
+BROKEN = {"truncated.jpg": None, "notes.jpg": b"this is text, not an image\n"}
+"""The unreadable files of the `messy_tree` fixture: a truncated JPEG (None: cut from a good one) and text."""
