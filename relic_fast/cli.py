@@ -277,14 +277,9 @@ def export_command(
         network: Annotated[str, typer.Option("--network", help="online (what the paper's evaluation probes) or target (the EMA encoder).")] = "online",
         fmt: Annotated[str, typer.Option("--format", help="torchvision, timm (strict=True loads into their resnetN without the fc) or relic-fast (any width and stem; relic_fast.export.load_encoder).")] = "torchvision") -> None:
     """Export the pretrained encoder as a plain state dict that torchvision / timm ResNets load, plus a JSON sidecar."""
-    from relic_fast.checkpoint import CheckpointError
-    from relic_fast.export import ExportError, export_encoder
+    from relic_fast.export import export_encoder
 
-    try:
-        report = export_encoder(source, out, network=network, fmt=fmt)
-    except (CheckpointError, ConfigError, ExportError) as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
+    report = export_encoder(source, out, network=network, fmt=fmt)
     print_rows("relic-fast export", report.rows())
 
 

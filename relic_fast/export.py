@@ -31,6 +31,7 @@ from torch import nn
 
 from relic_fast.checkpoint import read_checkpoint, resolve_checkpoint_file
 from relic_fast.config import ModelConfig, config_from_dict
+from relic_fast.errors import ExitCode, RelicFastError
 
 FORMATS = ("torchvision", "timm", "relic-fast")
 NETWORKS = ("online", "target")
@@ -40,8 +41,11 @@ TORCHVISION_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet
 SIDECAR_VERSION = 1
 
 
-class ExportError(ValueError):
+class ExportError(RelicFastError, ValueError):
     """A request the export cannot honour (format, network, file name); the message says what to do instead."""
+
+    exit_code = ExitCode.CONFIG
+    label = "export error"
 
 
 @dataclass(frozen=True)

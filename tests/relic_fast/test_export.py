@@ -150,6 +150,6 @@ def test_cli_export_and_its_one_line_errors(make_run, tmp_path):
         output = " ".join(result.output.split())  # the console wraps long lines
         assert result.exit_code == 2 and text in output and "Traceback" not in output
     result = CliRunner().invoke(app, ["export", str(tmp_path / "nothing"), "--out", str(out)])
-    assert result.exit_code == 2 and "no such checkpoint" in " ".join(result.output.split())
+    assert result.exit_code == 5 and "no such checkpoint" in " ".join(result.output.split())  # ExitCode.CHECKPOINT
     result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "backbone.bin")])
     assert result.exit_code == 2 and "*.safetensors, *.pt or *.pth" in " ".join(result.output.split())
