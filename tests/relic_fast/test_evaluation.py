@@ -344,7 +344,7 @@ def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_
         ("peer", 3), ("supervised", 3)]
     assert [row["saliency_p"] for row in results["rows"][2:4]] == [0.0, 0.5]
     assert results["rows"][3]["final_loss"] == 1.5
-    assert peer_calls == [3] and results["rows"][4]["steps"] == 3     # the peer: the same step budget
+    assert peer_calls == [40 // 16] and results["rows"][4]["steps"] == 2  # the peer: what pretraining runs
     assert results["rows"][5]["steps"] == 40 // 16                   # the supervised reference: the recipe's
     #                                                                   budget, 1 epoch of 40 images (< 3)
     baseline = results["rows"][0]["splits"]["val"]["top1"]
