@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
 DEMO_SEEDS ?= 1
-# The rows `make demo` runs (~15 min on 2 cores); DEMO_VARIANTS= (empty) runs every row of the experiment.
+# The rows `make demo` runs (~35 min on 2 cores); DEMO_VARIANTS= (empty) runs every row of the experiment.
 DEMO_VARIANTS ?= random_init,random_init_zero_residual,relicv2_saliency,peer
 
 .PHONY: setup demo test test-fast clean
