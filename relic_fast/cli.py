@@ -256,7 +256,7 @@ def linear_eval_command(
         config: ConfigPath = None,
         overrides: SetOption = None,
         out: Annotated[Optional[Path], typer.Option("--out", help="Report file (.json) or folder for linear_eval.json (default: next to the checkpoint).")] = None,
-        random_init: Annotated[bool, typer.Option("--random-init", help="Evaluate a randomly initialized encoder of the config's model section (the baseline); no checkpoint needed.")] = False) -> None:
+        random_init: Annotated[bool, typer.Option("--random-init", help="Evaluate a randomly initialized encoder of the config's model section with torchvision's default init (the baseline; never zero-init residual); no checkpoint needed.")] = False) -> None:
     """Linear evaluation of a frozen encoder: top-1/top-5 on every validation split, written to linear_eval.json."""
     from relic_fast.evaluation.runner import linear_eval_table, run_linear_eval
 
@@ -289,12 +289,19 @@ def experiment_command(
         data: Annotated[Optional[Path], typer.Option("--data", help="Demo-data root (train/, val/, val_correlated/, masks/). Default: the recipe's data.path, else the built-in demo dataset.")] = None,
         out: Annotated[Path, typer.Option("--out", help="Folder for the runs (seed<N>/<variant>/) and experiment.json.")] = Path("runs/experiment"),
         seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of seeds (train.seed, train.seed + 1, ...); the table shows mean ± std.")] = 3,
-        steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Pretraining steps per run (default: the recipe's train.max_steps).")] = None) -> None:
-    """Demo experiment: random init vs RELICv2 with / without saliency masking (linear probe on val and val_correlated), and a supervised reference (same encoder and steps, with labels)."""
-    from relic_fast.evaluation.experiment import run_demo_experiment
+        steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Pretraining steps per run (default: the recipe's train.max_steps).")] = None,
+        variants: Annotated[Optional[str], typer.Option("--variants", help="Comma-separated rows to run (default: all): random_init, random_init_zero_residual, relicv2_no_saliency, relicv2_saliency, peer, supervised.")] = None) -> None:
+    """Demo experiment: the default-init random encoder vs RELICv2 with / without saliency masking (same probe on val and val_correlated), a lightly SimCLR peer, and a supervised reference."""
+    from relic_fast.evaluation.experiment import VARIANTS, run_demo_experiment
 
     resolve_config(config, None)  # a clean error for a bad recipe before any run starts
-    run_demo_experiment(config, data_root=data, out_dir=out, seeds=seeds, steps=steps, console=console)
+    chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    unknown = [v for v in chosen or [] if v not in VARIANTS]
+    if unknown:
+        console.print(f"[bold red]error:[/] --variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise typer.Exit(2)
+    run_demo_experiment(config, data_root=data, out_dir=out, seeds=seeds, steps=steps, variants=chosen,
+                        console=console)
     console.print(f"[bold green]wrote[/] {out / 'experiment.json'}")
 
 

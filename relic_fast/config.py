@@ -51,6 +51,11 @@ class ModelConfig:
     predictor_hidden: int = 4096
     """Hidden width of the predictor MLP."""
 
+    zero_init_residual: bool = True
+    """Start the last BatchNorm gamma of every residual block at 0, so each block starts as the identity
+    (BYOL's init, used for pretraining); false: torchvision's default init. The random-init baseline of
+    `linear-eval --random-init` and `experiment` is always the default init."""
+
     sync_batchnorm: bool = True
     """Synchronize BatchNorm statistics across ranks under DDP (SyncBatchNorm; CUDA only: CPU/gloo runs
     keep per-rank statistics)."""
@@ -196,9 +201,15 @@ class EvalConfig:
     linear_base_lr: float = 0.3
     """SGD learning rate per 256 images (Nesterov momentum 0.9, no weight decay, cosine)."""
 
-    linear_mode: Literal["augmented", "cached_features"] = "augmented"
+    linear_mode: Literal["augmented", "cached_features", "logistic"] = "augmented"
     """`augmented`: the paper's protocol (random-resized-crop + flip each epoch); `cached_features`:
-    extract features once without augmentation and fit on them (fast, for small data)."""
+    extract features once without augmentation and fit on them with SGD (fast, for small data);
+    `logistic`: cached features, standardized, multinomial logistic regression fitted to convergence by
+    L-BFGS with its L2 penalty picked from `linear_l2_grid` on a held-out fifth of train (the same strong
+    probe for every encoder: `relic_fast.evaluation.logistic`; ignores the SGD keys)."""
+
+    linear_l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    """`logistic` mode: L2 penalties (on the mean cross-entropy) tried; one value skips the holdout."""
 
     linear_feature_norm: Literal["none", "batchnorm"] = "none"
     """`none`: the paper's probe, one nn.Linear on the raw pooled features; `batchnorm`: standardize the
@@ -222,6 +233,8 @@ class EvalConfig:
         check(self.knn_temperature > 0, "knn_temperature", f"must be > 0, got {self.knn_temperature}")
         check(self.linear_feature_norm in ("none", "batchnorm"), "linear_feature_norm",
               f"choose none or batchnorm, got {self.linear_feature_norm!r}")
+        check(len(self.linear_l2_grid) >= 1 and all(v >= 0 for v in self.linear_l2_grid), "linear_l2_grid",
+              f"give one or more penalties >= 0, got {list(self.linear_l2_grid)}")
 
 
 @dataclass(frozen=True)

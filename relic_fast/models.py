@@ -2,8 +2,10 @@
 
 - `build_encoder(name, width, small_stem)`: torchvision's ResNet blocks with every stage AND the
   stem widened by `width` (SimCLR's ResNet50 2x/4x, not torchvision's `wide_resnet50_2`), the fc
-  removed: it returns pooled features (B, 512 * expansion * width). The last BatchNorm of every
-  residual block starts at gamma = 0 (BYOL's and Goyal et al.'s init), so each block starts as identity.
+  removed: it returns pooled features (B, 512 * expansion * width). With `zero_init_residual` (the
+  pretraining default, `model.zero_init_residual`) the last BatchNorm of every residual block starts at
+  gamma = 0 (BYOL's and Goyal et al.'s init), so each block starts as identity; without it, torchvision's
+  default init (the random-init baseline).
 - `OnlineNetwork` (encoder -> projector -> predictor) returns (projection, prediction); the
   `TargetNetwork` (encoder -> projector) is an EMA copy that never takes a gradient.
 - `relic_fast.step.MultiViewOnline` runs the online network once per resolution (all large views
@@ -205,7 +207,7 @@ def unwrap(module: nn.Module) -> nn.Module:
 def build_networks(model: ModelConfig, device: torch.device | str | None = None
                    ) -> tuple[OnlineNetwork, TargetNetwork]:
     """Online and target networks for `model`, in channels-last memory format (on `device` if given)."""
-    encoder = build_encoder(model.encoder, model.width, model.small_stem)
+    encoder = build_encoder(model.encoder, model.width, model.small_stem, model.zero_init_residual)
     encoder.activation_checkpointing = model.activation_checkpointing
     projector = MLP(encoder.feature_dim, model.projector_hidden, model.embedding_dim)
     predictor = MLP(model.embedding_dim, model.predictor_hidden, model.embedding_dim)

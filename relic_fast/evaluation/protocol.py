@@ -19,6 +19,7 @@ from relic_fast.evaluation.features import extract_features
 from relic_fast.evaluation.knn import knn_accuracy
 from relic_fast.evaluation.linear import (evaluate_head, fit_linear_augmented, fit_linear_on_features,
                                           scaled_lr)
+from relic_fast.evaluation.logistic import fit_logistic_on_features
 
 
 def dali_device_id(data: DataConfig, device: torch.device | str) -> int | None:
@@ -97,7 +98,14 @@ def linear_eval(encoder: nn.Module, *, train_dataset, val_datasets: dict, eval_c
         check_same_classes(train_dataset, name, dataset)
     common = dict(eval_cfg=eval_cfg, data_cfg=data_cfg, device=device, precision=precision, mean=mean, std=std)
     encoder = encoder.to(device).to(memory_format=torch.channels_last)
-    if eval_cfg.linear_mode == "cached_features":
+    probe_info: dict = {}
+    if eval_cfg.linear_mode == "logistic":
+        train_features, train_labels = dataset_features(encoder, train_dataset, seed=seed, **common)
+        head, probe_info = fit_logistic_on_features(train_features, train_labels, num_classes=num_classes,
+                                                    l2_grid=eval_cfg.linear_l2_grid, seed=seed, device=device)
+        batch = train_features.shape[0]
+        feature_dim = train_features.shape[1]
+    elif eval_cfg.linear_mode == "cached_features":
         train_features, train_labels = dataset_features(encoder, train_dataset, seed=seed, **common)
         batch = min(eval_cfg.linear_batch_size, train_features.shape[0])
         head = fit_linear_on_features(train_features, train_labels, num_classes=num_classes,
@@ -126,7 +134,7 @@ def linear_eval(encoder: nn.Module, *, train_dataset, val_datasets: dict, eval_c
             "image_size": eval_cfg.image_size, "num_classes": num_classes, "feature_dim": int(feature_dim),
             "train_samples": train_dataset.num_samples,
             "val_samples": {name: d.num_samples for name, d in val_datasets.items()},
-            "top5_k": min(5, num_classes), "precision": precision, "seed": seed}
+            "top5_k": min(5, num_classes), "precision": precision, "seed": seed, **probe_info}
 
 
 def knn_eval(encoder: nn.Module, *, train_dataset, val_dataset, eval_cfg: EvalConfig, data_cfg: DataConfig,

@@ -62,13 +62,19 @@ def checkpoint_eval_config(saved: Config, config_path: Path | None, overrides: l
     return config_from_dict(merged, source, parse_overrides(overrides or []))
 
 
-def random_init_encoder(config: Config) -> nn.Module:
-    """A randomly initialized encoder of `config.model` (seeded by `train.seed`): the baseline."""
+def random_init_encoder(config: Config, zero_init_residual: bool = False) -> nn.Module:
+    """A randomly initialized encoder of `config.model` (seeded by `train.seed`).
+
+    The baseline is torchvision's default init (`zero_init_residual=False`): a zero-init-residual network
+    starts every block as the identity, so its random features are far weaker and flatter any encoder
+    compared with it. `zero_init_residual=True` gives the pretraining init, for a second, labelled row.
+    """
     from relic_fast.models import build_encoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        return build_encoder(config.model.encoder, config.model.width, config.model.small_stem)
+        return build_encoder(config.model.encoder, config.model.width, config.model.small_stem,
+                             zero_init_residual=zero_init_residual)
 
 
 def default_output(checkpoint: Path | None) -> Path:
@@ -113,11 +119,13 @@ def linear_eval_table(result: dict[str, Any]):
     """A rich table of a linear-eval report: top-1 and top-k per split, and the background gap."""
     from rich.table import Table
 
-    what = "random init" if result.get("random_init") else result.get("checkpoint")
+    what = "random init, default init" if result.get("random_init") else result.get("checkpoint")
+    how = (f"logistic, L2 {result['l2']:g}" if result["mode"] == "logistic"
+           else f"{result['mode']}, {result['epochs']} epochs")
     caption = None
     if "background_gap" in result:
         caption = f"background reliance (val_correlated - val top-1): {result['background_gap']:+.2f} points"
-    table = Table(title=f"linear evaluation ({what}; {result['mode']}, {result['epochs']} epochs)", caption=caption)
+    table = Table(title=f"linear evaluation ({what}; {how})", caption=caption)
     for column in ("split", "images", "top-1 %", f"top-{result['top5_k']} %"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for name, scores in result["splits"].items():

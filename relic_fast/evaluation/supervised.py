@@ -3,7 +3,7 @@
 The demo experiment compares a random-init encoder with RELICv2 encoders under a linear probe. When none
 of them rises above chance, the first question is whether the budget (steps, batch, image size, encoder)
 lets this encoder learn the classes at all. This reference answers it: a randomly initialized encoder
-(the seed's, as `random_init_encoder` builds it) and a linear head are trained together with
+(the seed's default-init baseline, as `random_init_encoder` builds it) and a linear head are trained together with
 cross-entropy on the train split's labels, for as many steps as pretraining runs, on the DALI
 linear-eval train pipeline (random-resized-crop + flip), then scored on every validation split like the
 probes; in float32 on every device (a small reference, kept free of precision effects). It is what plain

@@ -182,6 +182,7 @@ def test_experiment_summary_is_mean_and_std_over_seeds():
     assert summary["random_init"]["val_top1"]["std"] == pytest.approx(math.sqrt(8.0))  # sample std
     assert summary["random_init"]["background_gap"]["mean"] == pytest.approx(8.0)
     assert summary["relicv2_saliency"]["val_correlated_top1"] == {"mean": 55.0, "std": 0.0, "n": 1}
+    assert summary["relicv2_saliency"]["margin"] == {"mean": 40.0, "std": 0.0, "n": 1}  # paired with seed 0
 
 
 # ---------------------------------------------------------------- the linear-eval CLI on tiny demo data
@@ -205,7 +206,7 @@ def sets(options):
     return [item for option in options for item in ("--set", option)]
 
 
-@pytest.mark.parametrize("mode", ["augmented", "cached_features"])
+@pytest.mark.parametrize("mode", ["augmented", "cached_features", "logistic"])
 def test_linear_eval_cli_random_init_writes_report(tiny_demo, tmp_path, mode):
     import json
 
@@ -324,6 +325,13 @@ def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_
         return {"checkpoint": path, "final_loss": 1.5, "steps": 3}
 
     monkeypatch.setattr(relic_fast.trainer, "pretrain", fake_pretrain)
+    import relic_fast.evaluation.peer as peer
+
+    peer_calls = []
+    monkeypatch.setattr(peer, "lightly_available", lambda: True)
+    monkeypatch.setattr(peer, "peer_reference", lambda config, data_root, *, steps: peer_calls.append(steps) or
+                        {"splits": {"val": {"top1": 30.0, "top5": 90.0}, "val_correlated": {"top1": 40.0, "top5": 90.0}},
+                         "background_gap": 10.0, "steps": steps})
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TINY_RECIPE)
     # One seed keeps this under ~20 s (each linear eval is a few resnet18 passes); `summarize` is tested above.
@@ -332,13 +340,18 @@ def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_
     assert all(steps == 3 and path == str(tiny_demo) for _, _, steps, path, _ in calls)
     assert calls[0][-1] != calls[1][-1]                               # one run folder per (seed, variant)
     assert [(row["variant"], row["seed"]) for row in results["rows"]] == [
-        ("random_init", 3), ("relicv2_no_saliency", 3), ("relicv2_saliency", 3), ("supervised", 3)]
-    assert [row["saliency_p"] for row in results["rows"][1:3]] == [0.0, 0.5]
-    assert results["rows"][2]["final_loss"] == 1.5
-    assert results["rows"][3]["steps"] == 40 // 16                   # the supervised reference: the recipe's
+        ("random_init", 3), ("random_init_zero_residual", 3), ("relicv2_no_saliency", 3), ("relicv2_saliency", 3),
+        ("peer", 3), ("supervised", 3)]
+    assert [row["saliency_p"] for row in results["rows"][2:4]] == [0.0, 0.5]
+    assert results["rows"][3]["final_loss"] == 1.5
+    assert peer_calls == [40 // 16] and results["rows"][4]["steps"] == 2  # the peer: what pretraining runs
+    assert results["rows"][5]["steps"] == 40 // 16                   # the supervised reference: the recipe's
     #                                                                   budget, 1 epoch of 40 images (< 3)
+    baseline = results["rows"][0]["splits"]["val"]["top1"]
+    assert results["summary"]["peer"]["margin"]["mean"] == pytest.approx(30.0 - baseline)
+    assert "margin" not in results["summary"]["random_init"]
     for metrics in results["summary"].values():
-        assert set(metrics) == {"val_top1", "val_correlated_top1", "background_gap"}
+        assert {"val_top1", "val_correlated_top1", "background_gap"} <= set(metrics)
         assert metrics["val_top1"]["n"] == 1 and 0.0 <= metrics["val_top1"]["mean"] <= 100.0
     saved = json.loads((tmp_path / "exp" / "experiment.json").read_text())
     assert saved["settings"]["seeds"] == [3] and saved["settings"]["saliency_p"] == 0.5
