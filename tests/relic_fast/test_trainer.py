@@ -138,14 +138,21 @@ def test_compiled_step_matches_eager(tiny_config, tmp_path):
     for compile_mode in ("off", "on"):
         torch.manual_seed(0)
         trainer = Trainer(with_train(tiny_config, compile=compile_mode), tmp_path / compile_mode)
+        before = [p.detach().clone() for p in trainer.online_module.parameters()]
         batch = next(iter(trainer.loader))
         inputs = prepare_views(batch, tiny_config.views, trainer.world.device, True)
         terms = train_step(trainer.context, inputs, lr=0.1, tau=0.99, global_batch=8)
-        results.append((terms, [p.detach().clone() for p in trainer.online_module.parameters()]))
-    (eager_terms, eager_params), (compiled_terms, compiled_params) = results
+        updates = [p.detach() - p0 for p, p0 in zip(trainer.online_module.parameters(), before)]
+        results.append((terms, updates))
+    (eager_terms, eager_updates), (compiled_terms, compiled_updates) = results
     torch.testing.assert_close(compiled_terms, eager_terms, rtol=1e-4, atol=1e-4)
-    for a, b in zip(eager_params, compiled_params):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+    # Batch norm over 8 tiny images amplifies float reordering: eager against eager with 1 vs 2 threads
+    # already differs by ~0.7 % per update, so compare each tensor's update relative to its size.
+    # A wrong compiled step (skipped, stale or differently scaled update) is off by order 1.
+    moved = [(a, b) for a, b in zip(eager_updates, compiled_updates) if a.norm() > 1e-6]
+    assert len(moved) > len(eager_updates) // 2
+    worst = max(float((b - a).norm() / a.norm()) for a, b in moved)
+    assert worst < 0.05, f"compiled update differs from eager by {worst:.1%} of its size"
 
 
 def _free_port() -> int:
