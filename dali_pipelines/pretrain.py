@@ -19,13 +19,13 @@ from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipelines import augment, draws, saliency
 from dali_pipelines.readers import ReadPlan, read_encoded
-from dali_pipelines.recipe import ViewsConfig
+from dali_pipelines.recipe import ViewsConfig, default_interpolation
 
 STATS_FIELDS = ("y0", "x0", "y1", "x1", "flip", "jitter", "gray", "blur", "solarize", "saliency", "sigma")
 """Columns of the debug `stats` output, one row per view."""
 
-OUTPUT_TYPES = {"uint8": types.UINT8, "float16": types.FLOAT16, "float32": types.FLOAT}
-"""DALI output type per `data.output_dtype` the pipeline emits itself (bfloat16 is emitted as uint8
+OUTPUT_TYPES = {"uint8": types.UINT8, "fp16": types.FLOAT16, "fp32": types.FLOAT}
+"""DALI output type per `data.output_dtype` the pipeline emits itself (bf16 is emitted as uint8
 and normalized by the loader: DALI has no bfloat16)."""
 
 
@@ -67,8 +67,8 @@ def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, output: st
     images = fn.decoders.image(encoded.images, device="mixed" if device == "gpu" else "cpu",
                                output_type=types.RGB)
     d = draws.draw_image(fn.peek_image_shape(encoded.images), views)
-    cubic = views.interpolation == "cubic" or (views.interpolation == "auto" and device == "gpu")
-    interp = types.INTERP_CUBIC if cubic else types.INTERP_LINEAR
+    interpolation = default_interpolation(device) if views.interpolation == "auto" else views.interpolation
+    interp = types.INTERP_CUBIC if interpolation == "cubic" else types.INTERP_LINEAR
     blends = 0.0 * d.flip
     masks = None
     if encoded.mask_bytes is not None and views.saliency_p > 0:

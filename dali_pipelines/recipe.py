@@ -25,6 +25,13 @@ class InvalidField(ValueError):
         self.message = message
 
 
+def default_interpolation(device: str) -> str:
+    """`views.interpolation = "auto"` on a pipeline of `device` ("cpu" or "gpu"): cubic (the paper's) on
+    the GPU, where it is nearly free; linear on the CPU, where cubic is a large share of the pipeline's
+    cost (the README's loader table)."""
+    return "cubic" if device == "gpu" else "linear"
+
+
 def check(condition: bool, field: str, message: str) -> None:
     """Raise `InvalidField(field, message)` unless `condition` holds (validation next to the field)."""
     if not condition:
@@ -72,12 +79,12 @@ class DataConfig:
     prefetch_queue_depth: int = 2
     """Batches DALI prepares ahead of the one being consumed."""
 
-    output_dtype: Literal["uint8", "float16", "bfloat16", "float32"] = "uint8"
+    output_dtype: Literal["uint8", "fp16", "bf16", "fp32"] = "uint8"
     """dtype of the views handed to the trainer. Float types come out normalized; `uint8` comes out
     as [0, 255] pixels and is normalized on the trainer's device (`normalize_views`). `uint8` is the
-    default: on the CPU pipeline DALI's normalize pass costs ~4-5 CPU-ms per image (4L+2S, ~+20%),
-    and uint8 is half of float16's bytes to move to the GPU; bfloat16 (no DALI type) is emitted as
-    uint8 and normalized by the loader."""
+    default: it spares the CPU pipeline DALI's normalize pass and is half of fp16's bytes to move to
+    the GPU (figures: the README's input-pipeline table); bf16 (no DALI type) is emitted as uint8 and
+    normalized by the loader."""
 
     drop_last: bool = True
     """Drop the last incomplete batch of an epoch (True) or pad it by repeating samples (False)."""
@@ -149,13 +156,13 @@ class ViewsConfig:
     jitter_clip: Literal["each", "end"] = "end"
     """Clip after each jitter op (`each`: BYOL's exact form, four passes per view) or once at the end
     (`end`: the four ops and grayscale fused into one colour-matrix pass; without the intermediate
-    clips the ops commute, so the order is moot). `end` is the default because `each` costs about 20
-    CPU-ms per image (4L+2S at 224/96), roughly doubling the CPU pipeline's cost."""
+    clips the ops commute, so the order is moot). `end` is the default because `each` roughly doubles
+    the CPU pipeline's cost (the README's input-pipeline table)."""
 
     interpolation: Literal["auto", "cubic", "linear"] = "auto"
-    """Resampling filter of the crops (antialiased either way): `cubic` as the paper; `linear` costs
-    about 5 CPU-ms less per image (4L+2S, ~19% of the CPU pipeline) and differs from cubic by
-    ~43 dB PSNR (below JPEG q90's own error); `auto`: cubic on the GPU, linear on the CPU."""
+    """Resampling filter of the crops (antialiased either way): `cubic` as the paper; `linear` is
+    markedly cheaper on the CPU and differs from cubic by less than JPEG's own error (figures: the
+    README's input-pipeline table); `auto`: cubic on the GPU, linear on the CPU."""
 
     grayscale_p: float = 0.2
     """Probability of converting to grayscale after the jitter."""

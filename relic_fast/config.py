@@ -14,6 +14,7 @@ import inspect
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -119,10 +120,10 @@ class OptimConfig:
     tau_base: float = 0.996
     """Initial EMA decay of the target network; rises to 1 on a cosine."""
 
-    implementation: Literal["auto", "native", "apex"] = "auto"
-    """LARS implementation: `native` (torch multi-tensor ops, BYOL's exact LARS), `apex` (NVIDIA
+    implementation: Literal["auto", "reference", "apex"] = "auto"
+    """LARS implementation: `reference` (torch multi-tensor ops, BYOL's exact LARS), `apex` (NVIDIA
     apex's FusedLARS, when importable; its trust ratio uses ||g||, not BYOL's ||g + wd*p||), `auto`
-    (native: apex is never picked silently because it is not the same optimizer)."""
+    (reference: apex is never picked silently because it is not the same optimizer)."""
 
     def __post_init__(self) -> None:
         check(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
@@ -146,8 +147,8 @@ class TrainConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps (0: run all epochs). `--steps` sets it."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Device of the networks; `auto` picks CUDA when available."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Device of the networks; `auto` picks the GPU when CUDA is available (`relic_fast.run_plan`)."""
 
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the step: `auto` compiles on CUDA only."""
@@ -361,9 +362,35 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, dict[st
     return parsed
 
 
+LEGACY_SPELLINGS: dict[tuple[str, str], dict[str, str]] = {
+    ("train", "device"): {"cuda": "gpu"},
+    ("data", "device"): {"cuda": "gpu"},
+    ("optim", "implementation"): {"native": "reference"},
+    ("data", "output_dtype"): {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"},
+}
+"""Values older configs (and the configs saved in older checkpoints) spell differently: each concept now has
+one spelling in TOML, on the CLI and in code ("gpu", "bf16", "reference")."""
+
+
+def migrate_spellings(section: str, values: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:
+    """`values` of `section` with legacy spellings replaced by today's (saying so when `warn`)."""
+    migrated = dict(values)
+    for key, value in values.items():
+        new = LEGACY_SPELLINGS.get((section, key), {}).get(value) if isinstance(value, str) else None
+        if new is not None:
+            migrated[key] = new
+            if warn:
+                warnings.warn(f"{source}: {section}.{key} = {value!r} is spelled {new!r} now (read as {new!r})",
+                              stacklevel=4)
+    return migrated
+
+
 def config_from_dict(data: dict[str, Any], source: str = "<dict>",
-                     overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Build a validated `Config` from nested dicts (file contents, then overrides on top)."""
+                     overrides: dict[str, dict[str, Any]] | None = None, warn_legacy: bool = True) -> Config:
+    """Build a validated `Config` from nested dicts (file contents, then overrides on top).
+
+    Legacy spellings (`LEGACY_SPELLINGS`) are read as today's; `warn_legacy=False` reads them quietly
+    (a checkpoint's saved config, which the user did not write)."""
     merged: dict[str, dict[str, Any]] = {}
     for layer, layer_source in ((data, source), (overrides or {}, "--set")):
         for section, values in layer.items():
@@ -372,7 +399,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>",
                                   + ", ".join(section_names()))
             if not isinstance(values, dict):
                 raise ConfigError(f"{layer_source}: [{section}] must be a table of keys")
-            merged.setdefault(section, {}).update(values)
+            merged.setdefault(section, {}).update(migrate_spellings(section, values, layer_source, warn_legacy))
     where = source if not overrides else f"{source} (with --set)"
     return Config(**{name: _build_section(name, merged.get(name, {}), where)
                      for name in section_names()})

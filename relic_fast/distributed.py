@@ -38,23 +38,16 @@ def launch_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """The torch device for a `train.device` choice ("auto" picks CUDA when available)."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device = 'cuda' but no CUDA GPU is visible; use 'cpu' or 'auto'")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+def launch_local_rank() -> int:
+    """This process's rank on its node as `torchrun` sets it (0 single-process): which GPU it uses."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def init_world(device_choice: str) -> World:
-    """Join the process group `torchrun` describes in the environment (or stay single-process)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_choice, local_rank)
+def init_world(device: torch.device) -> World:
+    """Join the process group `torchrun` describes in the environment (or stay single-process), the
+    networks on `device` (the run plan's: `relic_fast.run_plan`)."""
+    rank, world_size = launch_rank()
+    local_rank = launch_local_rank()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():

@@ -105,19 +105,26 @@ def _triton_available() -> bool:
 _FUSED_FALLBACK_WARNED = False
 
 
+def choose_loss_implementation(implementation: str, device: torch.device) -> str:
+    """The implementation that runs for `loss.implementation` on `device`: "auto" is the fused kernel on
+    CUDA with Triton installed, else the reference."""
+    if implementation not in ("auto", "reference", "fused"):
+        raise ValueError(f"loss implementation must be 'auto', 'reference' or 'fused', got {implementation!r}")
+    if implementation == "auto":
+        return "fused" if device.type == "cuda" and _triton_available() else "reference"
+    return implementation
+
+
 def _resolve_core(implementation: str, device: torch.device) -> Callable[..., torch.Tensor]:
     """The core function for `implementation` ("auto", "reference" or "fused") on `device`."""
     global _FUSED_FALLBACK_WARNED
+    requested, implementation = implementation, choose_loss_implementation(implementation, device)
     if implementation == "reference":
-        return relicv2_core_reference
-    if implementation not in ("auto", "fused"):
-        raise ValueError(f"loss implementation must be 'auto', 'reference' or 'fused', got {implementation!r}")
-    if implementation == "auto" and not (device.type == "cuda" and _triton_available()):
         return relicv2_core_reference
     try:
         from relic_fast.kernels.relicv2_fused import relicv2_core_fused
     except ImportError as err:
-        if implementation == "fused":
+        if requested == "fused":
             raise RuntimeError("loss implementation 'fused' needs relic_fast.kernels.relicv2_fused "
                                f"(Triton); it could not be imported: {err}. Use 'reference' or "
                                "'auto'.") from err

@@ -104,16 +104,23 @@ def _apex_lars_class():
     return FusedLARS
 
 
+def choose_lars_implementation(implementation: str) -> str:
+    """The LARS that runs for `optim.implementation`: "auto" is the reference (BYOL's LARS). apex's
+    FusedLARS computes the trust ratio from ||g|| with an eps, not BYOL's ||g + wd p||, so it is not the
+    paper's optimizer and is used only when asked for by name."""
+    if implementation not in ("auto", "reference", "apex"):
+        raise ValueError(f"optim.implementation must be 'auto', 'reference' or 'apex', got {implementation!r}")
+    return "reference" if implementation == "auto" else implementation
+
+
 def build_lars(online: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """LARS over the trainable parameters of `online` with `optim`'s settings, starting at `lr`.
 
-    `optim.implementation`: "native" is `LARS` above; "apex" uses apex's `FusedLARS` (and raises a
-    clear error when it is not importable). apex's FusedLARS computes the trust ratio from ||g||
-    with an eps, not BYOL's ||g + wd p||, so it is not the paper's optimizer: "auto" therefore
-    means native; apex is used only when asked for by name.
+    `optim.implementation` (see `choose_lars_implementation`): "reference" is `LARS` above; "apex" uses
+    apex's `FusedLARS` (and raises a clear error when it is not importable).
     """
     groups = lars_param_groups(online, optim.weight_decay)
-    if optim.implementation == "apex":
+    if choose_lars_implementation(optim.implementation) == "apex":
         fused = _apex_lars_class()
         if fused is not None:
             for group in groups:  # apex: skip adaptation with is_skipped on the excluded group
@@ -122,8 +129,6 @@ def build_lars(online: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.
                          trust_coefficient=optim.trust_coefficient)
         raise RuntimeError("optim.implementation = 'apex' but apex.optimizers.FusedLARS is not "
                            "importable (install NVIDIA apex with its CUDA extensions, or use "
-                           "'native' / 'auto')")
-    if optim.implementation not in ("native", "auto"):
-        raise ValueError(f"optim.implementation must be 'auto', 'native' or 'apex', got {optim.implementation!r}")
+                           "'reference' / 'auto')")
     return LARS(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                 trust_coefficient=optim.trust_coefficient)

@@ -1,0 +1,88 @@
+"""The run plan: every "auto" resolved once, by one rule each, recorded in the run folder; one spelling."""
+
+import tomllib
+import warnings
+
+import pytest
+import torch
+
+import relic_fast.loss
+from relic_fast.config import ConfigError, config_from_dict, load_config
+from relic_fast.evaluation.validate import KnnValidator
+from relic_fast.run_plan import dali_device_for, planned_config, resolve_plan, torch_device_for
+
+
+def test_auto_on_a_cpu_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = resolve_plan(load_config(None))
+    assert (plan.device, plan.dali_device_id, plan.compile) == ("cpu", None, False)
+    assert (plan.loss_implementation, plan.lars_implementation, plan.interpolation) == ("reference", "reference", "linear")
+    assert (plan.normalize_on, plan.precision) == ("device", "bf16")
+
+
+def test_auto_on_a_gpu_machine_follows_the_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(relic_fast.loss, "_triton_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    plan = resolve_plan(load_config(None, ["data.output_dtype=fp16"]))
+    assert (plan.device, plan.dali_device_id, plan.compile) == ("cuda:3", 3, True)
+    assert (plan.loss_implementation, plan.interpolation, plan.normalize_on) == ("fused", "cubic", "dali")
+    cpu_pipeline = resolve_plan(load_config(None, ["data.device=cpu", "train.compile=off"]), local_rank=1)
+    assert (cpu_pipeline.device, cpu_pipeline.dali_device_id, cpu_pipeline.compile) == ("cuda:1", None, False)
+    assert cpu_pipeline.interpolation == "linear"  # the CPU pipeline's rule, whatever the networks' device
+
+
+def test_asking_for_a_gpu_where_there_is_none_names_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="'gpu' but no CUDA GPU"):
+        resolve_plan(load_config(None, ["train.device=gpu"]))
+    with pytest.raises(ConfigError, match="data.device = 'gpu'"):
+        dali_device_for("gpu", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="choose one of auto, cpu, gpu"):
+        torch_device_for("cuda")
+
+
+def test_planned_config_reads_no_auto(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = load_config(None)
+    planned = planned_config(config, resolve_plan(config))
+    assert (planned.views.interpolation, planned.loss.implementation, planned.optim.implementation) == \
+        ("linear", "reference", "reference")
+    assert planned.model == config.model and planned.train == config.train
+
+
+def test_plan_toml_reads_back(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = resolve_plan(load_config(None))
+    assert tomllib.loads(plan.to_toml())["plan"] == {**plan.__dict__, "dali_device_id": -1}
+
+
+def test_legacy_spellings_are_read_as_todays_with_a_warning(tmp_path):
+    recipe = tmp_path / "old.toml"
+    recipe.write_text('[train]\ndevice = "cuda"\n[optim]\nimplementation = "native"\n'
+                      '[data]\noutput_dtype = "bfloat16"\n')
+    with pytest.warns(UserWarning, match="old.toml: train.device = 'cuda' is spelled 'gpu' now"):
+        config = load_config(recipe)
+    assert (config.train.device, config.optim.implementation, config.data.output_dtype) == ("gpu", "reference", "bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checkpoint's saved config: read quietly
+        saved = config_from_dict({"train": {"device": "cuda"}}, "ckpt", warn_legacy=False)
+    assert saved.train.device == "gpu"
+    with pytest.raises(ConfigError, match="'data.output_dtype'"):
+        load_config(None, ["data.output_dtype=float64"])
+
+
+def test_knn_validator_asks_at_its_epochs_and_scores_the_val_split(tiny_config, tiny_demo):
+    from dali_pipelines.dataset import resolve_dataset
+    from relic_fast.models import build_encoder
+
+    assert KnnValidator.from_config(tiny_config) is None  # knn_every_epochs = 0
+    config = load_config(None, ["train.knn_every_epochs=2", "eval.image_size=32", "data.num_threads=1",
+                                "data.device=cpu"])
+    validator = KnnValidator.from_config(config)
+    assert [validator.should_validate(epoch) for epoch in range(5)] == [False, False, True, False, True]
+    torch.manual_seed(0)
+    encoder = build_encoder(tiny_config.model.encoder, small_stem=True)
+    metrics = validator.validate(encoder, train_dataset=resolve_dataset(str(tiny_demo / "train")),
+                                 val_root=tiny_demo / "val", device=torch.device("cpu"))
+    assert set(metrics) == {"knn_top1"} and 0.0 <= metrics["knn_top1"] <= 100.0
