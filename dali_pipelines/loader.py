@@ -19,14 +19,14 @@ import base64
 import dataclasses
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from dali_pipelines.batch import ViewBatch, normalize_views
 from dali_pipelines.dataset import DatasetSpec
 from dali_pipelines.evaluation import EVAL_OUTPUTS, eval_pipeline
 from dali_pipelines.pretrain import multi_view_pipeline, output_names
@@ -39,30 +39,6 @@ CHECKPOINT_FORMAT = "relic-fast-loader/1"
 
 class BadImageError(RuntimeError):
     """An image (or saliency mask) that DALI cannot decode stopped the pipeline; the message names it."""
-
-
-@dataclass
-class ViewBatch:
-    """One step's views: `large` (L*B, 3, H, W) and `small` (S*B, 3, h, w), view-major (rows
-    v*B..(v+1)*B-1 are view v of samples 0..B-1), channels-last; `labels` (B,) int64, -1 unknown.
-    `normalized` is False for uint8 pixels in [0, 255] (normalize on the device: `normalize_views`)."""
-
-    large: torch.Tensor
-    small: torch.Tensor | None
-    labels: torch.Tensor
-    normalized: bool
-    stats: torch.Tensor | None = None
-    """Debug pipelines only: (B, L+S, 11) per-view crop windows and decisions (`pretrain.STATS_FIELDS`)."""
-
-
-def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(x / 255 - mean) / std per channel of NCHW `x` (uint8 or float pixels in [0, 255]), as `dtype`.
-
-    Computed in float32 and cast once; elementwise ops keep `x`'s channels-last layout."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(1, 3, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=x.device).view(1, 3, 1, 1)
-    return (x.to(torch.float32) * scale - shift).to(dtype)
 
 
 def pipeline_seed(seed: int, epoch: int, shard_id: int) -> int:
@@ -279,7 +255,7 @@ class PretrainLoader(_EpochLoader):
                  **kwargs):
         self.views, self.debug = views, debug
         self.output_map = output_names(views, debug)
-        self._dali_output = "uint8" if data.output_dtype == "bfloat16" else data.output_dtype
+        self._dali_output = "uint8" if data.output_dtype == "bf16" else data.output_dtype
         has_masks = dataset.mask_root is not None or dataset.kind == "webdataset"
         use_masks = has_masks and views.saliency_p > 0
         super().__init__(dataset, data, shuffle=data.shuffle, drop_last=data.drop_last, chunked=True,
@@ -303,7 +279,7 @@ class PretrainLoader(_EpochLoader):
         parts = [outputs[f"{prefix}{k}"] for k in range(count)]
         packed = torch.cat(parts) if count > 1 else parts[0]
         packed = packed.permute(0, 3, 1, 2)
-        if self.data.output_dtype == "bfloat16":
+        if self.data.output_dtype == "bf16":
             packed = normalize_views(packed, self.views.mean, self.views.std, torch.bfloat16)
         return packed
 

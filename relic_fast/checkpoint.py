@@ -24,6 +24,8 @@ from typing import Any
 import torch
 
 from relic_fast.errors import NO_SPACE_ERRNOS, CheckpointError, NoSpaceError, ResumeMismatchError
+from relic_fast.config import config_from_dict
+from relic_fast.models import build_encoder
 
 __all__ = ["CheckpointError", "checkpoint_dir", "checkpoint_path", "list_checkpoints", "save_checkpoint",
            "read_checkpoint", "latest_checkpoint", "check_resumable", "resolve_checkpoint_file",
@@ -199,12 +201,10 @@ def resolve_checkpoint_file(path: Path) -> Path:
 
 def encoder_from_checkpoint(path: Path):
     """The online encoder of a pretraining checkpoint (file or run folder), and the run's config."""
-    from relic_fast.config import config_from_dict
-    from relic_fast.models import build_encoder
 
     file = resolve_checkpoint_file(path)
     state = read_checkpoint(file)
-    config = config_from_dict(state["config"], source=f"{file} (saved config)")
+    config = config_from_dict(state["config"], source=f"{file} (saved config)", warn_legacy=False)
     encoder = build_encoder(config.model.encoder, config.model.width, config.model.small_stem)
     prefix = "encoder."
     weights = {k[len(prefix):]: v for k, v in state["online"].items() if k.startswith(prefix)}

@@ -32,6 +32,7 @@ from torch import nn
 from relic_fast.checkpoint import read_checkpoint, resolve_checkpoint_file
 from relic_fast.config import ModelConfig, config_from_dict
 from relic_fast.errors import ExitCode, RelicFastError
+from relic_fast.models import build_encoder
 
 FORMATS = ("torchvision", "timm", "relic-fast")
 NETWORKS = ("online", "target")
@@ -163,7 +164,7 @@ def export_encoder(source: Path, out: Path, network: str = "online", fmt: str = 
         raise ExportError(f"--network {network!r}: choose online or target")
     file = resolve_checkpoint_file(Path(source))
     state = read_checkpoint(file)
-    config = config_from_dict(state["config"], source=f"{file} (saved config)")
+    config = config_from_dict(state["config"], source=f"{file} (saved config)", warn_legacy=False)
     check_format(config.model, fmt)
     tensors = encoder_state_dict(state, network)
     model = config.model
@@ -183,7 +184,6 @@ def export_encoder(source: Path, out: Path, network: str = "online", fmt: str = 
 
 def build_encoder_on_meta(model: ModelConfig):
     """Our encoder for `model` on the meta device: its shapes and names, without allocating weights."""
-    from relic_fast.models import build_encoder
 
     with torch.device("meta"):
         return build_encoder(model.encoder, model.width, model.small_stem)
@@ -250,7 +250,6 @@ def load_encoder(path: Path) -> nn.Module:
 
     Returns pooled features of size `feature_dim`, in eval mode; the way back in for widths 2 and 4
     and the small stem, which torchvision and timm cannot build."""
-    from relic_fast.models import build_encoder
 
     metadata = read_metadata(Path(path))
     encoder = build_encoder(metadata["encoder"], metadata["width"], metadata["small_stem"])

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from relic_fast.environment import machine_info
 
 WAIT_SHARE_LIMIT = 0.25
 """A loop that waits for data longer than this share of its time is input-bound whatever the rates say."""
@@ -86,8 +87,8 @@ def input_suggestions(config, measurements: dict[str, Any]) -> list[str]:
                     "the dataset at a smaller size (short side ~ 1.15 x large_size) or decode on the GPU")
     tips.append(f"fewer or smaller views: each image yields {views.num_large} x {views.large_size}px + "
                 f"{views.num_small} x {views.small_size}px views and the loader's work grows with their pixels")
-    if data.output_dtype == "float32":
-        tips.append("data.output_dtype = \"uint8\" (or float16): float32 views are 4x the bytes to move")
+    if data.output_dtype == "fp32":
+        tips.append("data.output_dtype = \"uint8\" (or fp16): fp32 views are 4x the bytes to move")
     return tips
 
 
@@ -122,7 +123,6 @@ def build_report(config, settings, measurements: dict[str, Any]) -> dict[str, An
     """The whole report: config, settings, machine, measurements, verdict and suggestions."""
     import dataclasses
 
-    from relic_fast.environment import machine_info
 
     decision = verdict(measurements)
     tips = (input_suggestions if decision["bound"] == "input" else compute_suggestions)(config, measurements)

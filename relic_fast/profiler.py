@@ -2,7 +2,7 @@
 
 Measurements, in order (single process, the config's device):
 1. The trainer itself (`Trainer.train`) for `warmup + steps` steps under `torch.profiler`, with the
-   trainer's profile hook (`Trainer.on_step`): per step, the data wait (fetching the batch) and the
+   trainer's profile hook (`Trainer.step_timing`): per step, the data wait (fetching the batch) and the
    compute (preparing the views + the step), the device synchronized around the step in this mode
    only. The `record_function` labels of the loop and step (data, prepare_views, forward, backward,
    optimizer, ema) split the compute; the active steps are written as a Chrome trace.
@@ -32,6 +32,12 @@ from typing import Any, Callable
 import torch
 
 from relic_fast.config import Config, DataConfig, ViewsConfig
+from relic_fast.run_plan import dali_device_for
+from dali_pipelines.loader import build_pretrain_loader
+from relic_fast.step import train_step
+from relic_fast.synthetic import synthetic_inputs
+from relic_fast.profile_report import build_report, write_report
+from relic_fast.trainer import StepTiming, Trainer
 
 PHASES = ("data", "prepare_views", "forward", "backward", "optimizer", "ema")
 """The `record_function` labels of the training loop (trainer.py) and step (step.py)."""
@@ -97,11 +103,11 @@ def trace_training(trainer, settings: ProfileSettings, trace_path: Path) -> dict
             timings.append((data_s, step_s))
             prof.step()
 
-        trainer.on_step = on_step
+        trainer.step_timing = StepTiming(trainer.world.device, on_step)
         try:
             trainer.train(save_final=False)
         finally:
-            trainer.on_step = None
+            trainer.step_timing = None
     if len(timings) < settings.warmup + settings.steps:
         raise ValueError(f"the run stopped after {len(timings)} steps, before warm-up + profiled steps "
                          f"({settings.warmup} + {settings.steps}): raise train.epochs or lower --steps")
@@ -122,18 +128,11 @@ def phase_times(prof, steps: int) -> dict[str, dict[str, float]]:
     return {name: phases[name] for name in PHASES if name in phases}
 
 
-def loader_device_id(config: Config, device: torch.device) -> int | None:
-    """The trainer's choice of pipeline device: a GPU index for a GPU pipeline, None for the CPU one."""
-    use_gpu = config.data.device == "gpu" or (config.data.device == "auto" and device.type == "cuda")
-    return (device.index or 0) if use_gpu else None
-
-
 def build_loader(dataset, views: ViewsConfig, data: DataConfig, config: Config, device: torch.device):
     """A fresh pretraining loader with the trainer's settings (and `views`/`data` possibly ablated)."""
-    from dali_pipelines.loader import build_pretrain_loader
 
     return build_pretrain_loader(dataset, views, data, batch_size=config.train.batch_size,
-                                 seed=config.train.seed + 1, device_id=loader_device_id(config, device))
+                                 seed=config.train.seed + 1, device_id=dali_device_for(config.data.device, device))
 
 
 def endless(loader):
@@ -214,8 +213,6 @@ def synthetic_rate(trainer, steps: int, fetch: Callable[[], Any] | None = None) 
     the step as it does in training (the data-tax measurement). A free-running pipeline would
     produce several times what the step consumes and overstate the tax.
     """
-    from relic_fast.step import train_step
-    from relic_fast.synthetic import synthetic_inputs
 
     device, batch = trainer.world.device, trainer.config.train.batch_size
     inputs = synthetic_inputs(trainer.config.views, batch, device,
@@ -260,8 +257,6 @@ def summarize_steps(per_step: list[dict[str, float]], batch: int) -> dict[str, f
 def profile_run(config: Config, out_dir: Path, settings: ProfileSettings = ProfileSettings(),
                 log: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
     """Profile `config`'s training in `out_dir`: returns the report (also written as profile.json)."""
-    from relic_fast.profile_report import build_report, write_report
-    from relic_fast.trainer import Trainer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +274,7 @@ def profile_run(config: Config, out_dir: Path, settings: ProfileSettings = Profi
     log(f"the step alone on synthetic views ({settings.synthetic_steps} steps)")
     consumption = synthetic_rate(trainer, settings.synthetic_steps)
     measurements = {"loop": loop, "loader_images_per_s": full_rate, "consumption_images_per_s": consumption,
-                    "pipeline_device": "gpu" if loader_device_id(config, device) is not None else "cpu",
+                    "pipeline_device": "gpu" if trainer.plan.dali_device_id is not None else "cpu",
                     "device": str(device), "trace": str(trace_path)}
     if settings.ablation:
         log("DALI operator groups by ablation")

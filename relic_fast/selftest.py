@@ -29,6 +29,15 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from relic_fast.loss import relicv2_core_reference
+from relic_fast.step import train_step
+from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
+from relic_fast.synthetic import standalone_context, synthetic_inputs
+from dali_pipelines.loader import build_pretrain_loader
+from dali_pipelines.dataset import resolve_dataset
+from relic_fast.config import DataConfig, ViewsConfig
+from relic_fast.demo_data import generate_demo_dataset
+from relic_fast.run_plan import torch_device_for
 
 CHECKS = ("pipeline-statistics", "compiled-step", "fused-loss")
 """In the order they run (on CPU the interpreted fused-loss child starts first and runs alongside)."""
@@ -80,7 +89,6 @@ def loss_case(V: int, L: int, B: int, D: int, negatives: int, dtype: torch.dtype
               perturb: float, seed: int = 0) -> dict[str, float]:
     """Relative errors (loss terms, gradient) of the fused core against the reference on one problem."""
     from relic_fast.kernels.relicv2_fused import relicv2_core_fused
-    from relic_fast.loss import relicv2_core_reference
 
     gen = torch.Generator().manual_seed(seed)
     online = F.normalize(torch.randn(V, B, D, generator=gen), dim=-1).to(device, dtype)
@@ -160,7 +168,6 @@ def check_fused_loss(device: str, perturb: float, child: subprocess.Popen | None
 # ---------------------------------------------------------------- compiled step
 def step_update(context, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step: its loss terms and the online parameters' update (after - before), flattened."""
-    from relic_fast.step import train_step
 
     before = [p.detach().clone() for p in context.online_module.parameters()]
     terms = train_step(context, inputs, 0.1, 0.99, inputs.large.shape[0] // inputs.num_large)
@@ -170,8 +177,6 @@ def step_update(context, inputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 def check_compiled_step(device: str, perturb: float, compile_backend: str | None = None) -> CheckResult:
     """Compiled channels-last bf16 step (fused loss on CUDA) vs eager fp32 contiguous step (reference loss)."""
-    from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
-    from relic_fast.synthetic import standalone_context, synthetic_inputs
 
     start = time.perf_counter()
     backend = compile_backend or ("inductor" if device == "cuda" else "aot_eager")
@@ -241,7 +246,6 @@ def compare_pipelines(dataset, views, data, *, device_ids: tuple[int | None, int
     """z-scores of the view statistics of pipeline A (`device_ids[0]`) against pipeline B (uint8 outputs)."""
     import dataclasses
 
-    from dali_pipelines.loader import build_pretrain_loader
 
     data = dataclasses.replace(data, output_dtype="uint8")  # exact gray detection, pixels in 0..255
     samples = []
@@ -259,9 +263,6 @@ def check_pipeline_statistics(device: str, perturb: float) -> CheckResult:
 
     if device != "cuda":
         return CheckResult("pipeline-statistics", "skip", "needs a CUDA GPU (compares the GPU pipeline with the CPU one)")
-    from dali_pipelines.dataset import resolve_dataset
-    from relic_fast.config import DataConfig, ViewsConfig
-    from relic_fast.demo_data import generate_demo_dataset
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,21 +276,11 @@ def check_pipeline_statistics(device: str, perturb: float) -> CheckResult:
 
 
 # ---------------------------------------------------------------- driver
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when available, else "cpu"; "gpu" without CUDA is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("--device gpu: no CUDA GPU is available here")
-        return "cuda"
-    return "cpu"
-
-
 def run_selftest(device: str = "auto", *, only: tuple[str, ...] | None = None, perturb: float = 0.0,
                  compile_backend: str | None = None, log: Callable[[str], Any] = lambda text: None) -> list[CheckResult]:
-    """Run the checks (all, or `only`) on `device`; an exception inside a check is its failure."""
-    device = resolve_device(device)
+    """Run the checks (all, or `only`) on `device` ("auto", "cpu" or "gpu"); an exception inside a check is
+    its failure."""
+    device = torch_device_for(device).type  # "cuda" or "cpu"
     names = tuple(only or CHECKS)
     for name in names:
         if name not in CHECKS:

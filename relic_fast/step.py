@@ -14,10 +14,13 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from dali_pipelines.loader import ViewBatch, normalize_views
-from relic_fast.config import LossConfig, ViewsConfig
+from dali_pipelines.batch import ViewBatch, normalize_views
+from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
+from relic_fast.environment import configure_cuda_math
 from relic_fast.loss import LossTerms, relicv2_loss_terms
-from relic_fast.models import ema_update
+from relic_fast.models import build_networks, convert_sync_batchnorm, ema_update
+from relic_fast.optim import build_lars
+from relic_fast.loss import draw_negative_offsets
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -32,9 +35,14 @@ class StepInputs:
     num_small: int
 
 
+def memory_format_of(channels_last: bool) -> torch.memory_format:
+    """The memory format of networks and views for `train.channels_last`: the one place it is decided."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def prepare_views(batch: ViewBatch, views: ViewsConfig, device: torch.device, channels_last: bool) -> StepInputs:
     """Move a loader batch to `device` (no-op for GPU pipelines) and normalize it if the loader deferred that."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = memory_format_of(channels_last)
 
     def place(x: torch.Tensor | None) -> torch.Tensor | None:
         if x is None:
@@ -110,9 +118,39 @@ class StepContext:
     device: torch.device
 
 
+def build_step_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig, *, device: torch.device,
+                       precision: str, channels_last: bool, compiled: bool, lr: float,
+                       compile_backend: str = "inductor", sync_batchnorm: bool = False,
+                       wrap: Callable[[nn.Module], nn.Module] | None = None) -> StepContext:
+    """The networks, LARS, scaler and (optionally compiled) loss forward of a step: the one builder that the
+    trainer, the benchmarks, the profiler and the self-test share, so they all run the same step.
+
+    Weights come from torch's global RNG (seed it first). `sync_batchnorm` converts BatchNorm layers for
+    DDP on CUDA; `wrap` wraps the multi-view online network (DDP). `compiled` puts `forward_loss` through
+    `torch.compile(dynamic=False)`: the two view resolutions become two static graphs rather than one
+    dynamic one, and a later recompilation or graph break is logged with its reason (each costs warm-up).
+    """
+    configure_cuda_math(device)
+    online, target = build_networks(model)
+    if sync_batchnorm:
+        online, target = convert_sync_batchnorm(online), convert_sync_batchnorm(target)
+    memory_format = memory_format_of(channels_last)
+    online = online.to(device, memory_format=memory_format)
+    target = target.to(device, memory_format=memory_format)
+    optimizer = build_lars(online, optim, lr)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    forward = forward_loss
+    if compiled:
+        forward = torch.compile(forward_loss, dynamic=False, backend=compile_backend)
+        torch._logging.set_logs(recompiles=True, graph_breaks=True)
+    multi_view = MultiViewOnline(online)
+    return StepContext(online=wrap(multi_view) if wrap is not None else multi_view, online_module=online,
+                       target=target, optimizer=optimizer, scaler=scaler, forward=forward, loss=loss,
+                       precision=precision, device=device)
+
+
 def draw_offsets(context: StepContext, global_batch: int) -> torch.Tensor | None:
     """This step's shared negative offsets when the loss subsamples negatives (else None: all negatives)."""
-    from relic_fast.loss import draw_negative_offsets
 
     if context.loss.num_negatives == 0:
         return None

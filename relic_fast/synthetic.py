@@ -1,7 +1,7 @@
 """Training steps without a data pipeline: synthetic views on the device and a standalone step context.
 
 What the model alone consumes (images/s when data costs nothing) is the yardstick every input
-pipeline is measured against. The step benchmark (`benchmarks/bench_step.py`), the profiler's
+pipeline is measured against. The step benchmark (`relic_fast.bench.step`), the profiler's
 consumption rate and the self-test's compiled-vs-eager check all build the trainer's step
 (`relic_fast.step.train_step`) from these two functions, so they time and test exactly what the
 trainer runs: the same networks, LARS, EMA and (optionally compiled) `forward_loss`.
@@ -12,15 +12,7 @@ from __future__ import annotations
 import torch
 
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
-from relic_fast.environment import configure_cuda_math
-from relic_fast.models import build_networks
-from relic_fast.optim import build_lars
-from relic_fast.step import MultiViewOnline, StepContext, StepInputs, forward_loss
-
-
-def memory_format_of(channels_last: bool) -> torch.memory_format:
-    """torch.channels_last or torch.contiguous_format."""
-    return torch.channels_last if channels_last else torch.contiguous_format
+from relic_fast.step import StepContext, StepInputs, build_step_context, memory_format_of
 
 
 def synthetic_inputs(views: ViewsConfig, batch_size: int, device: torch.device | str, *,
@@ -40,22 +32,10 @@ def synthetic_inputs(views: ViewsConfig, batch_size: int, device: torch.device |
 def standalone_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig, *,
                        device: torch.device | str, precision: str, channels_last: bool, compiled: bool,
                        lr: float = 1e-3, seed: int = 0, compile_backend: str = "inductor") -> StepContext:
-    """A single-process `StepContext` built as the trainer builds its own (networks, LARS, compiled forward).
+    """A single-process `StepContext` from the trainer's own builder (`step.build_step_context`).
 
-    `compiled` wraps `forward_loss` in `torch.compile(dynamic=False)` like the trainer: the two view
-    resolutions become two static graphs (`compile_backend` picks the torch.compile backend). The
-    weights depend on `seed` only, so two contexts with the same seed start from identical networks
-    whatever their precision or memory format.
-    """
-    device = torch.device(device)
-    configure_cuda_math(device)  # as the trainer sets it
+    The weights depend on `seed` only, so two contexts with the same seed start from identical networks
+    whatever their precision or memory format; `compile_backend` picks the torch.compile backend."""
     torch.manual_seed(seed)
-    online, target = build_networks(model)
-    memory_format = memory_format_of(channels_last)
-    online = online.to(device, memory_format=memory_format)
-    target = target.to(device, memory_format=memory_format)
-    optimizer = build_lars(online, optim, lr)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    forward = torch.compile(forward_loss, dynamic=False, backend=compile_backend) if compiled else forward_loss
-    return StepContext(online=MultiViewOnline(online), online_module=online, target=target, optimizer=optimizer,
-                       scaler=scaler, forward=forward, loss=loss, precision=precision, device=device)
+    return build_step_context(model, loss, optim, device=torch.device(device), precision=precision,
+                              channels_last=channels_last, compiled=compiled, lr=lr, compile_backend=compile_backend)

@@ -1,7 +1,10 @@
 """The pretraining job: build everything from a `Config`, run steps, log, checkpoint, resume exactly.
 
-Read top-down: `Trainer.__init__` builds the world, data, networks, optimizer and compiled step;
-`train` loops over steps; `_log`, `save`, `restore` are the bookkeeping. Only rank 0 writes.
+Read top-down: `Trainer.__init__` resolves the run plan (`run_plan`: every "auto" decided once), then
+builds the world, data and the step (`step.build_step_context`); `train` runs `for epoch: for batch`,
+each step through `train_step`, with a `LoggingWindow` between log lines and an optional `StepTiming`
+(profile mode) and `Validator` (e.g. the kNN monitor, handed in); `_log`, `save`, `restore` are the
+bookkeeping. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -21,22 +24,22 @@ from relic_fast.checkpoint import check_resumable, latest_checkpoint, save_check
 from relic_fast.config import Config, ConfigError, to_toml
 from relic_fast.distributed import (World, all_reduce_mean, close_world, control_group, init_world, launch_rank,
                                     same_on_every_rank)
-from relic_fast.environment import compiled_graph_count, configure_cuda_math, process_age_s
+from relic_fast.environment import compiled_graph_count, process_age_s
 from relic_fast.errors import ResumeMismatchError, RunStopped
-from relic_fast.models import build_networks, convert_sync_batchnorm
 from relic_fast.monitor import RunMonitor
-from relic_fast.optim import build_lars
 from relic_fast.run_control import RunControl
+from relic_fast.run_plan import RunPlan, planned_config, resolve_plan
 from relic_fast.runlock import RunLock
 from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
-from relic_fast.step import MultiViewOnline, NonFiniteLossError, StepContext, forward_loss, prepare_views, train_step
+from relic_fast.step import NonFiniteLossError, StepContext, build_step_context, prepare_views, train_step
+from dali_pipelines.validate import filter_bad_files
+from relic_fast.demo_data import ensure_demo_dataset
 
 
 def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Path | None]:
     """The pretraining dataset (the built-in demo data when `data.path` is empty) and its labelled val split, if any."""
     path = config.data.path
     if not path:
-        from relic_fast.demo_data import ensure_demo_dataset
         if world.distributed and not world.is_main:
             torch.distributed.barrier()  # rank 0 generates the demo data once; the others then reuse it
         path = str(ensure_demo_dataset(progress=world.is_main))
@@ -51,7 +54,6 @@ def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Path | 
 
 def without_bad_files(dataset: DatasetSpec, world: World) -> DatasetSpec:
     """`data.on_bad_file = "skip"`: the dataset less its unreadable images (validated once, cached on disk)."""
-    from dali_pipelines.validate import filter_bad_files
 
     if world.distributed and not world.is_main:
         torch.distributed.barrier()  # rank 0 validates with a process pool; the others then hit its cache
@@ -65,28 +67,79 @@ def without_bad_files(dataset: DatasetSpec, world: World) -> DatasetSpec:
     return dataset
 
 
-def should_compile(choice: str, device: torch.device) -> bool:
-    """`train.compile`: "auto" compiles on CUDA only (CPU compile works but rarely pays for its warm-up)."""
-    return choice == "on" or (choice == "auto" and device.type == "cuda")
+class LoggingWindow:
+    """The steps since the last log line: loss terms summed on the device (no host sync until `close`),
+    data wait and wall time, so each log line reports means over its own window."""
+
+    def __init__(self, device: torch.device):
+        self.terms = torch.zeros(3, device=device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.terms.zero_()
+        self.steps, self.data_wait_s, self.start = 0, 0.0, time.perf_counter()
+        self.lr = self.tau = math.nan
+
+    def add(self, terms: torch.Tensor, data_wait_s: float, *, lr: float, tau: float) -> None:
+        """Account one step: its [total, contrastive, invariance] terms, data wait and schedule values."""
+        self.terms += terms
+        self.steps += 1
+        self.data_wait_s += data_wait_s
+        self.lr, self.tau = lr, tau
+
+    def close(self) -> tuple[torch.Tensor, int, float, float, float, float]:
+        """(mean terms, steps, elapsed s, data wait s, last lr, last tau) of the window; a new one starts."""
+        result = (self.terms / max(self.steps, 1), self.steps, time.perf_counter() - self.start,
+                  self.data_wait_s, self.lr, self.tau)
+        self._reset()
+        return result
+
+
+class StepTiming:
+    """Profile mode's hook: the device synchronized around each step, so that a step's device work is
+    timed where it was queued; `record(data wait s, step s)` is called after each step."""
+
+    def __init__(self, device: torch.device, record: Callable[[float, float], None]):
+        self.device, self.record = device, record
+
+    def sync(self) -> None:
+        """Wait for the device (a host-device sync point, in profile mode only)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class Validator(Protocol):
+    """What the trainer runs at epoch ends (e.g. `relic_fast.evaluation.validate.KnnValidator`): it
+    decides when, and returns metrics for `metrics.jsonl`."""
+
+    def should_validate(self, epochs_done: int) -> bool: ...
+
+    def validate(self, encoder: torch.nn.Module, *, train_dataset: DatasetSpec, val_root: Path,
+                 device: torch.device) -> dict[str, float]: ...
 
 
 class Trainer:
     """A RELICv2 pretraining run in `out_dir`, single-process or one rank of a `torchrun` job."""
 
-    def __init__(self, config: Config, out_dir: Path, resume: bool = False):
-        self.config = config
+    def __init__(self, config: Config, out_dir: Path, resume: bool = False, validator: Validator | None = None):
+        self.requested_config = config
+        """The config as given ("auto" included): what `config.toml` records and `--resume` compares."""
+        self.plan: RunPlan = resolve_plan(config)
+        """What runs on this machine, every "auto" resolved once (`plan.toml` in the run folder)."""
+        self.config = planned_config(config, self.plan)
         self.out_dir = Path(out_dir)
-        self.world: World = init_world(config.train.device)
-        configure_cuda_math(self.world.device)
+        self.validator = validator
+        self.world: World = init_world(self.plan.torch_device)
         self.dataset, self.val_root = training_dataset(config, self.world)
         self._check_batch()
-        torch.manual_seed(config.train.seed)  # identical initial weights on every rank
-        self.online, self.target = self._build_networks()
-        torch.manual_seed(config.train.seed + self.world.rank)  # then per-rank randomness (negatives)
         self.global_batch = config.train.batch_size
         self.peak_lr = scaled_lr(config.optim.base_lr, self.global_batch)
-        self.optimizer = build_lars(self.online_module, config.optim, self.peak_lr)
-        self.scaler = torch.amp.GradScaler(self.world.device.type) if config.train.precision == "fp16" else None
+        torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+        self.context = self._build_step_context()
+        torch.manual_seed(config.train.seed + self.world.rank)  # then per-rank randomness (negatives)
+        self.online, self.online_module, self.target = (self.context.online, self.context.online_module,
+                                                        self.context.target)
+        self.optimizer, self.scaler = self.context.optimizer, self.context.scaler
         self.step = 0
         loader_state = self.restore() if resume else None
         self.loader = self._build_loader(loader_state)
@@ -94,21 +147,12 @@ class Trainer:
         self.total_steps = config.train.epochs * self.steps_per_epoch
         self.last_step = min(self.total_steps, config.train.max_steps or self.total_steps)
         self.warmup_steps = round(config.optim.warmup_epochs * self.steps_per_epoch)
-        forward = forward_loss
-        if should_compile(config.train.compile, self.world.device):
-            # dynamic=False: the two view resolutions compile to two static graphs instead of one dynamic one.
-            forward = torch.compile(forward_loss, dynamic=False)
-            # say why, should a later step recompile or the step split into several graphs (each costs warm-up)
-            torch._logging.set_logs(recompiles=True, graph_breaks=True)
-        self.on_step: Callable[[float, float], None] | None = None
-        """Profile hook (`relic_fast.profiler`): called after each step with (data wait s, step s), the
-        device synchronized around the step. None in normal runs: no extra host syncs."""
+        self.step_timing: StepTiming | None = None
+        """Profile mode (`relic_fast.profiler`): times each step with the device synchronized around it.
+        None in normal runs: no extra host syncs."""
         self.warmup_report: dict[str, float] = {}
         """After this process's first step: `first_step_s` (process start to the end of that step: the
         compile warm-up a user waits for) and `compiled_graphs`; every log adds `recompiles` since."""
-        self.context = StepContext(online=self.online, online_module=self.online_module, target=self.target,
-                                   optimizer=self.optimizer, scaler=self.scaler, forward=forward,
-                                   loss=config.loss, precision=config.train.precision, device=self.world.device)
 
     def _check_batch(self) -> None:
         """The global batch must split evenly over ranks and fit the dataset."""
@@ -120,31 +164,26 @@ class Trainer:
             raise ConfigError(f"train.batch_size = {batch} exceeds the dataset's {self.dataset.num_samples} images "
                               f"({self.dataset.root}); lower it or set data.drop_last = false")
 
-    def _build_networks(self):
-        """Online (DDP-wrapped when distributed) and EMA target networks on the training device."""
-        online, target = build_networks(self.config.model)
+    def _build_step_context(self) -> StepContext:
+        """Networks (the online one DDP-wrapped when distributed), LARS and the step, from the shared builder."""
+        cfg, world = self.config, self.world
+        wrap = None
+        if world.distributed:
+            ids = [world.device.index] if world.device.type == "cuda" else None
+            wrap = lambda online: DistributedDataParallel(online, device_ids=ids, broadcast_buffers=False)  # noqa: E731
         # SyncBatchNorm runs on CUDA only; gloo (CPU) runs keep per-rank BatchNorm statistics.
-        if self.world.distributed and self.config.model.sync_batchnorm and self.world.device.type == "cuda":
-            online, target = convert_sync_batchnorm(online), convert_sync_batchnorm(target)
-        memory_format = torch.channels_last if self.config.train.channels_last else torch.contiguous_format
-        online = online.to(self.world.device, memory_format=memory_format)
-        target = target.to(self.world.device, memory_format=memory_format)
-        self.online_module = online
-        wrapped = MultiViewOnline(online)
-        if self.world.distributed:
-            ids = [self.world.device.index] if self.world.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids, broadcast_buffers=False)
-        return wrapped, target
+        sync_batchnorm = world.distributed and cfg.model.sync_batchnorm and world.device.type == "cuda"
+        return build_step_context(cfg.model, cfg.loss, cfg.optim, device=world.device, precision=cfg.train.precision,
+                                  channels_last=cfg.train.channels_last, compiled=self.plan.compile,
+                                  lr=self.peak_lr, sync_batchnorm=sync_batchnorm, wrap=wrap)
 
     def _build_loader(self, state: str | None):
         """This rank's shard of the pretraining pipeline (restored to `state` on resume)."""
-        data = self.config.data
-        use_gpu = data.device == "gpu" or (data.device == "auto" and self.world.device.type == "cuda")
-        return build_pretrain_loader(self.dataset, self.config.views, data,
+        return build_pretrain_loader(self.dataset, self.config.views, self.config.data,
                                      batch_size=self.config.train.batch_size // self.world.world_size,
                                      seed=self.config.train.seed, shard_id=self.world.rank,
-                                     num_shards=self.world.world_size,
-                                     device_id=self.world.local_rank if use_gpu else None, checkpoint=state)
+                                     num_shards=self.world.world_size, device_id=self.plan.dali_device_id,
+                                     checkpoint=state)
 
     # ---------------------------------------------------------------- the loop
     def train(self, save_final: bool = True) -> dict[str, Any]:
@@ -154,13 +193,15 @@ class Trainer:
         `save_final=False` (profiling) skips the final checkpoint."""
         if self.world.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.toml").write_text(to_toml(self.config))
+            (self.out_dir / "config.toml").write_text(to_toml(self.requested_config))
+            (self.out_dir / "plan.toml").write_text(self.plan.to_toml())
         summary: dict[str, Any] = {"start_step": self.step}
         cfg = self.config.train
         self.control = RunControl(checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
                                   is_main=self.world.is_main, group=control_group())
         with self.control, RunMonitor(self.out_dir, self.last_step, self.step, enabled=self.world.is_main) as monitor:
             self.monitor = monitor
+            monitor.message("plan: " + ", ".join(f"{key} {value}" for key, value in self.plan.rows()))
             try:
                 summary.update(self._run_steps())
             except NonFiniteLossError as err:
@@ -177,51 +218,57 @@ class Trainer:
         return summary
 
     def _run_steps(self) -> dict[str, Any]:
-        """The step loop: epochs of loader batches until `last_step`, logging and checkpointing on the way."""
-        cfg = self.config.train
-        accumulated = torch.zeros(3, device=self.world.device)
-        window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
+        """Epochs of loader batches until `last_step`, logging and checkpointing on the way."""
+        window = LoggingWindow(self.world.device)
         last: dict[str, Any] = {}
         stopped_by = None
-        while self.step < self.last_step and stopped_by is None:
-            batches = iter(self.loader)
-            while self.step < self.last_step:
-                fetch_start = time.perf_counter()
-                with record_function("data"):
-                    batch = next(batches, None)
-                if batch is None:
-                    break
-                self._profile_sync()
-                step_start = time.perf_counter()
-                data_wait += step_start - fetch_start
-                with record_function("prepare_views"):
-                    inputs = prepare_views(batch, self.config.views, self.world.device, cfg.channels_last)
-                lr = learning_rate(self.step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-                                   peak_lr=self.peak_lr)
-                tau = ema_tau(self.step, total_steps=self.total_steps, tau_base=self.config.optim.tau_base)
-                accumulated += train_step(self.context, inputs, lr, tau, self.global_batch)
-                if self.on_step is not None:
-                    self._profile_sync()
-                    self.on_step(step_start - fetch_start, time.perf_counter() - step_start)
-                self.step += 1
-                window_steps += 1
-                if not self.warmup_report:
-                    self._record_warmup()
+        for epoch in range(self.step // self.steps_per_epoch, self.config.train.epochs):
+            for batch, data_wait_s in self._timed_batches():
+                self._train_on(batch, data_wait_s, window)
                 decision = self.control.after_step(self.step)  # the same on every rank
                 stopped_by = decision.stop if self.step < self.last_step else None  # a finished run just ends
-                if self.step % cfg.log_every == 0 or self.step == self.last_step or stopped_by:
-                    elapsed = time.perf_counter() - window_start
-                    last = self._log(accumulated / window_steps, lr, tau, window_steps, elapsed, data_wait)
-                    accumulated.zero_()
-                    window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
-                if stopped_by:
+                if self.step % self.config.train.log_every == 0 or self.step == self.last_step or stopped_by:
+                    last = self._log(window)
+                if stopped_by or self.step >= self.last_step:
                     break  # `train` writes the checkpoint
-                if decision.checkpoint and self.step < self.last_step:
+                if decision.checkpoint:
                     self.save()
-                if self.step % self.steps_per_epoch == 0:
-                    self._knn_monitor(self.step // self.steps_per_epoch)
+            if self.step % self.steps_per_epoch == 0 and not stopped_by:
+                self._validate(epoch + 1)
+            if stopped_by or self.step >= self.last_step:
+                break
         return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
                 "last_metrics": last, **self.warmup_report, "recompiles": self.recompiles(), "stopped_by": stopped_by}
+
+    def _timed_batches(self) -> Iterator[tuple[Any, float]]:
+        """The rest of this epoch's batches, each with the seconds the loop waited for it."""
+        batches = iter(self.loader)
+        while True:
+            fetch_start = time.perf_counter()
+            with record_function("data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch, time.perf_counter() - fetch_start
+
+    def _train_on(self, batch, data_wait_s: float, window: "LoggingWindow") -> None:
+        """One optimizer step on `batch` at this step's learning rate and EMA decay."""
+        if self.step_timing is not None:
+            self.step_timing.sync()
+        step_start = time.perf_counter()
+        with record_function("prepare_views"):
+            inputs = prepare_views(batch, self.config.views, self.world.device, self.config.train.channels_last)
+        lr = learning_rate(self.step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                           peak_lr=self.peak_lr)
+        tau = ema_tau(self.step, total_steps=self.total_steps, tau_base=self.config.optim.tau_base)
+        terms = train_step(self.context, inputs, lr, tau, self.global_batch)
+        if self.step_timing is not None:
+            self.step_timing.sync()
+            self.step_timing.record(data_wait_s, time.perf_counter() - step_start)
+        self.step += 1
+        window.add(terms, data_wait_s, lr=lr, tau=tau)
+        if not self.warmup_report:
+            self._record_warmup()
 
     def _record_warmup(self) -> None:
         """Once, after this process's first step: how long start-up and compilation took, and how many
@@ -238,14 +285,9 @@ class Trainer:
             return 0
         return compiled_graph_count() - int(self.warmup_report["compiled_graphs"])
 
-    def _profile_sync(self) -> None:
-        """Profile mode only (`on_step` set): wait for the device, so device work is timed where it was queued."""
-        if self.on_step is not None and self.world.device.type == "cuda":
-            torch.cuda.synchronize(self.world.device)  # note: a host-device sync point, in profile mode only
-
-    def _log(self, mean_terms: torch.Tensor, lr: float, tau: float, steps: int, elapsed: float,
-             data_wait: float) -> dict[str, Any]:
-        """Read the window's metrics from the device (a host sync point) and hand them to the monitor."""
+    def _log(self, window: "LoggingWindow") -> dict[str, Any]:
+        """Read the window's metrics from the device (a host sync point), hand them to the monitor, start a new window."""
+        mean_terms, steps, elapsed, data_wait, lr, tau = window.close()
         total, contrastive, invariance = all_reduce_mean(mean_terms).tolist()  # note: CPU-GPU sync point
         metrics = {"epoch": self.step / self.steps_per_epoch, "loss": total, "contrastive": contrastive,
                    "invariance": invariance, "lr": lr, "tau": tau,
@@ -255,18 +297,14 @@ class Trainer:
         self.monitor.log(self.step, metrics)
         return metrics
 
-    def _knn_monitor(self, epochs_done: int) -> None:
-        """Every `train.knn_every_epochs` epochs: kNN accuracy of the online encoder on the labelled val split."""
-        every = self.config.train.knn_every_epochs
-        if not every or epochs_done % every or self.val_root is None or not self.world.is_main:
+    def _validate(self, epochs_done: int) -> None:
+        """At an epoch's end, when the validator asks: its metrics of the online encoder (rank 0 only)."""
+        if (self.validator is None or self.val_root is None or not self.world.is_main
+                or not self.validator.should_validate(epochs_done)):
             return
-        from relic_fast.evaluation.protocol import knn_eval
-
-        accuracy = knn_eval(self.online_module.encoder, train_dataset=self.dataset,
-                            val_dataset=resolve_dataset(str(self.val_root)), eval_cfg=self.config.eval,
-                            data_cfg=self.config.data, device=self.world.device, mean=self.config.views.mean,
-                            std=self.config.views.std)
-        self.monitor.log(self.step, {"epoch": float(epochs_done), "knn_top1": accuracy})
+        metrics = self.validator.validate(self.online_module.encoder, train_dataset=self.dataset,
+                                          val_root=self.val_root, device=self.world.device)
+        self.monitor.log(self.step, {"epoch": float(epochs_done), **metrics})
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -279,7 +317,7 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state()}
         if self.world.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
-        return {"step": self.step, "config": self.config.to_dict(), "online": self.online_module.state_dict(),
+        return {"step": self.step, "config": self.requested_config.to_dict(), "online": self.online_module.state_dict(),
                 "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng,
                 "loader": loader_states, "world_size": self.world.world_size}
@@ -302,7 +340,7 @@ class Trainer:
                 print(f"--resume: no checkpoint in {self.out_dir}, starting from scratch")
             return None
         path, state = found
-        check_resumable(path, state, self.config.to_dict(), self.world.world_size)
+        check_resumable(path, state, self.requested_config.to_dict(), self.world.world_size)
         self.online_module.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -317,8 +355,11 @@ class Trainer:
         return state["loader"][self.world.rank]
 
 
-def pretrain(config: Config, *, out_dir: Path, resume: bool = False) -> dict[str, Any]:
+def pretrain(config: Config, *, out_dir: Path, resume: bool = False,
+             validator: Validator | None = None) -> dict[str, Any]:
     """Run (or resume) RELICv2 pretraining as `config` says, writing into `out_dir`; returns a summary.
+
+    `validator` (e.g. the kNN monitor, `KnnValidator.from_config`) runs at epoch ends when it asks to.
 
     Rank 0 holds `out_dir`'s lock (`runlock`) for the whole run: a second run into the same folder fails."""
     rank, world_size = launch_rank()
@@ -326,7 +367,7 @@ def pretrain(config: Config, *, out_dir: Path, resume: bool = False) -> dict[str
     if lock is not None and lock.note:
         print(lock.note)
     try:
-        trainer = Trainer(config, out_dir, resume=resume)
+        trainer = Trainer(config, out_dir, resume=resume, validator=validator)
         try:
             return trainer.train()
         finally:

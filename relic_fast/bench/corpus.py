@@ -5,7 +5,7 @@ decode far faster than photographs. This module cuts random crops (ImageNet-like
 300-640 px wide, rescaled, sometimes flipped) from scikit-image's sample photographs and saves
 them as quality-90 JPEGs in a folder tree `out/<class>/<image>.jpg` (class = source photograph),
 a layout every reader (DALI, torchvision, a file list) can read. Same `count` and `seed`, same
-files. Usage: `python -m benchmarks.corpus OUT --count 400`.
+files. Usage: `python -m relic_fast.bench.corpus OUT --count 400`.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def make_photo_corpus(out: Path, count: int = 400, seed: int = 0, workers: int |
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: `python -m benchmarks.corpus OUT [--count N] [--seed S]`."""
+    """Command line: `python -m relic_fast.bench.corpus OUT [--count N] [--seed S]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder to write the class folders into")
     parser.add_argument("--count", type=int, default=400, help="number of images (default 400)")

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+from relic_fast.environment import machine_info
 
 __all__ = ["Timing", "Result", "time_it", "measure", "add_ratios", "device_sync", "reset_peak_memory",
            "peak_memory_gib", "print_table", "write_json", "plot_images_per_s"]
@@ -325,7 +326,6 @@ def write_json(path: str | Path, results: Sequence[Result], command: str) -> Pat
     time (CPU figures measured on a busy machine are not comparable with quiet ones) and the
     tracked files that differ from `commit` (the code measured is the commit plus those edits).
     """
-    from relic_fast.environment import machine_info
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ and the CPU milliseconds per image (all threads and worker processes) with its r
 ("x torchvision cpu"): on a machine shared with other work, wall-clock rates drop with the load
 while the CPU cost per image does not, so that column is the steadier judge of efficiency.
 
-    python -m benchmarks.bench_loader --data DIR --json loader.json --png loader.png
+    python -m relic_fast.bench.loader --data DIR --json loader.json --png loader.png
     relic-fast bench loader --data DIR            (the same options; without --data, a 400-image
                                                     photo corpus is generated once in the temp dir)
 """
@@ -27,8 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from benchmarks.harness import Result, add_ratios, command_line, measure, print_table, save_outputs
+from relic_fast.bench.harness import Result, add_ratios, command_line, measure, print_table, save_outputs
 from dali_pipelines.recipe import DataConfig, ViewsConfig
+from relic_fast.bench.harness import device_sync
+from dali_pipelines.loader import build_pretrain_loader
+from relic_fast.bench.torchvision_recipe import build_torchvision_loader
+from relic_fast.bench.decode_only import build_decode_pipeline, decode_step
+from dali_pipelines.dataset import resolve_dataset
+from relic_fast.bench.corpus import make_photo_corpus
+from relic_fast.run_plan import torch_device_for
 
 DEFAULT_RECIPES = ("2L", "4L+2S", "2L+6S")
 PIPELINES = ("dali", "torchvision", "decode-only")
@@ -116,7 +123,6 @@ def cuda_copy(batch) -> None:
 
 def timed(bench: LoaderBench, pipeline: str, step: Callable[[], None], **fields) -> Result:
     """Measure `step` (which consumes `bench.batches` batches) into a loader `Result` row."""
-    from benchmarks.harness import device_sync
 
     sync = device_sync("cuda") if bench.device == "gpu" else None
     warmup_calls = -(-bench.warmup // bench.batches)  # ceil: at least `warmup` batches untimed
@@ -134,7 +140,6 @@ def view_sizes(views: ViewsConfig) -> str:
 
 def measure_dali(bench: LoaderBench, dataset, recipe: str, threads: int) -> Result:
     """Images/s of the product's DALI pipeline on `recipe` with `threads` CPU threads."""
-    from dali_pipelines.loader import build_pretrain_loader
 
     views = views_for(recipe, bench)
     data = DataConfig(path=bench.data, device=bench.device, num_threads=threads,
@@ -152,7 +157,6 @@ def measure_dali(bench: LoaderBench, dataset, recipe: str, threads: int) -> Resu
 
 def measure_torchvision(bench: LoaderBench, dataset, recipe: str, threads: int) -> Result:
     """Images/s of the torchvision + PIL baseline on `recipe` with `threads` worker processes."""
-    from benchmarks.torchvision_recipe import build_torchvision_loader
 
     views = views_for(recipe, bench)
     files = [dataset.root / f for f in dataset.files]
@@ -161,7 +165,7 @@ def measure_torchvision(bench: LoaderBench, dataset, recipe: str, threads: int) 
                                       pin_memory=bench.device == "gpu")
     step = consume(endless(loader), bench.batches, cuda_copy if bench.device == "gpu" else None)
     row = timed(bench, "torchvision", step, recipe=recipe, threads=threads,
-                extra={"views": view_sizes(views), "output_dtype": "float32", "blur": bench.baseline_blur})
+                extra={"views": view_sizes(views), "output_dtype": "fp32", "blur": bench.baseline_blur})
     del step, loader
     gc.collect()  # shuts the worker processes down: no idle prefetching during the next measurement
     return row
@@ -169,7 +173,6 @@ def measure_torchvision(bench: LoaderBench, dataset, recipe: str, threads: int) 
 
 def measure_decode(bench: LoaderBench, dataset, threads: int) -> Result:
     """Images/s of DALI reading + decoding the same files: the ceiling for any recipe."""
-    from benchmarks.decode_only import build_decode_pipeline, decode_step
 
     pipe = build_decode_pipeline(dataset.root, dataset.files, batch_size=bench.batch_size,
                                  num_threads=threads, device_id=0 if bench.device == "gpu" else None,
@@ -183,7 +186,6 @@ def measure_decode(bench: LoaderBench, dataset, threads: int) -> Result:
 
 def run(bench: LoaderBench, *, console=None) -> list[Result]:
     """Measure every (pipeline, recipe, threads) configuration of `bench`; rows with ratios filled."""
-    from dali_pipelines.dataset import resolve_dataset
 
     dataset = resolve_dataset(bench.data, masks=bench.masks)
     if bench.saliency_p > 0 and dataset.mask_root is None:
@@ -212,7 +214,6 @@ def run(bench: LoaderBench, *, console=None) -> list[Result]:
 
 def default_corpus(count: int = 400) -> Path:
     """The benchmark photo corpus in the temp dir, generated on first use (deterministic)."""
-    from benchmarks.corpus import make_photo_corpus
 
     out = Path(tempfile.gettempdir()) / f"relic-fast-bench-corpus-{count}"
     if len(list(out.glob("*/*.jpg"))) != count:
@@ -220,17 +221,8 @@ def default_corpus(count: int = 400) -> Path:
     return out
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "gpu" when CUDA is available, else "cpu"."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options (shared by `python -m benchmarks.bench_loader` and `relic-fast bench loader`)."""
+    """The command-line options (shared by `python -m relic_fast.bench.loader` and `relic-fast bench loader`)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--data", help="folder tree or file list of JPEGs (default: a generated 400-photo corpus)")
@@ -245,7 +237,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     add("--large-size", type=int, help="override the large view side (tiny runs)")
     add("--small-size", type=int, help="override the small view side (tiny runs)")
-    add("--output-dtype", choices=("uint8", "float16", "bfloat16", "float32"), help="DALI output dtype")
+    add("--output-dtype", choices=("uint8", "fp16", "bf16", "fp32"), help="dtype of the views the loader hands over")
     add("--baseline-blur", choices=("torchvision", "pil"), default="torchvision",
         help="blur op of the torchvision baseline (pil: PIL's faster approximation)")
     add("--seed", type=int, default=0)
@@ -259,7 +251,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_loader") -> list[Result]:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.loader") -> list[Result]:
     """Parse `argv`, run the benchmark, print the table, write the JSON and chart when asked."""
     from rich.console import Console
 
@@ -278,7 +270,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
     data = args.data or str(default_corpus())
     bench = LoaderBench(data=data, recipes=tuple(args.recipes), threads=tuple(args.threads),
                         batch_size=args.batch_size, batches=args.batches, repeats=args.repeats,
-                        warmup=args.warmup, device=resolve_device(args.device), pipelines=tuple(args.pipelines),
+                        warmup=args.warmup, device="gpu" if torch_device_for(args.device).type == "cuda" else "cpu", pipelines=tuple(args.pipelines),
                         large_size=args.large_size, small_size=args.small_size, output_dtype=args.output_dtype,
                         baseline_blur=args.baseline_blur, seed=args.seed, saliency_p=args.saliency_p,
                         masks=args.masks, interpolation=args.interpolation)

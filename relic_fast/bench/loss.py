@@ -8,7 +8,7 @@ then `.backward()`):
   fused-bf16          the kernel's core called directly on bf16 normalized operands (tensor cores;
                       the loss itself normalizes in fp32, so `fused` runs fp32 matmuls, IEEE unless
                       `--matmul-precision high` allows TF32).
-Every row warms up, repeats, and reports the median and interquartile spread (benchmarks.harness),
+Every row warms up, repeats, and reports the median and interquartile spread (relic_fast.bench.harness),
 the peak extra memory of one forward + backward beyond its inputs (CUDA: max_memory_allocated; CPU:
 the peak resident set size, VmHWM reset through /proc/self/clear_refs, minus the RSS before), and
 the achieved TFLOP/s against the floor. The floor, printed per batch size: the FLOPs no
@@ -16,8 +16,8 @@ implementation can skip (three B x N x D matmuls per view pair: z, z' and the gr
 kernel does five, recomputing z and z' in backward) and the bytes it must move (read the three
 normalized inputs once, write the gradient once).
 
-    python -m benchmarks.bench_loss --json loss.json            (CPU: B in {256, 1024}, no fused rows)
-    python -m benchmarks.bench_loss --batch-sizes 4096 --matmul-precision high
+    python -m relic_fast.bench.loss --json loss.json            (CPU: B in {256, 1024}, no fused rows)
+    python -m relic_fast.bench.loss --batch-sizes 4096 --matmul-precision high
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
+from relic_fast.bench.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
                                 print_table, reset_peak_memory, save_outputs)
 from relic_fast.loss import draw_negative_offsets, relicv2_loss
 
@@ -215,7 +215,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_loss") -> list[Result]:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.loss") -> list[Result]:
     """Parse `argv`, run the benchmark, print the floor and the table, write the JSON when asked."""
     from rich.console import Console
 

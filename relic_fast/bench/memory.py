@@ -18,7 +18,7 @@ gradients, LARS momentum and (on CUDA) compiled graphs exist, then measures a se
 and `ratio` the checkpointed slope over the plain one: the fraction of activation memory that
 checkpointing keeps, the number the README's GPU estimate scales by.
 
-    python -m benchmarks.bench_memory --device cpu --batch-sizes 2 4 --json memory.json
+    python -m relic_fast.bench.memory --device cpu --batch-sizes 2 4 --json memory.json
     relic-fast bench memory ...   (the same options)
 """
 
@@ -32,8 +32,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks.bench_step import StepBench, configs_for, resolve_device, view_sizes
-from benchmarks.harness import Result, command_line, print_table, save_outputs
+from relic_fast.bench.step import StepBench, configs_for, view_sizes
+from relic_fast.run_plan import torch_device_for
+from relic_fast.bench.harness import Result, command_line, print_table, save_outputs
+from relic_fast.step import train_step
+from relic_fast.synthetic import standalone_context, synthetic_inputs
 
 VARIANTS = ("plain", "checkpointed")
 """`plain`: every activation kept for backward; `checkpointed`: `model.activation_checkpointing = true`."""
@@ -88,8 +91,6 @@ def measure_row(bench: StepBench, variant: str, batch_size: int, precision: str,
     """One step's peak memory (and its milliseconds) in `variant` at `batch_size`, fresh networks."""
     import torch
 
-    from relic_fast.step import train_step
-    from relic_fast.synthetic import standalone_context, synthetic_inputs
 
     views, model, loss, optim = configs_for(dataclasses.replace(bench, batch_size=batch_size))
     model = dataclasses.replace(model, activation_checkpointing=variant == "checkpointed")
@@ -151,10 +152,10 @@ def add_slopes(rows: Sequence[Result]) -> list[Result]:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options (shared by `python -m benchmarks.bench_memory` and `relic-fast bench memory`)."""
+    """The command-line options (shared by `python -m relic_fast.bench.memory` and `relic-fast bench memory`)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto", help="where the step runs (default auto)")
+    add("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the step runs (default auto)")
     add("--encoder", default="resnet50", help="resnet18 ... resnet200 (default resnet50)")
     add("--width", type=int, choices=(1, 2, 4), default=1, help="encoder width multiplier (default 1)")
     add("--views", default="4L+2S", help="view recipe '<L>L+<S>S' (default 4L+2S)")
@@ -170,13 +171,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_memory") -> list[Result]:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.memory") -> list[Result]:
     """Parse `argv`, measure every (batch size, variant), print the table, write the JSON when asked."""
     import torch
     from rich.console import Console
 
     args = build_parser(prog).parse_args(argv)
-    device = resolve_device(args.device)
+    device = torch_device_for(args.device).type
     cuda = device == "cuda"
     bench = StepBench(device=device, encoder=args.encoder, width=args.width, views=args.views,
                       large_size=args.large_size, small_size=args.small_size, seed=args.seed)

@@ -8,7 +8,7 @@ baseline, the first step's seconds (the compile warm-up of compiled variants) an
 memory. Defaults: on CUDA the GPU target (ResNet50, 4x224 + 2x96, B = 128); on CPU a small
 configuration (ResNet18, 2x64 + 2x32, B = 16) that finishes in a few minutes on two cores.
 
-    python -m benchmarks.bench_step --json step.json --png step.png
+    python -m relic_fast.bench.step --json step.json --png step.png
     relic-fast bench step --encoder resnet50 --views 4L+2S --batch-size 64   (the same options)
 """
 
@@ -22,8 +22,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
+from relic_fast.bench.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
                                 print_table, reset_peak_memory, save_outputs)
+from relic_fast.bench.loader import parse_recipe
+from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
+from relic_fast.step import train_step
+from relic_fast.synthetic import standalone_context, synthetic_inputs
+from relic_fast.run_plan import torch_device_for
 
 BASELINE = "eager-fp32-contiguous"
 ALL_VARIANTS = tuple(f"{mode}-{precision}-{layout}" for mode in ("eager", "compiled")
@@ -80,8 +85,6 @@ def parse_variant(name: str) -> tuple[bool, str, bool]:
 
 def configs_for(bench: StepBench):
     """The (views, model, loss, optim) config sections the benchmark's step is built from."""
-    from benchmarks.bench_loader import parse_recipe
-    from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 
     num_large, num_small = parse_recipe(bench.views)
     views = ViewsConfig(num_large=num_large, num_small=num_small, large_size=bench.large_size,
@@ -93,7 +96,6 @@ def configs_for(bench: StepBench):
 
 def view_sizes(bench: StepBench) -> str:
     """"4x224+2x96": the views each image contributes."""
-    from benchmarks.bench_loader import parse_recipe
 
     num_large, num_small = parse_recipe(bench.views)
     return f"{num_large}x{bench.large_size}" + (f"+{num_small}x{bench.small_size}" if num_small else "")
@@ -103,8 +105,6 @@ def measure_variant(bench: StepBench, variant: str) -> Result:
     """Images/s of the training step in one variant (fresh networks, same seed, synthetic views)."""
     import torch
 
-    from relic_fast.step import train_step
-    from relic_fast.synthetic import standalone_context, synthetic_inputs
 
     compiled, precision, channels_last = parse_variant(variant)
     views, model, loss, optim = configs_for(bench)
@@ -149,20 +149,11 @@ def run(bench: StepBench, *, console=None) -> list[Result]:
     return add_ratios(rows, baseline=BASELINE, match=("recipe", "threads"))
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when CUDA is available, else "cpu"; "gpu" is accepted for "cuda"."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if device == "gpu" else device
-
-
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options (shared by `python -m benchmarks.bench_step` and `relic-fast bench step`)."""
+    """The command-line options (shared by `python -m relic_fast.bench.step` and `relic-fast bench step`)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto", help="where the step runs (default auto)")
+    add("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the step runs (default auto)")
     add("--encoder", help="resnet18 ... resnet200 (default: resnet50 on CUDA, resnet18 on CPU)")
     add("--width", type=int, choices=(1, 2, 4), help="encoder width multiplier (default 1)")
     add("--views", help="view recipe '<L>L+<S>S' (default: 4L+2S on CUDA, 2L+2S on CPU)")
@@ -186,7 +177,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def bench_from_args(args: argparse.Namespace) -> StepBench:
     """The device's defaults with every option the user gave on top."""
-    bench = defaults_for(resolve_device(args.device))
+    bench = defaults_for(torch_device_for(args.device).type)
     changes = {key: getattr(args, key) for key in ("encoder", "width", "views", "large_size", "small_size",
                                                    "batch_size", "warmup", "repeats", "projector_hidden",
                                                    "predictor_hidden", "loss_implementation", "threads", "seed")
@@ -203,7 +194,7 @@ def bench_from_args(args: argparse.Namespace) -> StepBench:
     return bench
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_step") -> list[Result]:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.step") -> list[Result]:
     """Parse `argv`, run the benchmark, print the table, write the JSON and chart when asked."""
     from rich.console import Console
 

@@ -5,7 +5,7 @@ numbers that decide a training run side by side: images/s the DALI pipeline deli
 the step consumes (`relic-fast profile` measures the same balance inside a real run). Defaults are
 each benchmark's own for the device: the GPU target on CUDA, small configurations on CPU.
 
-    python -m benchmarks.bench_all --out benchmarks/results/cpu
+    python -m relic_fast.bench.suite --out benchmarks/results/cpu
     relic-fast bench all --out DIR [--device cpu] [--data JPEG_DIR]
 """
 
@@ -16,7 +16,9 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.harness import Result, command_line, plot_images_per_s
+from relic_fast.bench.harness import Result, command_line, plot_images_per_s
+from relic_fast.bench import loader as bench_loader, loss as bench_loss, step as bench_step
+from relic_fast.run_plan import torch_device_for
 
 
 def loader_args(step_bench, data: str | None, out: Path) -> list[str]:
@@ -45,15 +47,14 @@ def summary(loader_rows: Sequence[Result], step_rows: Sequence[Result], loss_row
     return head
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_all") -> dict:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.suite") -> dict:
     """Run loader, step and loss benchmarks with their device defaults into `--out`; returns the summary."""
     from rich.console import Console
 
-    from benchmarks import bench_loader, bench_loss, bench_step
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"), help="folder for the files")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument("--data", help="JPEG folder tree for the loader (default: the generated photo corpus)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads of the step and loss benchmarks "
                                                      "(default: torch's choice; 1 on a shared, busy CPU)")
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
     console = Console()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    device = bench_step.resolve_device(args.device)
+    device = torch_device_for(args.device).type
     step_bench = bench_step.defaults_for(device)
     console.rule(f"training step ({device})")
     threads = ["--threads", str(args.threads)] if args.threads else []  # bench_step sets them for the loss too

@@ -24,11 +24,11 @@ from typing import Literal, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dali_pipelines import loader
+from dali_pipelines import batch
 from dali_pipelines.recipe import ViewsConfig
 
 
-class ViewBatch(loader.ViewBatch):
+class ViewBatch(batch.ViewBatch):
     """The DALI loader's `ViewBatch` (same fields, same layout) that the DataLoader can pin.
 
     `large` (L*B, 3, H, W) and `small` (S*B, 3, h, w) are channels-last and view-major (rows

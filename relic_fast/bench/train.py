@@ -6,7 +6,7 @@ One process, one compiled step, three feeds, so the rows differ only in where th
   trainer + synthetic       the trainer's step on views already on the device: the consumption
                             rate, i.e. what a free data pipeline would give (the baseline);
   trainer + torchvision     the same loop fed by the torchvision + PIL DataLoader (the recipe of
-                            `benchmarks.torchvision_recipe`, one worker per core by default).
+                            `relic_fast.bench.torchvision_recipe`, one worker per core by default).
 The loop rates come from the trainer's own log windows (`train.log_every` steps between two host
 syncs); the first window holds compilation and pipeline start-up and is dropped. One more row times
 the compile warm-up (process start to the end of the first step) and counts the graphs torch.compile
@@ -27,8 +27,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.bench_loader import view_sizes
-from benchmarks.harness import Result, add_ratios, command_line, print_table, save_outputs
+from relic_fast.bench.loader import view_sizes
+from relic_fast.bench.harness import Result, add_ratios, command_line, print_table, save_outputs
+from relic_fast.profiler import synthetic_rate
+from relic_fast.bench.torchvision_recipe import build_torchvision_loader
+from relic_fast.trainer import Trainer
+from relic_fast.config import ConfigError, load_config
 
 BASELINE = "trainer + synthetic"
 
@@ -72,7 +76,6 @@ def loop_row(pipeline: str, records: list[dict[str, Any]], batch: int, recipe: s
 
 def synthetic_row(trainer, *, steps: int, repeats: int, recipe: str) -> Result:
     """The trainer's step on synthetic views already on the device (no data at all): `repeats` timings."""
-    from relic_fast.profiler import synthetic_rate
 
     rates = [synthetic_rate(trainer, steps) for _ in range(repeats)]
     return rate_row(BASELINE, rates, trainer.config.train.batch_size, recipe, {"steps_per_repeat": steps})
@@ -80,7 +83,6 @@ def synthetic_row(trainer, *, steps: int, repeats: int, recipe: str) -> Result:
 
 def torchvision_loader(trainer, workers: int):
     """The torchvision + PIL baseline loader over the trainer's dataset and recipe (pinned on CUDA)."""
-    from benchmarks.torchvision_recipe import build_torchvision_loader
 
     dataset = trainer.dataset
     if dataset.kind == "webdataset":
@@ -109,8 +111,6 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
 
     The torchvision feed's window defaults to `torchvision_workers` steps: its workers deliver their
     batches in waves of one batch each, so a shorter window would time batches prefetched earlier."""
-    from relic_fast.profiler import loader_device_id
-    from relic_fast.trainer import Trainer
 
     unknown = set(feeds) - set(FEEDS)
     if unknown or not feeds:
@@ -125,7 +125,7 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
     recipe = view_sizes(views)
     rows = []
     if "dali" in feeds:
-        name = f"trainer + dali-{'gpu' if loader_device_id(config, device) is not None else 'cpu'}"
+        name = f"trainer + dali-{'gpu' if trainer.plan.dali_device_id is not None else 'cpu'}"
         say(f"{name}: {windows + 1} windows of {window} steps (the first one absorbs compilation)")
         records = run_windows(trainer, trainer.loader, window=window, windows=windows)
         rows.append(loop_row(name, records, batch, recipe, peak_gib=peak_gib(device),
@@ -153,7 +153,7 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options (shared by `python -m benchmarks.bench_train` and `relic-fast bench train`)."""
+    """The command-line options (shared by `python -m relic_fast.bench.train` and `relic-fast bench train`)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--config", "-c", type=Path, help="TOML recipe (see configs/); defaults apply to what it leaves out")
@@ -175,11 +175,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_train") -> list[Result]:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.train") -> list[Result]:
     """Parse `argv`, run the benchmark, print the table and write the JSON when asked."""
     from rich.console import Console
 
-    from relic_fast.config import ConfigError, load_config
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)

@@ -20,17 +20,8 @@ from relic_fast.evaluation.knn import knn_accuracy
 from relic_fast.evaluation.linear import (evaluate_head, fit_linear_augmented, fit_linear_on_features,
                                           scaled_lr)
 from relic_fast.evaluation.logistic import fit_logistic_on_features
-
-
-def dali_device_id(data: DataConfig, device: torch.device | str) -> int | None:
-    """GPU index for the DALI pipeline (`data.device`, `auto`: the GPU when the networks are on CUDA), None for CPU."""
-    device = torch.device(device)
-    use_gpu = data.device == "gpu" or (data.device == "auto" and device.type == "cuda")
-    if not use_gpu:
-        return None
-    if device.type == "cuda" and device.index is not None:
-        return device.index
-    return torch.cuda.current_device()
+from dali_pipelines.loader import build_eval_loader
+from relic_fast.run_plan import dali_device_for
 
 
 def num_classes_of(dataset) -> int:
@@ -53,10 +44,9 @@ def check_same_classes(train_dataset, name: str, val_dataset) -> None:
 def eval_loader(dataset, *, train: bool, eval_cfg: EvalConfig, data_cfg: DataConfig,
                 device: torch.device | str, seed: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The DALI eval loader over `dataset`: train=True random-resized-crop + flip, else resize + centre crop."""
-    from dali_pipelines.loader import build_eval_loader
 
     return build_eval_loader(dataset, image_size=eval_cfg.image_size, batch_size=eval_cfg.linear_batch_size,
-                             train=train, data=data_cfg, seed=seed, device_id=dali_device_id(data_cfg, device),
+                             train=train, data=data_cfg, seed=seed, device_id=dali_device_for(data_cfg.device, torch.device(device)),
                              mean=mean, std=std)
 
 

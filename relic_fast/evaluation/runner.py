@@ -16,6 +16,11 @@ from torch import nn
 
 from relic_fast.config import Config, config_from_dict, parse_overrides
 from relic_fast.evaluation.protocol import linear_eval
+from dali_pipelines.dataset import DatasetError, resolve_dataset
+from relic_fast.models import build_encoder
+from relic_fast.checkpoint import encoder_from_checkpoint, resolve_checkpoint_file
+from relic_fast.environment import machine_info
+from relic_fast.run_plan import resolve_plan
 
 SKIPPED_FOLDERS = ("train", "masks")
 """Folders of a dataset root that are not validation splits."""
@@ -27,7 +32,6 @@ def split_datasets(data_root: Path) -> tuple[Any, dict[str, Any]]:
     A validation split is any sibling folder of `train/` except `masks/` and hidden ones, e.g. the
     demo data's `val/` and `val_correlated/`; each is read as a folder tree of class folders.
     """
-    from dali_pipelines.dataset import DatasetError, resolve_dataset
 
     root = Path(data_root)
     if not (root / "train").is_dir():
@@ -39,13 +43,6 @@ def split_datasets(data_root: Path) -> tuple[Any, dict[str, Any]]:
     names.sort(key=lambda name: name != "val")  # stable: val first, the rest alphabetical
     return (resolve_dataset(str(root / "train"), "folder"),
             {name: resolve_dataset(str(root / name), "folder") for name in names})
-
-
-def resolve_device(choice: str) -> torch.device:
-    """`train.device`: "auto" is CUDA when available, else the CPU."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def checkpoint_eval_config(saved: Config, config_path: Path | None, overrides: list[str] | None) -> Config:
@@ -69,7 +66,6 @@ def random_init_encoder(config: Config, zero_init_residual: bool = False) -> nn.
     starts every block as the identity, so its random features are far weaker and flatter any encoder
     compared with it. `zero_init_residual=True` gives the pretraining init, for a second, labelled row.
     """
-    from relic_fast.models import build_encoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
@@ -96,7 +92,7 @@ def output_file(out: Path | None, checkpoint: Path | None) -> Path:
 def evaluate_encoder(encoder: nn.Module, config: Config, data_root: Path, log=None) -> dict[str, Any]:
     """Linear evaluation of `encoder` on `data_root`'s splits under `config`; adds the background gap."""
     train_dataset, val_datasets = split_datasets(data_root)
-    device = resolve_device(config.train.device)
+    device = resolve_plan(config).torch_device
     precision = config.train.precision if device.type == "cuda" else "fp32"
     result = linear_eval(encoder, train_dataset=train_dataset, val_datasets=val_datasets, eval_cfg=config.eval,
                          data_cfg=config.data, device=device, seed=config.train.seed, precision=precision,
@@ -142,8 +138,6 @@ def run_linear_eval(*, data_root: Path, config: Config, checkpoint: Path | None 
     [eval], then `overrides`); for `random_init` it is `config`. Writes the JSON report (see
     `output_file`) and returns it with its path.
     """
-    from relic_fast.checkpoint import encoder_from_checkpoint, resolve_checkpoint_file
-    from relic_fast.environment import machine_info
 
     source = None
     if random_init:

@@ -11,9 +11,9 @@ background). The rows:
 - `random_init_zero_residual`: the same with zero-init residual BatchNorm (BYOL's init: every block
   starts as the identity), a far weaker "random" network, shown so that nobody mistakes it for the baseline;
 - `relicv2_no_saliency`, `relicv2_saliency`: the two pretrained encoders;
-- `peer`: the same encoder, batch and steps trained by lightly's SimCLR (`relic_fast.evaluation.peer`),
+- `peer`: the same encoder, batch and steps trained by lightly's SimCLR (`relic_fast.experiments.peer`),
   skipped with one line when lightly is not installed;
-- `supervised`: the supervised reference (`relic_fast.evaluation.supervised`), the default-init encoder
+- `supervised`: the supervised reference (`relic_fast.experiments.supervised`), the default-init encoder
   trained end-to-end with the labels for the pretraining step budget with plain SGD: a reference, not a
   ceiling.
 """
@@ -27,8 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from relic_fast.checkpoint import encoder_from_checkpoint
 from relic_fast.config import Config, load_config
+from relic_fast.demo_data import ensure_demo_dataset
 from relic_fast.evaluation.runner import evaluate_encoder, random_init_encoder, split_datasets
+from relic_fast.experiments.peer import lightly_available, peer_reference
+from relic_fast.experiments.supervised import pretraining_steps, supervised_reference
+from relic_fast.trainer import pretrain
 
 VARIANTS = ("random_init", "random_init_zero_residual", "relicv2_no_saliency", "relicv2_saliency", "peer",
             "supervised")
@@ -54,13 +62,10 @@ def variant_config(config: Config, variant: str, *, seed: int, steps: int | None
 
 def run_variant(config: Config, variant: str, *, data_root: Path, run_dir: Path, log=print) -> dict[str, Any]:
     """Pretrain or train (unless a random init) into `run_dir`, probe the encoder; one result row."""
-    from relic_fast.checkpoint import encoder_from_checkpoint
 
     row: dict[str, Any] = {"variant": variant, "seed": config.train.seed, "saliency_p": config.views.saliency_p}
     started = time.perf_counter()
     if variant in ("supervised", "peer"):
-        from relic_fast.evaluation.peer import peer_reference
-        from relic_fast.evaluation.supervised import pretraining_steps, supervised_reference
 
         if variant == "supervised":
             result = supervised_reference(config, data_root)
@@ -72,7 +77,6 @@ def run_variant(config: Config, variant: str, *, data_root: Path, run_dir: Path,
     if variant.startswith("random_init"):
         encoder = random_init_encoder(config, zero_init_residual=variant == "random_init_zero_residual")
     else:
-        from relic_fast.trainer import pretrain
 
         summary = pretrain(config, out_dir=run_dir, resume=False)
         encoder, _ = encoder_from_checkpoint(summary["checkpoint"])
@@ -124,7 +128,6 @@ def paired_margins(rows: list[dict[str, Any]], variant: str, split: str = "val")
 
 def results_table(summary: dict[str, dict[str, dict[str, float]]], seeds: int, steps: int | str):
     """The experiment's rich table: one row per variant, mean +- std over seeds per metric."""
-    from rich.table import Table
 
     columns = list(dict.fromkeys(c for metrics in summary.values() for c in metrics))
     table = Table(title=f"demo experiment: linear-probe top-1 %, mean ± std over {seeds} seed(s), "
@@ -142,7 +145,6 @@ def results_table(summary: dict[str, dict[str, dict[str, float]]], seeds: int, s
 
 def selected_variants(variants: list[str] | tuple[str, ...] | None, log=print) -> list[str]:
     """The rows to run, in table order (None: all); the peer row is dropped, with one line, without lightly."""
-    from relic_fast.evaluation.peer import lightly_available
 
     chosen = list(VARIANTS) if variants is None else list(variants)
     unknown = [v for v in chosen if v not in VARIANTS]
@@ -172,12 +174,10 @@ def run_demo_experiment(config_path: Path | str | None, *, data_root: Path | Non
 
     `data_root` defaults to the recipe's `data.path`, else the built-in demo dataset.
     """
-    from rich.console import Console
 
     console = console or Console()
     config = load_config(config_path)
     if data_root is None:
-        from relic_fast.demo_data import ensure_demo_dataset
         data_root = Path(config.data.path) if config.data.path else ensure_demo_dataset()
     seed_list = list(range(config.train.seed, config.train.seed + seeds)) if isinstance(seeds, int) else list(seeds)
     chosen = selected_variants(variants, log=console.print)

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from relic_fast.config import Config
+from relic_fast.evaluation.runner import evaluate_encoder, random_init_encoder
+from relic_fast.run_plan import resolve_plan
 
 METHOD = "SimCLR"
 """The lightly method of the peer row."""
@@ -55,9 +57,8 @@ def train_simclr(encoder: nn.Module, loader, *, steps: int, batch_size: int, con
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
 
-    from relic_fast.evaluation.runner import resolve_device
 
-    device = resolve_device(config.train.device)
+    device = resolve_plan(config).torch_device
     head = SimCLRProjectionHead(encoder.feature_dim, config.model.projector_hidden, config.model.embedding_dim)
     model = nn.Sequential(encoder, head).to(device).train()
     criterion = NTXentLoss()
@@ -80,7 +81,6 @@ def train_simclr(encoder: nn.Module, loader, *, steps: int, batch_size: int, con
 
 def peer_reference(config: Config, data_root: Path, *, steps: int) -> dict[str, Any]:
     """lightly's SimCLR on the seed's pretraining encoder for `steps` steps, then the experiment's probe."""
-    from relic_fast.evaluation.runner import evaluate_encoder, random_init_encoder
 
     encoder = random_init_encoder(config, zero_init_residual=config.model.zero_init_residual)
     loader = peer_loader(config, data_root)

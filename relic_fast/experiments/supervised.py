@@ -25,6 +25,9 @@ from torch import nn
 
 from relic_fast.config import Config
 from relic_fast.evaluation.linear import LinearProbe, cosine_lr, make_head, make_sgd, scaled_lr, sgd_step
+from relic_fast.evaluation.protocol import check_same_classes, eval_loader, num_classes_of, score_splits
+from relic_fast.evaluation.runner import background_gap, random_init_encoder, split_datasets
+from relic_fast.run_plan import resolve_plan
 
 BASE_LR = 0.1
 """Peak learning rate per 256 images (the usual from-scratch ResNet value)."""
@@ -66,14 +69,11 @@ def pretraining_steps(config: Config, train_samples: int) -> int:
 def supervised_reference(config: Config, data_root: Path, *, steps: int | None = None) -> dict[str, Any]:
     """Train the seed's random-init encoder with labels for `steps` (None: the pretraining budget of
     `config`) at `train.batch_size` and `eval.image_size`; top-1/top-5 on every validation split."""
-    from relic_fast.evaluation.protocol import check_same_classes, eval_loader, num_classes_of, score_splits
-    from relic_fast.evaluation.runner import (background_gap, random_init_encoder, resolve_device,
-                                             split_datasets)
 
     train_dataset, val_datasets = split_datasets(data_root)
     for name, dataset in val_datasets.items():
         check_same_classes(train_dataset, name, dataset)
-    device = resolve_device(config.train.device)
+    device = resolve_plan(config).torch_device
     steps = pretraining_steps(config, train_dataset.num_samples) if steps is None else steps
     batch = min(config.train.batch_size, train_dataset.num_samples)
     common = dict(device=device, seed=config.train.seed, mean=config.views.mean, std=config.views.std)

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.bench_loader import parse_recipe
-from benchmarks.corpus import make_photo_corpus
+from relic_fast.bench.loader import parse_recipe
+from relic_fast.bench.corpus import make_photo_corpus
 from relic_fast.cli import app
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

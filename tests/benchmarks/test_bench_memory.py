@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.bench_memory import add_slopes, cpu_step_peak_bytes
-from benchmarks.harness import Result
+from relic_fast.bench.memory import add_slopes, cpu_step_peak_bytes
+from relic_fast.bench.harness import Result
 from relic_fast.cli import app
 
 MIB = 2**20

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.bench_step import (ALL_VARIANTS, BASELINE, DEFAULT_VARIANTS, bench_from_args, build_parser,
+from relic_fast.bench.step import (ALL_VARIANTS, BASELINE, DEFAULT_VARIANTS, bench_from_args, build_parser,
                                    defaults_for, parse_variant)
 from relic_fast.cli import app
 
@@ -64,8 +64,8 @@ def test_tiny_step_benchmark_writes_json_and_chart(tmp_path, one_thread):
 
 
 def test_bench_all_runs_the_loader_on_the_step_recipe_and_compares_them(tmp_path):
-    from benchmarks.bench_all import loader_args, summary
-    from benchmarks.harness import Result
+    from relic_fast.bench.suite import loader_args, summary
+    from relic_fast.bench.harness import Result
 
     args = loader_args(defaults_for("cuda"), "/data", tmp_path)
     assert args[args.index("--recipe") + 1] == "4L+2S" and args[args.index("--batch-size") + 1] == "128"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.bench_train import BASELINE, loop_row
-from benchmarks.corpus import make_photo_corpus
+from relic_fast.bench.train import BASELINE, loop_row
+from relic_fast.bench.corpus import make_photo_corpus
 from relic_fast.cli import app
 
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.toml"

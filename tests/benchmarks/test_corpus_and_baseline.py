@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.corpus import SOURCES, WIDTH_RANGE, make_photo_corpus
-from benchmarks.torchvision_recipe import (ViewCollate, blur_kernel_size, build_torchvision_loader,
+from relic_fast.bench.corpus import SOURCES, WIDTH_RANGE, make_photo_corpus
+from relic_fast.bench.torchvision_recipe import (ViewCollate, blur_kernel_size, build_torchvision_loader,
                                            view_transform)
-from dali_pipelines.loader import ViewBatch as DaliViewBatch
+from dali_pipelines.batch import ViewBatch as DaliViewBatch
 from dali_pipelines.recipe import ViewsConfig
 
 

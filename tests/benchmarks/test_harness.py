@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from benchmarks.harness import (Result, Timing, add_ratios, measure, plot_images_per_s, print_table,
+from relic_fast.bench.harness import (Result, Timing, add_ratios, measure, plot_images_per_s, print_table,
                                 time_it, write_json)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -122,7 +122,7 @@ def test_gpu_graph_is_the_same_definition_on_the_gpu(identity_data):
     dataset = resolve_dataset(str(identity_data.folder))
     plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=mask_table(dataset))
     views = ViewsConfig(num_large=2, num_small=1, large_size=16, small_size=8, saliency_p=0.5)
-    pipe = multi_view_pipeline(plan, views, "gpu", "float16", False, batch_size=2, num_threads=1, device_id=0)
+    pipe = multi_view_pipeline(plan, views, "gpu", "fp16", False, batch_size=2, num_threads=1, device_id=0)
     outputs = pipe._graph_out  # the graph's outputs, kept by DALI until build
     assert [o.device for o in outputs] == ["gpu", "gpu", "gpu", "cpu"]
     ops = set(graph_ops(outputs[:3]))

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_data import SIDE, has_mask, mask_width, pattern_image, sample_colour  # noqa: E402
 
 from dali_pipelines.dataset import resolve_dataset
-from dali_pipelines.loader import build_pretrain_loader, normalize_views
+from dali_pipelines.batch import normalize_views
+from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.pretrain import STATS_FIELDS
 from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ViewsConfig
 
@@ -48,11 +49,11 @@ def views_hwc(batch, num_views: int, large: bool = True) -> np.ndarray:
     return x.permute(0, 2, 3, 1).reshape(num_views, b, *x.shape[2:], 3).transpose(0, 1).numpy()
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "float16", "float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["uint8", "fp16", "fp32", "bf16"])
 def test_shapes_dtypes_and_channels_last(identity_data, dtype):
     views = ViewsConfig(num_large=3, num_small=2, large_size=24, small_size=16)
     batch = batches(identity_data.folder, views, batch_size=4, count=1, output_dtype=dtype)[0]
-    expected = getattr(torch, dtype)
+    expected = {"uint8": torch.uint8, "fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     for x, count, size in ((batch.large, 3, 24), (batch.small, 2, 16)):
         assert x.shape == (count * 4, 3, size, size) and x.dtype == expected
         assert x.is_contiguous(memory_format=torch.channels_last)
@@ -68,7 +69,7 @@ def test_views_are_view_major_and_normalize_matches(identity_data):
     """Row v*B + b is view v of sample b; float output = normalize_views(uint8 output)."""
     views = plain_views(2, 1)
     raw = batches(identity_data.folder, views, batch_size=4, count=1, shuffle=False)[0]
-    flt = batches(identity_data.folder, views, batch_size=4, count=1, shuffle=False, output_dtype="float32")[0]
+    flt = batches(identity_data.folder, views, batch_size=4, count=1, shuffle=False, output_dtype="fp32")[0]
     dataset = resolve_dataset(str(identity_data.folder))
     for v in range(2):
         for b in range(4):

@@ -168,7 +168,7 @@ def test_checkpoint_eval_config_keeps_the_encoder_and_takes_eval_settings(tmp_pa
 
 
 def test_experiment_summary_is_mean_and_std_over_seeds():
-    from relic_fast.evaluation.experiment import summarize
+    from relic_fast.experiments.experiment import summarize
 
     def row(variant, seed, val, correlated):
         return {"variant": variant, "seed": seed, "background_gap": correlated - val,
@@ -270,7 +270,7 @@ TINY_RECIPE = """
 [data]
 device = "cpu"
 num_threads = 1
-output_dtype = "float32"
+output_dtype = "fp32"
 
 [views]
 num_large = 2
@@ -311,9 +311,8 @@ def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_
     """Orchestration with the trainer replaced by a recorder that saves a fresh network's checkpoint."""
     import json
 
-    import relic_fast.trainer
     from relic_fast.checkpoint import save_checkpoint
-    from relic_fast.evaluation.experiment import run_demo_experiment
+    from relic_fast.experiments.experiment import run_demo_experiment
     from relic_fast.models import build_networks
 
     calls = []
@@ -324,12 +323,12 @@ def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_
         path = save_checkpoint({"config": config.to_dict(), "online": online.state_dict()}, out_dir, 3, keep=1)
         return {"checkpoint": path, "final_loss": 1.5, "steps": 3}
 
-    monkeypatch.setattr(relic_fast.trainer, "pretrain", fake_pretrain)
-    import relic_fast.evaluation.peer as peer
+    import relic_fast.experiments.experiment as experiment
 
+    monkeypatch.setattr(experiment, "pretrain", fake_pretrain)
     peer_calls = []
-    monkeypatch.setattr(peer, "lightly_available", lambda: True)
-    monkeypatch.setattr(peer, "peer_reference", lambda config, data_root, *, steps: peer_calls.append(steps) or
+    monkeypatch.setattr(experiment, "lightly_available", lambda: True)
+    monkeypatch.setattr(experiment, "peer_reference", lambda config, data_root, *, steps: peer_calls.append(steps) or
                         {"splits": {"val": {"top1": 30.0, "top5": 90.0}, "val_correlated": {"top1": 40.0, "top5": 90.0}},
                          "background_gap": 10.0, "steps": steps})
     recipe = tmp_path / "tiny.toml"
@@ -363,7 +362,7 @@ def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_
 
 def test_supervised_reference_learns_a_separable_toy_task():
     """Two classes told apart by colour: trained end-to-end with labels, the head scores held-out images ~100%."""
-    from relic_fast.evaluation.supervised import train_supervised
+    from relic_fast.experiments.supervised import train_supervised
     from relic_fast.models import build_encoder
 
     torch.manual_seed(0)
@@ -384,7 +383,7 @@ def test_supervised_reference_learns_a_separable_toy_task():
 
 def test_untrained_supervised_reference_is_at_chance_on_the_toy_task():
     """The same toy with zero steps: the zero-initialized head predicts one class, so the test above can fail."""
-    from relic_fast.evaluation.supervised import train_supervised
+    from relic_fast.experiments.supervised import train_supervised
     from relic_fast.models import build_encoder
 
     torch.manual_seed(0)
@@ -397,7 +396,7 @@ def test_untrained_supervised_reference_is_at_chance_on_the_toy_task():
 
 def test_supervised_reference_runs_the_pretraining_step_budget():
     from relic_fast.config import config_from_dict
-    from relic_fast.evaluation.supervised import pretraining_steps
+    from relic_fast.experiments.supervised import pretraining_steps
 
     config = config_from_dict({}, "test", {"train": {"batch_size": 32, "epochs": 2}})
     assert pretraining_steps(config, 2000) == 124                    # 62 full batches an epoch (drop_last)

@@ -57,7 +57,7 @@ def test_multi_tensor_step_matches_per_parameter_reference_and_sgd_for_excluded(
     model = _tiny_model()
     reference = copy.deepcopy(model)
     sgd_model = copy.deepcopy(model)
-    cfg = OptimConfig(weight_decay=0.05, momentum=0.9, trust_coefficient=0.02, implementation="native")
+    cfg = OptimConfig(weight_decay=0.05, momentum=0.9, trust_coefficient=0.02, implementation="reference")
     opt = build_lars(model, cfg, lr=0.5)
     assert isinstance(opt, LARS)
     excluded_sgd = [p for p in sgd_model.parameters() if p.ndim < 2]

@@ -115,9 +115,9 @@ def test_random_init_baseline_is_the_default_init_and_pretraining_keeps_its_own(
 
 
 def test_peer_row_is_skipped_with_one_line_without_lightly(monkeypatch):
-    from relic_fast.evaluation import experiment, peer
+    from relic_fast.experiments import experiment
 
-    monkeypatch.setattr(peer, "lightly_available", lambda: False)
+    monkeypatch.setattr(experiment, "lightly_available", lambda: False)
     lines = []
     chosen = experiment.selected_variants(None, log=lines.append)
     assert "peer" not in chosen and chosen[0] == "random_init"
@@ -130,7 +130,7 @@ def test_peer_simclr_trains_the_encoder_and_probes_it(tmp_path):
     pytest.importorskip("lightly")
     from relic_fast.config import load_config
     from relic_fast.demo_data import generate_demo_dataset
-    from relic_fast.evaluation.peer import peer_reference
+    from relic_fast.experiments.peer import peer_reference
 
     root = tmp_path / "data"
     generate_demo_dataset(root, images=40, size=16, seed=0, workers=1, progress=False)

@@ -25,7 +25,7 @@ CPU_RUN = ["train.device=cpu", "train.compile=off", "train.precision=fp32", "tra
            "loss.implementation=reference", "optim.warmup_epochs=0", "data.device=cpu"]
 TINY_DEMO = CPU_RUN + ["model.encoder=resnet18", "model.projector_hidden=64", "model.predictor_hidden=64",
                        "model.embedding_dim=32", "views.num_large=2", "views.num_small=2", "views.large_size=32",
-                       "views.small_size=16", "train.batch_size=8", "data.num_threads=2", "data.output_dtype=float32"]
+                       "views.small_size=16", "train.batch_size=8", "data.num_threads=2", "data.output_dtype=fp32"]
 QUICK = ProfileSettings(steps=2, warmup=1, loader_batches=1, loader_repeats=1, synthetic_steps=2, ablation=False)
 
 
@@ -56,7 +56,7 @@ def test_verdict_rules():
 
 
 def test_ablations_switch_off_one_group_each():
-    groups = {name: (views, data) for name, views, data in ablations(ViewsConfig(), DataConfig(output_dtype="float16"))}
+    groups = {name: (views, data) for name, views, data in ablations(ViewsConfig(), DataConfig(output_dtype="fp16"))}
     assert groups["gaussian blur"][0].blur_p == (0.0,) and groups["gaussian blur"][0].jitter_p == 0.8
     assert groups["colour jitter + grayscale"][0].jitter_p == 0.0 and groups["colour jitter + grayscale"][0].grayscale_p == 0.0
     assert groups["normalize + cast output"][1].output_dtype == "uint8"
@@ -114,7 +114,7 @@ def throttled_dataset(root):
 def test_verdict_input_bound_when_loader_throttled(tmp_path, one_thread):
     data = throttled_dataset(tmp_path / "huge")
     config = load_config(None, CPU_RUN + [
-        f"data.path={data}", "data.num_threads=1", "data.prefetch_queue_depth=1", "data.output_dtype=float32",
+        f"data.path={data}", "data.num_threads=1", "data.prefetch_queue_depth=1", "data.output_dtype=fp32",
         "train.batch_size=4", "views.num_large=1", "views.num_small=0", "views.large_size=16",
         "views.large_area=[0.9, 1.0]", "model.encoder=resnet18", "model.projector_hidden=16",
         "model.predictor_hidden=16", "model.embedding_dim=16"])
@@ -145,13 +145,12 @@ def test_data_tax_fetches_one_batch_per_step(monkeypatch):
     """The data-tax pipeline runs at the loop's pace: one fetch before each step (warm-up included)."""
     from types import SimpleNamespace
 
-    import relic_fast.step
-    import relic_fast.synthetic
+    import relic_fast.profiler
     from relic_fast.profiler import synthetic_rate
 
     calls = []
-    monkeypatch.setattr(relic_fast.step, "train_step", lambda *args: calls.append("step"))
-    monkeypatch.setattr(relic_fast.synthetic, "synthetic_inputs", lambda *args, **kwargs: None)
+    monkeypatch.setattr(relic_fast.profiler, "train_step", lambda *args: calls.append("step"))
+    monkeypatch.setattr(relic_fast.profiler, "synthetic_inputs", lambda *args, **kwargs: None)
     trainer = SimpleNamespace(world=SimpleNamespace(device=torch.device("cpu")), context=None,
                               config=SimpleNamespace(views=ViewsConfig(),
                                                      train=SimpleNamespace(batch_size=4, channels_last=True)))

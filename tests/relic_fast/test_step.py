@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dali_pipelines.loader import ViewBatch
+from dali_pipelines.batch import ViewBatch
 from relic_fast.config import ViewsConfig
 from relic_fast.step import prepare_views
 

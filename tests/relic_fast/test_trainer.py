@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,34 @@ def test_cli_pretrain_writes_run_folder(tiny_demo, tmp_path):
     for key in ("loss", "contrastive", "invariance", "lr", "tau", "images_per_s", "data_wait_pct", "epoch"):
         assert key in lines[-1]
     assert lines[0]["lr"] < lines[-1]["lr"]  # warm-up
+    plan = tomllib.loads((out / "plan.toml").read_text())["plan"]  # what ran, next to what was asked
+    assert (plan["device"], plan["compile"], plan["loss_implementation"], plan["dali_device_id"]) == \
+        ("cpu", False, "reference", -1)
+    assert "plan: device cpu" in result.output
     assert (out / "config.toml").is_file()
     assert not (out / "run.lock").exists()  # released when the run ends
     assert [p.name for p in list_checkpoints(out)] == ["step-000000002.pt", "step-000000003.pt"]
+
+
+def test_the_trainer_runs_the_validator_it_is_handed_at_the_epochs_it_asks(tiny_config, tmp_path):
+    class RecordingValidator:
+        def __init__(self):
+            self.asked, self.ran = [], []
+
+        def should_validate(self, epochs_done):
+            self.asked.append(epochs_done)
+            return epochs_done == 2
+
+        def validate(self, encoder, *, train_dataset, val_root, device):
+            self.ran.append((type(encoder).__name__, val_root.name, device.type))
+            return {"knn_top1": 42.0}
+
+    validator = RecordingValidator()
+    pretrain(with_train(tiny_config, max_steps=10), out_dir=tmp_path, validator=validator)  # 5 steps per epoch
+    assert validator.asked == [1, 2] and validator.ran == [("ResNetEncoder", "val", "cpu")]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validated = [line for line in lines if "knn_top1" in line]
+    assert [(line["step"], line["epoch"], line["knn_top1"]) for line in validated] == [(10, 2.0, 42.0)]
 
 
 def test_resume_continues_exactly(uninterrupted, tiny_config, tmp_path):

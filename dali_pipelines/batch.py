@@ -1,0 +1,36 @@
+"""The batch type the loaders hand to torch, and view normalization: torch only, no DALI.
+
+Kept apart from `loader` (which loads DALI's torch plugin) so that the training step, and anything
+else that only consumes batches, imports without DALI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class ViewBatch:
+    """One step's views: `large` (L*B, 3, H, W) and `small` (S*B, 3, h, w), view-major (rows
+    v*B..(v+1)*B-1 are view v of samples 0..B-1), channels-last; `labels` (B,) int64, -1 unknown.
+    `normalized` is False for uint8 pixels in [0, 255] (normalize on the device: `normalize_views`)."""
+
+    large: torch.Tensor
+    small: torch.Tensor | None
+    labels: torch.Tensor
+    normalized: bool
+    stats: torch.Tensor | None = None
+    """Debug pipelines only: (B, L+S, 11) per-view crop windows and decisions (`pretrain.STATS_FIELDS`)."""
+
+
+def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(x / 255 - mean) / std per channel of NCHW `x` (uint8 or float pixels in [0, 255]), as `dtype`.
+
+    Computed in float32 and cast once; elementwise ops keep `x`'s channels-last layout."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=x.device).view(1, 3, 1, 1)
+    return (x.to(torch.float32) * scale - shift).to(dtype)

@@ -1,0 +1,2 @@
+"""Experiments that sit above the trainer and the evaluation code: the demo experiment (pretrain, then
+probe every variant the same way), the supervised reference and the peer-library row."""
