@@ -211,7 +211,7 @@ def masks_command(
         batch_size: Annotated[int, typer.Option(min=1, help="Images per batch on the device.")] = 64,
         work_size: Annotated[int, typer.Option(min=16, help="Side of the square the saliency is computed at.")] = 64,
         threshold: Annotated[str, typer.Option(help="Binarization: otsu or adaptive (2 x mean saliency).")] = "otsu",
-        device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")] = None,
+        device: Annotated[str, typer.Option(help="auto (the GPU when CUDA is available), cpu or gpu.")] = "auto",
         truth: Annotated[Optional[Path], typer.Option(help="Ground-truth mask tree: score the masks (IoU, F-measure, MAE) against it and against a centre prior.")] = None) -> None:
     """Compute an unsupervised saliency mask for every image (resumable: existing masks are kept)."""
     from relic_fast.dataset_tools.masks import compute_masks, evaluate_centre_prior, evaluate_masks

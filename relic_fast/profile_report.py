@@ -123,7 +123,6 @@ def build_report(config, settings, measurements: dict[str, Any]) -> dict[str, An
     """The whole report: config, settings, machine, measurements, verdict and suggestions."""
     import dataclasses
 
-
     decision = verdict(measurements)
     tips = (input_suggestions if decision["bound"] == "input" else compute_suggestions)(config, measurements)
     method = ("DALI's Python API offers no per-operator timings (executor statistics hold memory figures only; "

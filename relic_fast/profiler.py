@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from relic_fast.config import Config, DataConfig, ViewsConfig
-from relic_fast.run_plan import dali_device_for
+from relic_fast.devices import dali_device_for
 from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.step import train_step
 from relic_fast.synthetic import synthetic_inputs

@@ -16,14 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from dali_pipelines.recipe import default_interpolation
-from relic_fast.config import Config, ConfigError
+from relic_fast.config import Config
+from relic_fast.devices import dali_device_for, torch_device_for
 from relic_fast.distributed import launch_local_rank
 from relic_fast.loss import choose_loss_implementation
 from relic_fast.optim import choose_lars_implementation
-
-DEVICE_CHOICES = ("auto", "cpu", "gpu")
-"""The one spelling of a device choice, in TOML (`train.device`, `data.device`) and on the CLI."""
-
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -73,30 +70,6 @@ class RunPlan:
         """(name, value) pairs for a printed table."""
         return [(key, "cpu pipeline" if key == "dali_device_id" and value is None else str(value))
                 for key, value in dataclasses.asdict(self).items()]
-
-
-def torch_device_for(choice: str, local_rank: int = 0) -> torch.device:
-    """The torch device of a device choice ("auto": the GPU of `local_rank` when CUDA is visible)."""
-    if choice not in DEVICE_CHOICES:
-        raise ConfigError(f"device {choice!r}: choose one of {', '.join(DEVICE_CHOICES)}")
-    if choice == "auto":
-        choice = "gpu" if torch.cuda.is_available() else "cpu"
-    if choice == "gpu":
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'gpu' but no CUDA GPU is visible here; use 'cpu' or 'auto'")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def dali_device_for(choice: str, device: torch.device) -> int | None:
-    """The DALI device id for `data.device` next to networks on `device` ("auto": follow the networks)."""
-    if choice not in DEVICE_CHOICES:
-        raise ConfigError(f"data.device {choice!r}: choose one of {', '.join(DEVICE_CHOICES)}")
-    if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if not torch.cuda.is_available():
-        raise ConfigError("data.device = 'gpu' but no CUDA GPU is visible here; use 'cpu' or 'auto'")
-    return device.index if device.type == "cuda" and device.index is not None else torch.cuda.current_device()
 
 
 def resolve_plan(config: Config, *, local_rank: int | None = None) -> RunPlan:

@@ -37,7 +37,7 @@ from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.dataset import resolve_dataset
 from relic_fast.config import DataConfig, ViewsConfig
 from relic_fast.demo_data import generate_demo_dataset
-from relic_fast.run_plan import torch_device_for
+from relic_fast.devices import torch_device_for
 
 CHECKS = ("pipeline-statistics", "compiled-step", "fused-loss")
 """In the order they run (on CPU the interpreted fused-loss child starts first and runs alongside)."""
@@ -245,7 +245,6 @@ def compare_pipelines(dataset, views, data, *, device_ids: tuple[int | None, int
                       batch_size: int, seeds: tuple[int, int] = (0, 0), perturb: float = 0.0) -> dict[str, float]:
     """z-scores of the view statistics of pipeline A (`device_ids[0]`) against pipeline B (uint8 outputs)."""
     import dataclasses
-
 
     data = dataclasses.replace(data, output_dtype="uint8")  # exact gray detection, pixels in 0..255
     samples = []

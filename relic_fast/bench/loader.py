@@ -35,7 +35,7 @@ from relic_fast.bench.torchvision_recipe import build_torchvision_loader
 from relic_fast.bench.decode_only import build_decode_pipeline, decode_step
 from dali_pipelines.dataset import resolve_dataset
 from relic_fast.bench.corpus import make_photo_corpus
-from relic_fast.run_plan import torch_device_for
+from relic_fast.devices import torch_device_for
 
 DEFAULT_RECIPES = ("2L", "4L+2S", "2L+6S")
 PIPELINES = ("dali", "torchvision", "decode-only")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from relic_fast.bench.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
                                 print_table, reset_peak_memory, save_outputs)
 from relic_fast.loss import draw_negative_offsets, relicv2_loss
+from relic_fast.devices import torch_device_for
 
 IMPLEMENTATIONS = ("reference", "reference-compiled", "fused", "fused-compiled", "fused-bf16")
 CUDA_ONLY = ("fused", "fused-compiled", "fused-bf16")
@@ -206,7 +207,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--small", type=int, default=2, help="S small views (online only)")
     parser.add_argument("--num-negatives", type=int, default=0, help="0: all negatives; n: n shared offsets")
     parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
+                        help="auto (the GPU when CUDA is available), cpu or gpu")
     parser.add_argument("--matmul-precision", default="highest", choices=("highest", "high", "medium"),
                         help="torch.set_float32_matmul_precision: 'high' lets fp32 matmuls use TF32")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls (compilation, autotuning)")
@@ -220,7 +222,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.be
     from rich.console import Console
 
     args = build_parser(prog).parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = str(torch_device_for(args.device))
     torch.set_float32_matmul_precision(args.matmul_precision)
     batches = args.batch_sizes or ([256, 1024, 4096] if device.startswith("cuda") else [256, 1024])
     problems = [LossProblem(args.large, args.small, b, args.dim, args.num_negatives) for b in batches]

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from relic_fast.bench.step import StepBench, configs_for, view_sizes
-from relic_fast.run_plan import torch_device_for
+from relic_fast.devices import torch_device_for
 from relic_fast.bench.harness import Result, command_line, print_table, save_outputs
 from relic_fast.step import train_step
 from relic_fast.synthetic import standalone_context, synthetic_inputs
@@ -90,7 +90,6 @@ def static_tensors(context, inputs):
 def measure_row(bench: StepBench, variant: str, batch_size: int, precision: str, compiled: bool) -> Result:
     """One step's peak memory (and its milliseconds) in `variant` at `batch_size`, fresh networks."""
     import torch
-
 
     views, model, loss, optim = configs_for(dataclasses.replace(bench, batch_size=batch_size))
     model = dataclasses.replace(model, activation_checkpointing=variant == "checkpointed")

@@ -28,7 +28,7 @@ from relic_fast.bench.loader import parse_recipe
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 from relic_fast.step import train_step
 from relic_fast.synthetic import standalone_context, synthetic_inputs
-from relic_fast.run_plan import torch_device_for
+from relic_fast.devices import torch_device_for
 
 BASELINE = "eager-fp32-contiguous"
 ALL_VARIANTS = tuple(f"{mode}-{precision}-{layout}" for mode in ("eager", "compiled")
@@ -104,7 +104,6 @@ def view_sizes(bench: StepBench) -> str:
 def measure_variant(bench: StepBench, variant: str) -> Result:
     """Images/s of the training step in one variant (fresh networks, same seed, synthetic views)."""
     import torch
-
 
     compiled, precision, channels_last = parse_variant(variant)
     views, model, loss, optim = configs_for(bench)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from relic_fast.bench.harness import Result, command_line, plot_images_per_s
 from relic_fast.bench import loader as bench_loader, loss as bench_loss, step as bench_step
-from relic_fast.run_plan import torch_device_for
+from relic_fast.devices import torch_device_for
 
 
 def loader_args(step_bench, data: str | None, out: Path) -> list[str]:
@@ -50,7 +50,6 @@ def summary(loader_rows: Sequence[Result], step_rows: Sequence[Result], loss_row
 def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.suite") -> dict:
     """Run loader, step and loss benchmarks with their device defaults into `--out`; returns the summary."""
     from rich.console import Console
-
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"), help="folder for the files")

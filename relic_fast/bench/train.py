@@ -179,7 +179,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.be
     """Parse `argv`, run the benchmark, print the table and write the JSON when asked."""
     from rich.console import Console
 
-
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     for name in ("window", "windows", "synthetic_steps", "synthetic_repeats"):

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps
 
 from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.saliency import METHODS, centre_prior_mask, thresholds
+from relic_fast.devices import torch_device_for
 
 DEFAULT_METHOD = "boundary_contrast"
 """Chosen by `evaluate_masks` on the demo dataset (2000 train images, 96 px, seed 0; Otsu, work
@@ -135,13 +136,13 @@ def compute_masks(source: str | os.PathLike, out: str | os.PathLike, *,
     """Write a saliency mask for every image of `source` under `out` (see the module docstring).
 
     `work_size`: side of the square the saliency is computed at (Hou & Zhang use 64).
-    `device`: torch device, default CUDA when available. `workers`: loader/writer threads.
+    `device`: "auto" (the GPU when CUDA is available, the default), "cpu" or "gpu". `workers`: loader/writer threads.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     start = time.perf_counter()
     dataset = resolve_image_source(source)
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = torch_device_for(device or "auto")
     report = MaskReport(Path(out))
     todo = []
     for image in dataset.files:

@@ -21,7 +21,7 @@ from relic_fast.evaluation.linear import (evaluate_head, fit_linear_augmented, f
                                           scaled_lr)
 from relic_fast.evaluation.logistic import fit_logistic_on_features
 from dali_pipelines.loader import build_eval_loader
-from relic_fast.run_plan import dali_device_for
+from relic_fast.devices import dali_device_for
 
 
 def num_classes_of(dataset) -> int:

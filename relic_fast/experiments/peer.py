@@ -57,7 +57,6 @@ def train_simclr(encoder: nn.Module, loader, *, steps: int, batch_size: int, con
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
 
-
     device = resolve_plan(config).torch_device
     head = SimCLRProjectionHead(encoder.feature_dim, config.model.projector_hidden, config.model.embedding_dim)
     model = nn.Sequential(encoder, head).to(device).train()

@@ -9,7 +9,8 @@ import torch
 import relic_fast.loss
 from relic_fast.config import ConfigError, config_from_dict, load_config
 from relic_fast.evaluation.validate import KnnValidator
-from relic_fast.run_plan import dali_device_for, planned_config, resolve_plan, torch_device_for
+from relic_fast.devices import dali_device_for, torch_device_for
+from relic_fast.run_plan import planned_config, resolve_plan
 
 
 def test_auto_on_a_cpu_machine(monkeypatch):
