@@ -16,7 +16,9 @@ import torch
 class ViewBatch:
     """One step's views: `large` (L*B, 3, H, W) and `small` (S*B, 3, h, w), view-major (rows
     v*B..(v+1)*B-1 are view v of samples 0..B-1), channels-last; `labels` (B,) int64, -1 unknown.
-    `normalized` is False for uint8 pixels in [0, 255] (normalize on the device: `normalize_views`)."""
+    `normalized` is False for uint8 pixels in [0, 255], what the DALI loaders hand over: the trainer
+    normalizes them on its device (`relic_fast.step.prepare_views`); True for views a feed normalized
+    itself (the torchvision baseline of the benchmarks, whose recipe includes its own Normalize)."""
 
     large: torch.Tensor
     small: torch.Tensor | None

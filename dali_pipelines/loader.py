@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from dali_pipelines.batch import ViewBatch, normalize_views
+from dali_pipelines.batch import ViewBatch
 from dali_pipelines.dataset import DatasetSpec
 from dali_pipelines.evaluation import EVAL_OUTPUTS, eval_pipeline
 from dali_pipelines.pretrain import multi_view_pipeline, output_names
@@ -255,22 +255,20 @@ class PretrainLoader(_EpochLoader):
                  **kwargs):
         self.views, self.debug = views, debug
         self.output_map = output_names(views, debug)
-        self._dali_output = "uint8" if data.output_dtype == "bf16" else data.output_dtype
         has_masks = dataset.mask_root is not None or dataset.kind == "webdataset"
         use_masks = has_masks and views.saliency_p > 0
         super().__init__(dataset, data, shuffle=data.shuffle, drop_last=data.drop_last, chunked=True,
                          masks=use_masks, **kwargs)
 
     def _pipeline(self, plan: ReadPlan, seed: int, checkpoint: bytes | None):
-        return multi_view_pipeline(plan, self.views, self.device, self._dali_output, self.debug,
+        return multi_view_pipeline(plan, self.views, self.device, self.debug,
                                    batch_size=self.batch_size, num_threads=self.data.num_threads,
                                    device_id=self.device_id, seed=seed,
                                    prefetch_queue_depth=self.data.prefetch_queue_depth, checkpoint=checkpoint,
                                    exec_dynamic=True)
 
     def _fingerprint(self) -> dict:
-        return {**super()._fingerprint(), "views": json.loads(json.dumps(dataclasses.asdict(self.views))),
-                "output": self.data.output_dtype}
+        return {**super()._fingerprint(), "views": json.loads(json.dumps(dataclasses.asdict(self.views)))}
 
     def _pack(self, outputs: dict, prefix: str, count: int) -> torch.Tensor | None:
         """Concatenate views view-major, then NCHW view of the NHWC storage (channels-last)."""
@@ -278,16 +276,13 @@ class PretrainLoader(_EpochLoader):
             return None
         parts = [outputs[f"{prefix}{k}"] for k in range(count)]
         packed = torch.cat(parts) if count > 1 else parts[0]
-        packed = packed.permute(0, 3, 1, 2)
-        if self.data.output_dtype == "bf16":
-            packed = normalize_views(packed, self.views.mean, self.views.std, torch.bfloat16)
-        return packed
+        return packed.permute(0, 3, 1, 2)
 
     def _convert(self, outputs: dict) -> ViewBatch:
         return ViewBatch(large=self._pack(outputs, "large", self.views.num_large),
                          small=self._pack(outputs, "small", self.views.num_small),
                          labels=outputs["labels"].reshape(-1).to(torch.int64),
-                         normalized=self.data.output_dtype != "uint8",
+                         normalized=False,
                          stats=outputs.get("stats"))
 
 

@@ -3,8 +3,8 @@
 Steps per image: read (sharded, seeded order) -> decode ONCE (`cpu`, or `mixed` = nvJPEG on the
 GPU) -> per view: a one-attempt clamped crop window (+ flip), cut and resized from the decoded
 image in uint8 -> large views only: saliency blend (p = `saliency_p`, masked images only) -> BYOL
-augmentation (jitter, grayscale, blur, solarize: `augment.py`) -> output as HWC: uint8, or
-normalized float through `fn.crop_mirror_normalize` (one fused pass).
+augmentation (jitter, grayscale, blur, solarize: `augment.py`) -> output as HWC uint8 pixels (the
+trainer normalizes them on its own device, in one place: `relic_fast.step.prepare_views`).
 The device is a parameter: `device="gpu"` puts the decoder in `mixed` mode so that every image
 operator after it runs on the GPU; all random draws and crop windows stay on the CPU as per-sample
 arguments. Outputs, in order: `large0..large{L-1}`, `small0..small{S-1}`, `labels`, and with
@@ -24,23 +24,10 @@ from dali_pipelines.recipe import ViewsConfig, default_interpolation
 STATS_FIELDS = ("y0", "x0", "y1", "x1", "flip", "jitter", "gray", "blur", "solarize", "saliency", "sigma")
 """Columns of the debug `stats` output, one row per view."""
 
-OUTPUT_TYPES = {"uint8": types.UINT8, "fp16": types.FLOAT16, "fp32": types.FLOAT}
-"""DALI output type per `data.output_dtype` the pipeline emits itself (bf16 is emitted as uint8
-and normalized by the loader: DALI has no bfloat16)."""
-
-
 def output_names(views: ViewsConfig, debug: bool = False) -> list[str]:
     """Names of the pipeline's outputs, in order (the torch iterator's `output_map`)."""
     names = [f"large{k}" for k in range(views.num_large)] + [f"small{k}" for k in range(views.num_small)]
     return names + ["labels"] + (["stats"] if debug else [])
-
-
-def finish(view, output: str, views: ViewsConfig):
-    """HWC output: uint8 as is, else normalized ((x / 255 - mean) / std) in one CMN pass."""
-    if output == "uint8":
-        return view
-    return fn.crop_mirror_normalize(view, dtype=OUTPUT_TYPES[output], output_layout="HWC",
-                                    mean=[255.0 * m for m in views.mean], std=[255.0 * s for s in views.std])
 
 
 def colour_maps(d, views: ViewsConfig):
@@ -61,7 +48,7 @@ def blur_kernels(d, views: ViewsConfig) -> list:
     return rows
 
 
-def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, output: str, debug: bool):
+def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: bool):
     """The pipeline body (see the module docstring); returns the outputs in `output_names` order."""
     encoded = read_encoded(plan)
     images = fn.decoders.image(encoded.images, device="mixed" if device == "gpu" else "cpu",
@@ -84,7 +71,7 @@ def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, output: st
             if blends[k] > 0.0:
                 view = saliency.blend(view, masks, d.windows, k, size, views, other)
         view = augment.augment_view(view, k, size, d, maps, *kernels[k], views, device)
-        outputs.append(finish(view, output, views))
+        outputs.append(view)
     outputs.append(encoded.labels)
     if debug:
         outputs.append(draws.stats(d, blends))
@@ -92,8 +79,7 @@ def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, output: st
 
 
 @pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def multi_view_pipeline(plan: ReadPlan, views: ViewsConfig, device: str = "cpu", output: str = "uint8",
-                        debug: bool = False):
+def multi_view_pipeline(plan: ReadPlan, views: ViewsConfig, device: str = "cpu", debug: bool = False):
     """The pretraining pipeline; call with `batch_size`, `num_threads`, `device_id`, `seed` (and
     `checkpoint=` to resume) like any `@pipeline_def`."""
-    return multi_view_graph(plan, views, device, output, debug)
+    return multi_view_graph(plan, views, device, debug)

@@ -79,13 +79,6 @@ class DataConfig:
     prefetch_queue_depth: int = 2
     """Batches DALI prepares ahead of the one being consumed."""
 
-    output_dtype: Literal["uint8", "fp16", "bf16", "fp32"] = "uint8"
-    """dtype of the views handed to the trainer. Float types come out normalized; `uint8` comes out
-    as [0, 255] pixels and is normalized on the trainer's device (`normalize_views`). `uint8` is the
-    default: it spares the CPU pipeline DALI's normalize pass and is half of fp16's bytes to move to
-    the GPU (figures: the README's input-pipeline table); bf16 (no DALI type) is emitted as uint8 and
-    normalized by the loader."""
-
     drop_last: bool = True
     """Drop the last incomplete batch of an epoch (True) or pad it by repeating samples (False)."""
 

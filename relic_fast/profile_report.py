@@ -56,8 +56,6 @@ GROUP_ADVICE = {
     "solarize": "solarize costs most (unusual): check views.solarize_p",
     "saliency masking": "saliency masking costs most: it decodes a mask per image; lower views.saliency_p or "
                         "store masks smaller",
-    "normalize + cast output": "normalizing and casting the output costs most: data.output_dtype = \"uint8\" "
-                               "moves a quarter of the bytes and the trainer normalizes on its device",
 }
 
 
@@ -87,8 +85,6 @@ def input_suggestions(config, measurements: dict[str, Any]) -> list[str]:
                     "the dataset at a smaller size (short side ~ 1.15 x large_size) or decode on the GPU")
     tips.append(f"fewer or smaller views: each image yields {views.num_large} x {views.large_size}px + "
                 f"{views.num_small} x {views.small_size}px views and the loader's work grows with their pixels")
-    if data.output_dtype == "fp32":
-        tips.append("data.output_dtype = \"uint8\" (or fp16): fp32 views are 4x the bytes to move")
     return tips
 
 
@@ -114,8 +110,8 @@ def compute_suggestions(config, measurements: dict[str, Any]) -> list[str]:
                     "(the paper argues for more of them), or fewer data.num_threads free CPU for other work")
     tax = measurements.get("data_tax")
     if tax is not None and tax["tax"] > 0.05:
-        tips.append(f"the pipeline's GPU work costs the step {100 * tax['tax']:.0f}%: data.output_dtype = "
-                    "\"uint8\" and fewer GPU-side operators (e.g. jitter_order = \"fixed\") lower the tax")
+        tips.append(f"the pipeline's GPU work costs the step {100 * tax['tax']:.0f}%: fewer GPU-side "
+                    "operators (e.g. jitter_order = \"fixed\") lower the tax")
     return tips
 
 

@@ -172,11 +172,9 @@ def ablations(views: ViewsConfig, data: DataConfig) -> list[tuple[str, ViewsConf
         groups.append(("solarize", views.replace(solarize_p=(0.0,)), data))
     if views.saliency_p > 0:
         groups.append(("saliency masking", views.replace(saliency_p=0.0), data))
-    if data.output_dtype != "uint8":
-        groups.append(("normalize + cast output", views, dataclasses.replace(data, output_dtype="uint8")))
     bare = views.replace(jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.0,
                          flip_p=0.0)
-    groups.append(("decode + crops (everything else off)", bare, dataclasses.replace(data, output_dtype="uint8")))
+    groups.append(("decode + crops (everything else off)", bare, data))
     return groups
 
 

@@ -3,9 +3,10 @@
 A config says what the user asked for (`train.device = "auto"`, `loss.implementation = "auto"`, ...);
 the plan says what this process does with it on this machine: which torch device, whether DALI runs on
 a GPU and which one, whether the step is compiled, which loss and LARS implementation, which resize
-interpolation, where the views are normalized, at which precision. Every entry point (pretrain,
-profile, selftest, evaluation, benchmarks) asks `resolve_plan` and never re-derives a choice, and the
-trainer writes the plan next to the config (`plan.toml`) so a run folder records what ran.
+interpolation, at which precision. Every entry point (pretrain, profile, selftest, evaluation,
+benchmarks) asks `resolve_plan` and never re-derives a choice, and the trainer writes the plan next to
+the config (`plan.toml`) so a run folder records what ran. (Where views are normalized is no choice:
+DALI hands over uint8 pixels and the trainer's device normalizes them, `step.prepare_views`.)
 """
 
 from __future__ import annotations
@@ -43,10 +44,6 @@ class RunPlan:
 
     interpolation: str
     """Resize interpolation of the crops: "linear" or "cubic"."""
-
-    normalize_on: str
-    """Where views are normalized: "dali" (the pipeline emits normalized floats) or "device" (the
-    pipeline emits uint8 pixels and the trainer's device normalizes them)."""
 
     precision: str
     """Autocast precision of the step: "bf16", "fp16" or "fp32"."""
@@ -87,7 +84,6 @@ def resolve_plan(config: Config, *, local_rank: int | None = None) -> RunPlan:
         loss_implementation=choose_loss_implementation(config.loss.implementation, device),
         lars_implementation=choose_lars_implementation(config.optim.implementation),
         interpolation=interpolation,
-        normalize_on="device" if config.data.output_dtype in ("uint8", "bf16") else "dali",
         precision=config.train.precision)
 
 

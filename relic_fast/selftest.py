@@ -244,9 +244,6 @@ def statistic_z_scores(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], p
 def compare_pipelines(dataset, views, data, *, device_ids: tuple[int | None, int | None], batches: int,
                       batch_size: int, seeds: tuple[int, int] = (0, 0), perturb: float = 0.0) -> dict[str, float]:
     """z-scores of the view statistics of pipeline A (`device_ids[0]`) against pipeline B (uint8 outputs)."""
-    import dataclasses
-
-    data = dataclasses.replace(data, output_dtype="uint8")  # exact gray detection, pixels in 0..255
     samples = []
     for device_id, seed in zip(device_ids, seeds):
         loader = build_pretrain_loader(dataset, views, data, batch_size=batch_size, seed=seed, device_id=device_id)

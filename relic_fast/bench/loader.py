@@ -63,8 +63,7 @@ class LoaderBench:
     large_size: int | None = None
     """Large view side override (None: ViewsConfig's 224); tiny values make quick test runs."""
     small_size: int | None = None
-    output_dtype: str | None = None
-    """DALI output dtype override (None: DataConfig's default)."""
+    """Small view side override (None: ViewsConfig's 96)."""
     baseline_blur: str = "torchvision"
     """Blur of the torchvision baseline: "torchvision" (exact, 23 taps) or "pil" (faster)."""
     seed: int = 0
@@ -142,13 +141,12 @@ def measure_dali(bench: LoaderBench, dataset, recipe: str, threads: int) -> Resu
     """Images/s of the product's DALI pipeline on `recipe` with `threads` CPU threads."""
 
     views = views_for(recipe, bench)
-    data = DataConfig(path=bench.data, device=bench.device, num_threads=threads,
-                      **({"output_dtype": bench.output_dtype} if bench.output_dtype else {}))
+    data = DataConfig(path=bench.data, device=bench.device, num_threads=threads)
     loader = build_pretrain_loader(dataset, views, data, batch_size=bench.batch_size, seed=bench.seed,
                                    device_id=0 if bench.device == "gpu" else None)
     step = consume(endless(loader), bench.batches)
     row = timed(bench, f"dali-{bench.device}", step, recipe=recipe, threads=threads,
-                extra={"views": view_sizes(views), "output_dtype": data.output_dtype,
+                extra={"views": view_sizes(views), "output_dtype": "uint8",
                        "saliency_p": views.saliency_p, "interpolation": views.interpolation})
     del step, loader
     gc.collect()  # free the pipeline's threads and buffers before the next configuration runs
@@ -237,7 +235,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     add("--large-size", type=int, help="override the large view side (tiny runs)")
     add("--small-size", type=int, help="override the small view side (tiny runs)")
-    add("--output-dtype", choices=("uint8", "fp16", "bf16", "fp32"), help="dtype of the views the loader hands over")
     add("--baseline-blur", choices=("torchvision", "pil"), default="torchvision",
         help="blur op of the torchvision baseline (pil: PIL's faster approximation)")
     add("--seed", type=int, default=0)
@@ -270,8 +267,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.be
     data = args.data or str(default_corpus())
     bench = LoaderBench(data=data, recipes=tuple(args.recipes), threads=tuple(args.threads),
                         batch_size=args.batch_size, batches=args.batches, repeats=args.repeats,
-                        warmup=args.warmup, device="gpu" if torch_device_for(args.device).type == "cuda" else "cpu", pipelines=tuple(args.pipelines),
-                        large_size=args.large_size, small_size=args.small_size, output_dtype=args.output_dtype,
+                        warmup=args.warmup, pipelines=tuple(args.pipelines),
+                        device="gpu" if torch_device_for(args.device).type == "cuda" else "cpu",
+                        large_size=args.large_size, small_size=args.small_size,
                         baseline_blur=args.baseline_blur, seed=args.seed, saliency_p=args.saliency_p,
                         masks=args.masks, interpolation=args.interpolation)
     rows = run(bench, console=console)

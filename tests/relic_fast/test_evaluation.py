@@ -270,7 +270,6 @@ TINY_RECIPE = """
 [data]
 device = "cpu"
 num_threads = 1
-output_dtype = "fp32"
 
 [views]
 num_large = 2

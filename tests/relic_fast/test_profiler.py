@@ -25,7 +25,7 @@ CPU_RUN = ["train.device=cpu", "train.compile=off", "train.precision=fp32", "tra
            "loss.implementation=reference", "optim.warmup_epochs=0", "data.device=cpu"]
 TINY_DEMO = CPU_RUN + ["model.encoder=resnet18", "model.projector_hidden=64", "model.predictor_hidden=64",
                        "model.embedding_dim=32", "views.num_large=2", "views.num_small=2", "views.large_size=32",
-                       "views.small_size=16", "train.batch_size=8", "data.num_threads=2", "data.output_dtype=fp32"]
+                       "views.small_size=16", "train.batch_size=8", "data.num_threads=2"]
 QUICK = ProfileSettings(steps=2, warmup=1, loader_batches=1, loader_repeats=1, synthetic_steps=2, ablation=False)
 
 
@@ -56,13 +56,12 @@ def test_verdict_rules():
 
 
 def test_ablations_switch_off_one_group_each():
-    groups = {name: (views, data) for name, views, data in ablations(ViewsConfig(), DataConfig(output_dtype="fp16"))}
+    groups = {name: (views, data) for name, views, data in ablations(ViewsConfig(), DataConfig())}
     assert groups["gaussian blur"][0].blur_p == (0.0,) and groups["gaussian blur"][0].jitter_p == 0.8
     assert groups["colour jitter + grayscale"][0].jitter_p == 0.0 and groups["colour jitter + grayscale"][0].grayscale_p == 0.0
-    assert groups["normalize + cast output"][1].output_dtype == "uint8"
     bare = groups["decode + crops (everything else off)"][0]
     assert bare.blur_p == (0.0,) and bare.solarize_p == (0.0,) and bare.saliency_p == 0.0
-    light = ablations(ViewsConfig(solarize_p=(0.0,), saliency_p=0.0), DataConfig(output_dtype="uint8"))
+    light = ablations(ViewsConfig(solarize_p=(0.0,), saliency_p=0.0), DataConfig())
     assert {name for name, _, _ in light} == {"colour jitter + grayscale", "gaussian blur",
                                               "decode + crops (everything else off)"}
 
@@ -114,7 +113,7 @@ def throttled_dataset(root):
 def test_verdict_input_bound_when_loader_throttled(tmp_path, one_thread):
     data = throttled_dataset(tmp_path / "huge")
     config = load_config(None, CPU_RUN + [
-        f"data.path={data}", "data.num_threads=1", "data.prefetch_queue_depth=1", "data.output_dtype=fp32",
+        f"data.path={data}", "data.num_threads=1", "data.prefetch_queue_depth=1",
         "train.batch_size=4", "views.num_large=1", "views.num_small=0", "views.large_size=16",
         "views.large_area=[0.9, 1.0]", "model.encoder=resnet18", "model.projector_hidden=16",
         "model.predictor_hidden=16", "model.embedding_dim=16"])
@@ -130,7 +129,7 @@ def test_verdict_input_bound_when_loader_throttled(tmp_path, one_thread):
 @pytest.mark.slow
 def test_verdict_compute_bound_when_model_heavy(tiny_demo, tmp_path, one_thread):
     config = load_config(None, CPU_RUN + [
-        f"data.path={tiny_demo}", "data.num_threads=2", "data.output_dtype=uint8", "train.batch_size=4",
+        f"data.path={tiny_demo}", "data.num_threads=2", "train.batch_size=4",
         "views.num_large=1", "views.num_small=0", "views.large_size=32", "views.jitter_p=0", "views.grayscale_p=0",
         "views.blur_p=[0.0]", "views.solarize_p=[0.0]", "views.saliency_p=0", "views.flip_p=0",
         "model.encoder=resnet50", "model.projector_hidden=4096", "model.predictor_hidden=4096"])

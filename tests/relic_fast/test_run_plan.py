@@ -18,16 +18,16 @@ def test_auto_on_a_cpu_machine(monkeypatch):
     plan = resolve_plan(load_config(None))
     assert (plan.device, plan.dali_device_id, plan.compile) == ("cpu", None, False)
     assert (plan.loss_implementation, plan.lars_implementation, plan.interpolation) == ("reference", "reference", "linear")
-    assert (plan.normalize_on, plan.precision) == ("device", "bf16")
+    assert plan.precision == "bf16"
 
 
 def test_auto_on_a_gpu_machine_follows_the_local_rank(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(relic_fast.loss, "_triton_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
-    plan = resolve_plan(load_config(None, ["data.output_dtype=fp16"]))
+    plan = resolve_plan(load_config(None))
     assert (plan.device, plan.dali_device_id, plan.compile) == ("cuda:3", 3, True)
-    assert (plan.loss_implementation, plan.interpolation, plan.normalize_on) == ("fused", "cubic", "dali")
+    assert (plan.loss_implementation, plan.interpolation) == ("fused", "cubic")
     cpu_pipeline = resolve_plan(load_config(None, ["data.device=cpu", "train.compile=off"]), local_rank=1)
     assert (cpu_pipeline.device, cpu_pipeline.dali_device_id, cpu_pipeline.compile) == ("cuda:1", None, False)
     assert cpu_pipeline.interpolation == "linear"  # the CPU pipeline's rule, whatever the networks' device
@@ -61,16 +61,19 @@ def test_plan_toml_reads_back(monkeypatch):
 def test_legacy_spellings_are_read_as_todays_with_a_warning(tmp_path):
     recipe = tmp_path / "old.toml"
     recipe.write_text('[train]\ndevice = "cuda"\n[optim]\nimplementation = "native"\n'
-                      '[data]\noutput_dtype = "bfloat16"\n')
-    with pytest.warns(UserWarning, match="old.toml: train.device = 'cuda' is spelled 'gpu' now"):
+                      '[data]\ndevice = "cuda"\noutput_dtype = "bfloat16"\n')
+    with pytest.warns(UserWarning) as caught:
         config = load_config(recipe)
-    assert (config.train.device, config.optim.implementation, config.data.output_dtype) == ("gpu", "reference", "bf16")
+    notes = [str(w.message) for w in caught]
+    assert any("old.toml: train.device = 'cuda' is spelled 'gpu' now" in note for note in notes), notes
+    assert any("data.output_dtype is ignored: views always leave DALI as uint8" in note for note in notes), notes
+    assert (config.train.device, config.data.device, config.optim.implementation) == ("gpu", "gpu", "reference")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a checkpoint's saved config: read quietly
         saved = config_from_dict({"train": {"device": "cuda"}}, "ckpt", warn_legacy=False)
     assert saved.train.device == "gpu"
-    with pytest.raises(ConfigError, match="'data.output_dtype'"):
-        load_config(None, ["data.output_dtype=float64"])
+    with pytest.raises(ConfigError, match="'train.precision'"):
+        load_config(None, ["train.precision=bfloat16"])  # only the keys listed are migrated
 
 
 def test_knn_validator_asks_at_its_epochs_and_scores_the_val_split(tiny_config, tiny_demo):

@@ -9,7 +9,7 @@ TINY_OVERRIDES = [
     "model.encoder=resnet18", "model.small_stem=true", "model.projector_hidden=64", "model.embedding_dim=32",
     "model.predictor_hidden=64", "views.num_large=2", "views.num_small=1", "views.large_size=32",
     "views.small_size=16", "views.saliency_p=0.5", "data.device=cpu", "data.num_threads=1",
-    "data.output_dtype=fp32", "train.batch_size=8", "train.epochs=2", "train.device=cpu",
+    "train.batch_size=8", "train.epochs=2", "train.device=cpu",
     "train.compile=off", "train.precision=fp32", "train.log_every=1", "train.checkpoint_every=2",
     "loss.implementation=reference", "optim.warmup_epochs=0.5",
 ]
