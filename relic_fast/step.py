@@ -88,11 +88,48 @@ def forward_loss(online: nn.Module, target: nn.Module, large: torch.Tensor, smal
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss of a step is NaN or infinite; the update was not applied."""
+    """The loss of step `step` was NaN or infinite; no checkpoint holds a state after it."""
 
-    def __init__(self, terms: list[float]):
-        super().__init__(f"non-finite loss (total, contrastive, invariance) = {terms}")
+    def __init__(self, step: int, terms: list[float] | None):
+        where = "on another rank" if terms is None else f"(total, contrastive, invariance) = {terms}"
+        super().__init__(f"non-finite loss at step {step}: {where}")
+        self.step = step
         self.terms = terms
+
+
+NO_STEP = torch.iinfo(torch.int64).max
+"""`NonFiniteGuard.first_step` while every recorded loss was finite (the neutral element of a min)."""
+
+
+class NonFiniteGuard:
+    """A device-side record of the first step whose loss was not finite, read only where the loop syncs anyway.
+
+    `record` is a few tiny device ops per step and never waits for the device, so the launch queue
+    keeps running ahead. `check` reads the record (a host sync) and raises: the trainer calls it at
+    the log interval and before every checkpoint write, so a state updated by a non-finite loss is
+    never checkpointed, and the error names the step where the loss went bad.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), NO_STEP, dtype=torch.int64, device=device)
+        self.first_terms = torch.zeros(3, dtype=torch.float32, device=device)
+
+    def record(self, terms: torch.Tensor, step: int) -> None:
+        """Note step `step` (a Python int: a kernel argument, no copy) if `terms` is its first non-finite loss."""
+        first = torch.isfinite(terms).all().logical_not() & (self.first_step == NO_STEP)
+        self.first_step = torch.where(first, step, self.first_step)
+        self.first_terms = torch.where(first, terms.float(), self.first_terms)
+
+    def check(self, reduce_min: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Raise `NonFiniteLossError` if a recorded loss was not finite. A host sync point.
+
+        `reduce_min` (distributed runs) takes the minimum of `first_step` over ranks, so that every
+        rank raises at the same check and names the same step."""
+        first_step = self.first_step if reduce_min is None else reduce_min(self.first_step)
+        step = int(first_step.item())  # note: a CPU-GPU sync point; callers sit where the loop syncs anyway
+        if step != NO_STEP:
+            terms = self.first_terms.tolist() if step == int(self.first_step.item()) else None
+            raise NonFiniteLossError(step, terms)
 
 
 @dataclass
@@ -121,7 +158,9 @@ def draw_offsets(context: StepContext, global_batch: int) -> torch.Tensor | None
 
 
 def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, global_batch: int) -> torch.Tensor:
-    """Forward, backward, LARS step at `lr`, EMA update at `tau`; returns the detached loss terms (no host sync)."""
+    """Forward, backward, LARS step at `lr`, EMA update at `tau`; returns the detached loss terms (no host sync).
+
+    The update is applied whatever the loss: `NonFiniteGuard` records a non-finite one on the device."""""
     for group in context.optimizer.param_groups:
         group["lr"] = lr
     dtype = AUTOCAST_DTYPES[context.precision]
@@ -131,10 +170,6 @@ def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, 
         with torch.autocast(context.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             terms = context.forward(context.online, context.target, inputs.large, inputs.small,
                                     inputs.num_large, inputs.num_small, context.loss, offsets)
-        # note: a CPU-GPU sync point, once per step. It lets a non-finite loss stop the run before the
-        # update, so the networks in memory are still the last good state that the trainer checkpoints.
-        if not bool(torch.isfinite(terms).all()):
-            raise NonFiniteLossError(terms.detach().cpu().tolist())
     context.optimizer.zero_grad(set_to_none=True)
     scaler = context.scaler
     with record_function("backward"):

@@ -17,7 +17,7 @@ from torch.profiler import record_function
 
 from dali_pipelines.dataset import DatasetSpec, resolve_dataset
 from dali_pipelines.loader import build_pretrain_loader
-from relic_fast.checkpoint import check_resumable, latest_checkpoint, save_checkpoint
+from relic_fast.checkpoint import check_resumable, latest_checkpoint, list_checkpoints, save_checkpoint
 from relic_fast.config import Config, ConfigError, to_toml
 from relic_fast.distributed import (World, all_reduce_mean, close_world, control_group, init_world, launch_rank,
                                     same_on_every_rank)
@@ -29,7 +29,8 @@ from relic_fast.optim import build_lars
 from relic_fast.run_control import RunControl
 from relic_fast.runlock import RunLock
 from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
-from relic_fast.step import MultiViewOnline, NonFiniteLossError, StepContext, forward_loss, prepare_views, train_step
+from relic_fast.step import (MultiViewOnline, NonFiniteGuard, NonFiniteLossError, StepContext, forward_loss,
+                             prepare_views, train_step)
 
 
 def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Path | None]:
@@ -88,6 +89,7 @@ class Trainer:
         self.optimizer = build_lars(self.online_module, config.optim, self.peak_lr)
         self.scaler = torch.amp.GradScaler(self.world.device.type) if config.train.precision == "fp16" else None
         self.step = 0
+        self.guard = NonFiniteGuard(self.world.device)
         loader_state = self.restore() if resume else None
         self.loader = self._build_loader(loader_state)
         self.steps_per_epoch = len(self.loader)
@@ -164,9 +166,10 @@ class Trainer:
             try:
                 summary.update(self._run_steps())
             except NonFiniteLossError as err:
-                path = self.save()
-                monitor.message(f"[bold red]stopped:[/] {err} at step {self.step + 1}; "
-                                f"the last good state is saved in {path}")
+                saved = list_checkpoints(self.out_dir)
+                good = f"the newest checkpoint, {saved[-1]}, is the last good state" if saved else \
+                    "no checkpoint was written before it"
+                monitor.message(f"[bold red]stopped:[/] {err} (found at step {self.step}); {good}")
                 raise
             summary["checkpoint"] = self.save() if save_final else None
         summary["steps"] = self.step
@@ -199,7 +202,9 @@ class Trainer:
                 lr = learning_rate(self.step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
                                    peak_lr=self.peak_lr)
                 tau = ema_tau(self.step, total_steps=self.total_steps, tau_base=self.config.optim.tau_base)
-                accumulated += train_step(self.context, inputs, lr, tau, self.global_batch)
+                terms = train_step(self.context, inputs, lr, tau, self.global_batch)
+                self.guard.record(terms, self.step + 1)  # on the device; read at the next log or checkpoint
+                accumulated += terms
                 if self.on_step is not None:
                     self._profile_sync()
                     self.on_step(step_start - fetch_start, time.perf_counter() - step_start)
@@ -247,6 +252,7 @@ class Trainer:
              data_wait: float) -> dict[str, Any]:
         """Read the window's metrics from the device (a host sync point) and hand them to the monitor."""
         total, contrastive, invariance = all_reduce_mean(mean_terms).tolist()  # note: CPU-GPU sync point
+        self._check_finite()
         metrics = {"epoch": self.step / self.steps_per_epoch, "loss": total, "contrastive": contrastive,
                    "invariance": invariance, "lr": lr, "tau": tau,
                    "images_per_s": steps * self.global_batch / max(elapsed, 1e-9),
@@ -284,8 +290,21 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng,
                 "loader": loader_states, "world_size": self.world.world_size}
 
+    def _check_finite(self) -> None:
+        """Raise `NonFiniteLossError` if any rank's loss was not finite since the start (a host sync point)."""
+        reduce_min = None
+        if self.world.distributed:
+            def reduce_min(first_step: torch.Tensor) -> torch.Tensor:
+                first_step = first_step.clone()
+                torch.distributed.all_reduce(first_step, op=torch.distributed.ReduceOp.MIN)
+                return first_step
+        self.guard.check(reduce_min)
+
     def save(self) -> Path | None:
-        """Checkpoint the current state (rank 0 writes; every rank takes part in gathering loader states)."""
+        """Checkpoint the current state (rank 0 writes; every rank takes part in gathering loader states).
+
+        The non-finite guard is checked first, so no checkpoint holds a state updated by a non-finite loss."""
+        self._check_finite()
         state = self._state()
         if not self.world.is_main:
             return None
