@@ -79,14 +79,14 @@ def tiny_context_and_inputs(device: str = "cpu"):
     return context, synthetic_inputs(views, batch_size=4, device=device, channels_last=True)
 
 
-def test_steps_with_the_guard_read_nothing_back_to_the_host(monkeypatch):
+def test_steps_with_the_guard_read_nothing_back_to_the_host(monkeypatch, one_thread):
     """The hot loop (step + guard record) never reads a tensor on the host; only `check` does."""
     from relic_fast.step import NonFiniteGuard, train_step
 
     context, inputs = tiny_context_and_inputs()
     guard = NonFiniteGuard(context.device)
     counter = SyncCounter(monkeypatch)
-    for step in range(1, 4):
+    for step in range(1, 3):
         guard.record(train_step(context, inputs, lr=0.1, tau=0.99, global_batch=4), step)
     assert counter.calls == []
     guard.check()
