@@ -32,6 +32,7 @@ def test_guard_records_the_first_non_finite_step_and_its_terms():
 
     guard = NonFiniteGuard(torch.device("cpu"))
     guard.record(torch.tensor([1.0, 0.5, 0.5]), step=1)
+    guard.record(torch.tensor([3e38, 3e38, 3e38]), step=1)  # finite terms whose plain sum would overflow
     guard.check()  # all finite: no error
     guard.record(torch.tensor([float("inf"), 1.0, float("inf")]), step=2)
     guard.record(torch.tensor([float("nan")] * 3), step=3)  # later bad steps do not overwrite the first
