@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from relic_fast.compiling import compile_step
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 from relic_fast.environment import configure_cuda_math
 from relic_fast.models import build_networks
@@ -39,11 +40,13 @@ def synthetic_inputs(views: ViewsConfig, batch_size: int, device: torch.device |
 
 def standalone_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig, *,
                        device: torch.device | str, precision: str, channels_last: bool, compiled: bool,
-                       lr: float = 1e-3, seed: int = 0, compile_backend: str = "inductor") -> StepContext:
+                       lr: float = 1e-3, seed: int = 0, compile_backend: str = "inductor",
+                       compile_mode: str = "default", compile_scope: str = "forward") -> StepContext:
     """A single-process `StepContext` built as the trainer builds its own (networks, LARS, compiled forward).
 
-    `compiled` wraps `forward_loss` in `torch.compile(dynamic=False)` like the trainer: the two view
-    resolutions become two static graphs (`compile_backend` picks the torch.compile backend). The
+    `compiled` compiles the step like the trainer (`relic_fast.compiling.compile_step`, static shapes:
+    the two view resolutions become two static graphs; `compile_backend`, `compile_mode` and
+    `compile_scope` as there). The
     weights depend on `seed` only, so two contexts with the same seed start from identical networks
     whatever their precision or memory format.
     """
@@ -56,6 +59,9 @@ def standalone_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig,
     target = target.to(device, memory_format=memory_format)
     optimizer = build_lars(online, optim, lr)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    forward = torch.compile(forward_loss, dynamic=False, backend=compile_backend) if compiled else forward_loss
+    forward = forward_loss
+    if compiled:
+        forward = compile_step(forward_loss, [online, target], mode=compile_mode, scope=compile_scope,
+                               backend=compile_backend)
     return StepContext(online=MultiViewOnline(online), online_module=online, target=target, optimizer=optimizer,
                        scaler=scaler, forward=forward, loss=loss, precision=precision, device=device)

@@ -18,6 +18,7 @@ from torch.profiler import record_function
 from dali_pipelines.dataset import DatasetSpec, resolve_dataset
 from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.checkpoint import check_resumable, latest_checkpoint, list_checkpoints, save_checkpoint
+from relic_fast.compiling import compile_cache_folder, compile_step, use_compile_cache
 from relic_fast.config import Config, ConfigError, to_toml
 from relic_fast.distributed import (World, all_reduce_mean, close_world, control_group, init_world, launch_rank,
                                     same_on_every_rank)
@@ -98,8 +99,12 @@ class Trainer:
         self.warmup_steps = round(config.optim.warmup_epochs * self.steps_per_epoch)
         forward = forward_loss
         if should_compile(config.train.compile, self.world.device):
-            # dynamic=False: the two view resolutions compile to two static graphs instead of one dynamic one.
-            forward = torch.compile(forward_loss, dynamic=False)
+            cache = compile_cache_folder(config.train.compile_cache, self.out_dir)
+            if cache is not None:
+                use_compile_cache(cache)  # before the first compile: inductor reads the folder at each lookup
+            # static shapes: the two view resolutions compile to two static graphs instead of one dynamic one.
+            forward = compile_step(forward_loss, [self.online_module, self.target], mode=config.train.compile_mode,
+                                   scope=config.train.compile_scope)
             # say why, should a later step recompile or the step split into several graphs (each costs warm-up)
             torch._logging.set_logs(recompiles=True, graph_breaks=True)
         self.on_step: Callable[[float, float], None] | None = None
