@@ -97,6 +97,8 @@ if [ -n "${OLD:-}" ]; then
   # target 3: the GPU pipeline alone with saliency blending, old and new
   stage loader-old 25 60 bash -c "cd '$OLD' && $OLD_RF bench loader ${LOADER_ARGS[*]} --json '$RESULTS/old/loader.json'"
   stage loader 25 60 $RF bench loader "${LOADER_ARGS[@]}" --json "$RESULTS/loader.json"
+  # the step's GPU-only tests: no device sync per step (the non-finite guard), under CUDA's sync detector
+  stage gpu-tests 20 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/relic_fast/test_step.py
   # target 5: peak memory at 256 images per GPU (a new shape: a cold compile again), last, if time is left
   stage train-256 100 200 $RF bench train --config $CONFIG --data $CORPUS "${NEW_SETS[@]}" \
     --set train.batch_size=$((2 * BATCH)) --window $WINDOW --windows 1 --out "$RESULTS/train-256-run" \

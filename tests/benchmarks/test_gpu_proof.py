@@ -148,5 +148,5 @@ def test_side_by_side_smoke_skips_past_the_deadline(tmp_path):
     result, out = run_proof(tmp_path, DEADLINE="0", OLD=str(old))
     assert result.returncode == 0, result.stderr
     recorded = stages(out)
-    assert {"train-old", "train", "train-warm", "loader-old", "loader", "train-256"} <= set(recorded)
+    assert {"train-old", "train", "train-warm", "loader-old", "loader", "gpu-tests", "train-256"} <= set(recorded)
     assert "profile" not in recorded and set(recorded.values()) == {"skipped"}
