@@ -10,6 +10,10 @@
 # DALI comes from /tmp/site when present (see ../shared/GPU.md: the wheels travel in parts).
 # Knobs (environment): DEADLINE (seconds for all stages, default 540), DEVICE (gpu; cpu runs a tiny
 # smoke version of every stage on a machine without one), CORPUS_COUNT, BATCH, STAGES (names to run).
+# OLD=<folder holding another commit's tree> runs the side-by-side proof instead (issue 21): the old
+# and this tree's trainer and pipeline in the same call, old first (its compile is cold in inductor's
+# default cache), then this tree cold and again warm from its persisted compile cache; the old
+# side's JSONs go to results/old/, and gpu_report.py puts "ratio_to_old" on every matching row.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder that receives log.txt and proof.tar.gz}
@@ -46,7 +50,8 @@ MASKS=$WORK/corpus-masks
 TRAIN_SETS=(--set train.batch_size=$BATCH --set data.masks=$MASKS --set train.log_every=$WINDOW)
 
 log() { echo "[proof $(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$LOG"; }
-pack() { tar czf "$OUT/proof.tar.gz.tmp" -C "$WORK" --exclude='*trace*' --exclude='corpus*' --exclude='checkpoints' . \
+pack() { tar czf "$OUT/proof.tar.gz.tmp" -C "$WORK" --exclude='*trace*' --exclude='corpus*' --exclude='checkpoints' \
+           --exclude='compile-cache' . \
            && mv "$OUT/proof.tar.gz.tmp" "$OUT/proof.tar.gz"; }
 wanted() { [ -z "${STAGES:-}" ] || [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -68,7 +73,40 @@ stage() {
   pack
 }
 
-log "device=$DEVICE deadline=${DEADLINE}s corpus=$CORPUS_COUNT batch=$BATCH config=$CONFIG"
+log "device=$DEVICE deadline=${DEADLINE}s corpus=$CORPUS_COUNT batch=$BATCH config=$CONFIG old=${OLD:-none}"
+if [ -n "${OLD:-}" ]; then
+  OLD=$(cd "$OLD" && pwd)
+  SITE=$([ -d /tmp/site ] && echo /tmp/site: || true)
+  OLD_RF="env PYTHONPATH=$SITE$OLD $PY -m relic_fast"
+  CACHE=$WORK/compile-cache  # this tree's persisted inductor cache, shared by its cold and warm runs
+  mkdir -p "$RESULTS/old"
+  NEW_SETS=("${TRAIN_SETS[@]}" --set "train.compile_cache=$CACHE" ${NEW_TRAIN_SETS:-})
+  LOADER_ARGS=(--data $CORPUS --masks $MASKS --saliency-p 0.1 --device $DEVICE --recipe 4L+2S --threads 4
+               --batch-size $LOADER_BATCH --batches 4 --repeats 5 --pipelines dali "${LOADER_SIZES[@]}")
+  stage info 5 40 bash -c "nvidia-smi || true; nproc; $RF info; git -C '$OLD' log -1 --oneline 2>/dev/null || true"
+  stage corpus 20 90 bash -c "$PY -m benchmarks.corpus $CORPUS --count $CORPUS_COUNT && $RF masks $CORPUS --out $MASKS"
+  # targets 1, 2, 4 (old): the old trainer fed by DALI vs synthetic views, its cold warm-up
+  stage train-old 100 200 bash -c "cd '$OLD' && $OLD_RF bench train --config $CONFIG --data $CORPUS ${TRAIN_SETS[*]} \
+    --window $WINDOW --windows $WINDOWS --out '$RESULTS/old/train-run' --json '$RESULTS/old/train.json'"
+  # the same for this tree, cold (an empty compile cache), then warm: a second process on the persisted cache
+  rm -rf "$CACHE"
+  stage train 100 200 $RF bench train --config $CONFIG --data $CORPUS "${NEW_SETS[@]}" --window $WINDOW \
+    --windows $WINDOWS --out "$RESULTS/train-run" --json "$RESULTS/train.json"
+  stage train-warm 40 100 $RF bench train --config $CONFIG --data $CORPUS "${NEW_SETS[@]}" --window $WINDOW \
+    --windows 1 --out "$RESULTS/train-warm-run" --json "$RESULTS/train-warm.json"
+  # target 3: the GPU pipeline alone with saliency blending, old and new
+  stage loader-old 25 60 bash -c "cd '$OLD' && $OLD_RF bench loader ${LOADER_ARGS[*]} --json '$RESULTS/old/loader.json'"
+  stage loader 25 60 $RF bench loader "${LOADER_ARGS[@]}" --json "$RESULTS/loader.json"
+  # the step's GPU-only tests: no device sync per step (the non-finite guard), under CUDA's sync detector
+  stage gpu-tests 20 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/relic_fast/test_step.py
+  # target 5: peak memory at 256 images per GPU (a new shape: a cold compile again), last, if time is left
+  stage train-256 100 200 $RF bench train --config $CONFIG --data $CORPUS "${NEW_SETS[@]}" \
+    --set train.batch_size=$((2 * BATCH)) --window $WINDOW --windows 1 --out "$RESULTS/train-256-run" \
+    --json "$RESULTS/train-256.json"
+  log "done: $(wc -l < "$RESULTS/stages.tsv") stages"
+  pack
+  exit 0
+fi
 stage info 5 40 bash -c "nvidia-smi || true; nproc; $RF info"
 stage corpus 20 90 bash -c "$PY -m benchmarks.corpus $CORPUS --count $CORPUS_COUNT && $RF masks $CORPUS --out $MASKS"
 # target 4: the fused loss at B = 4096 against the compiled reference, time and peak extra memory

@@ -28,6 +28,19 @@ TARGETS = {
 """Issue 11's targets, by the row kind that answers them."""
 
 
+ROUND2_TARGETS = {
+    "1. step": ">= 1.15x the old commit's synthetic-fed step (same call)",
+    "2. fed": ">= 98% of the same step on synthetic views",
+    "3. pipeline": ">= 2x the old commit's GPU pipeline with saliency (same call)",
+    "4. warm-up": "cold <= 90 s; a second process on the persisted cache <= 30 s",
+    "5. memory": "peak GiB at 128 and 256 images per GPU (reported)",
+}
+"""Issue 21's targets, judged from a side-by-side proof (`OLD=... gpu_proof.sh`)."""
+
+FIGURES = ("images_per_s", "seconds", "ms")
+"""The figure of a row that `ratio_to_old` divides (the first one the row has)."""
+
+
 def load_json(path: Path) -> dict[str, Any]:
     """A JSON file, with the file named if it does not parse."""
     try:
@@ -165,14 +178,81 @@ def collect(folder: Path) -> dict[str, Any]:
                             "file": str(path.relative_to(folder))})
     if machine is None:
         raise ValueError(f"{folder}: no benchmark JSON or profile.json found")
-    order = ("train", "warmup", "step", "loader", "loss", "profile", "data-tax")
+    order = ("train", "warmup", "step", "loader", "loss", "profile", "data-tax", "target")
     results.sort(key=lambda row: order.index(row["bench"]))
     keep = ("gpu", "cpus", "cpu", "torch", "torchvision", "dali", "triton", "commit", "date")
     return {"machine": {key: machine.get(key) for key in keep}, "command": PROOF_COMMAND, "results": results}
 
 
+def add_ratios_to_old(results: list[dict[str, Any]], old: list[dict[str, Any]]) -> None:
+    """`ratio_to_old` (this tree's figure / the old commit's) on every row that has a twin in `old`:
+    the same file name, bench and configuration."""
+    twins = {(row["file"], row["bench"], row["config"]): row for row in old}
+    for row in results:
+        twin = twins.get((row["file"], row["bench"], row["config"]))
+        figure = next((key for key in FIGURES if row.get(key) is not None), None)
+        if twin is not None and figure is not None and twin.get(figure):
+            row["old"] = {figure: twin[figure], "commit": twin.get("commit")}
+            row["ratio_to_old"] = row[figure] / twin[figure]
+
+
+def find(results: list[dict[str, Any]], file: str, bench: str, config_start: str = "") -> dict[str, Any] | None:
+    """The first row of `file` and `bench` whose configuration starts with `config_start`."""
+    return next((row for row in results if row["file"] == file and row["bench"] == bench
+                 and row["config"].startswith(config_start)), None)
+
+
+def round2_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 21's five targets as rows (`met` None where a figure is missing or only reported)."""
+    synthetic = find(results, "train.json", "train", "trainer + synthetic")
+    fed = find(results, "train.json", "train", "trainer + dali-gpu")
+    pipeline = next((row for row in results if row["file"] == "loader.json" and row["config"].startswith("dali-gpu")
+                     and "saliency p=0.1" in row["config"]), None)
+    cold, warm = find(results, "train.json", "warmup"), find(results, "train-warm.json", "warmup")
+    fed_256 = find(results, "train-256.json", "train", "trainer + dali-gpu")
+
+    def ratio(row, key="ratio_to_old"):
+        return None if row is None or row.get(key) is None else row[key]
+
+    fed_ratio = None if fed is None or not fed.get("baseline") else fed["baseline"].get("ratio")
+    checks = {
+        "1. step": (ratio(synthetic), lambda v: v >= 1.15, "x old"),
+        "2. fed": (fed_ratio, lambda v: v >= 0.98, "of synthetic"),
+        "3. pipeline": (ratio(pipeline), lambda v: v >= 2.0, "x old"),
+    }
+    rows = []
+    for name, (value, rule, unit) in checks.items():
+        rows.append({"bench": "target", "config": name, "value": "missing" if value is None else f"{value:.3f} {unit}",
+                     "ratio": value, "target": ROUND2_TARGETS[name], "met": None if value is None else rule(value),
+                     "baseline": None})
+    seconds = [None if row is None else row["seconds"] for row in (cold, warm)]
+    text = ", ".join(f"{what} {'missing' if v is None else f'{v:.1f} s'}" for what, v in zip(("cold", "warm"), seconds))
+    rows.append({"bench": "target", "config": "4. warm-up", "value": text, "cold_s": seconds[0], "warm_s": seconds[1],
+                 "target": ROUND2_TARGETS["4. warm-up"], "baseline": None,
+                 "met": None if None in seconds else seconds[0] <= 90 and seconds[1] <= 30})
+    peaks = {batch: None if row is None else row.get("peak_gib") for batch, row in (("128", fed), ("256", fed_256))}
+    rows.append({"bench": "target", "config": "5. memory", "peak_gib": peaks, "baseline": None, "met": None,
+                 "value": ", ".join(f"B={b}: {'missing' if g is None else f'{g:.1f} GiB'}" for b, g in peaks.items()),
+                 "target": ROUND2_TARGETS["5. memory"]})
+    return rows
+
+
+def collect_side_by_side(folder: Path) -> dict[str, Any]:
+    """`collect` of this tree's results, `ratio_to_old` from the old commit's (`folder/old`), issue 21's targets."""
+    summary = collect(folder)
+    old = collect(folder / "old")
+    for row in old["results"]:
+        row["commit"] = old["machine"].get("commit")
+    add_ratios_to_old(summary["results"], old["results"])
+    summary["old_machine"] = old["machine"]
+    summary["results"] += [{**row, "command": PROOF_COMMAND, "file": ""} for row in round2_targets(summary["results"])]
+    return summary
+
+
 def headline(row: dict[str, Any]) -> str:
     """The measured figure of a row, formatted for the table."""
+    if "value" in row:
+        return row["value"]
     if "tax" in row:
         return f"{100 * row['tax']:.1f}% ({row['images_per_s']:,.0f} img/s)"
     if "seconds" in row:
@@ -188,11 +268,12 @@ def baseline_text(row: dict[str, Any]) -> str:
     """The baseline a row is compared with, formatted for the table."""
     base = row.get("baseline")
     if not base:
-        return ""
+        return f"{row['ratio_to_old']:.2f}x old" if "ratio_to_old" in row else ""
     if "ms" in base:
         return f"{base['what']}: {base['ms']:.2f} ms, {base['peak_gib']:.2f} GiB"
     text = f"{base['what']}: {base['images_per_s']:,.0f} img/s"
-    return text + (f" ({100 * base['ratio']:.1f}%)" if "ratio" in base else "")
+    text += f" ({100 * base['ratio']:.1f}%)" if "ratio" in base else ""
+    return text + (f"; {row['ratio_to_old']:.2f}x old" if "ratio_to_old" in row else "")
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -211,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("folder", type=Path, help="the proof's results folder (unpacked proof.tar.gz: results/)")
     parser.add_argument("--json", type=Path, help="write the summary JSON here")
     args = parser.parse_args(argv)
-    summary = collect(args.folder)
+    summary = collect_side_by_side(args.folder) if (args.folder / "old").is_dir() else collect(args.folder)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(markdown(summary))

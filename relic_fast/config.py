@@ -153,6 +153,21 @@ class TrainConfig:
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the step: `auto` compiles on CUDA only."""
 
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode of the compiled step: `reduce-overhead` replays it as CUDA graphs (no
+    per-kernel launch cost; inputs copied into static buffers), `max-autotune` also benchmarks kernel
+    choices while compiling (a much longer first step) and uses CUDA graphs, `-no-cudagraphs` without."""
+
+    compile_scope: Literal["forward", "blocks"] = "forward"
+    """What is compiled: `forward` the whole loss forward (online, target, loss) as static graphs, or
+    `blocks` each residual block on its own (regional compilation: blocks of one shape share a graph,
+    so the warm-up is shorter; stems, heads and the loss run eager). See `relic_fast.compiling`."""
+
+    compile_cache: str = ""
+    """Folder of inductor's on-disk compile caches, so that `--resume` and later runs start warm: a
+    relative path is inside the run folder (e.g. "compile-cache"), an absolute one is shared by every
+    run that names it; empty: inductor's default (a per-user folder under the system temp dir)."""
+
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Autocast dtype (fp16 adds a gradient scaler; fp32 disables autocast)."""
 

@@ -33,7 +33,7 @@ class ExitCode(IntEnum):
     RUN_IN_USE = 8
     """Another live process holds the run folder's lock."""
     NON_FINITE = 9
-    """The loss became NaN or infinite; the last good state is saved."""
+    """The loss became NaN or infinite; the newest checkpoint is the last good state."""
     STOPPED = 75
     """Stopped early by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint: `--resume` continues.
     (75 is EX_TEMPFAIL of sysexits.h: "a temporary failure; retry".)"""

@@ -15,6 +15,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from dali_pipelines.batch import ViewBatch, normalize_views
+from relic_fast.compiling import compile_step
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 from relic_fast.environment import configure_cuda_math
 from relic_fast.loss import LossTerms, relicv2_loss_terms
@@ -96,11 +97,51 @@ def forward_loss(online: nn.Module, target: nn.Module, large: torch.Tensor, smal
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss of a step is NaN or infinite; the update was not applied."""
+    """The loss of step `step` was NaN or infinite; no checkpoint holds a state after it."""
 
-    def __init__(self, terms: list[float]):
-        super().__init__(f"non-finite loss (total, contrastive, invariance) = {terms}")
+    def __init__(self, step: int, terms: list[float] | None):
+        where = "on another rank" if terms is None else f"(total, contrastive, invariance) = {terms}"
+        super().__init__(f"non-finite loss at step {step}: {where}")
+        self.step = step
         self.terms = terms
+
+
+NO_STEP = torch.iinfo(torch.int64).max
+"""`NonFiniteGuard.first_step` while every recorded loss was finite (the neutral element of a min)."""
+
+
+class NonFiniteGuard:
+    """A device-side record of the first step whose loss was not finite, read only where the loop syncs anyway.
+
+    `record` is a few tiny device ops per step and never waits for the device, so the launch queue
+    keeps running ahead. `check` reads the record (a host sync) and raises: the trainer calls it at
+    the log interval and before every checkpoint write, so a state updated by a non-finite loss is
+    never checkpointed, and the error names the step where the loss went bad.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), NO_STEP, dtype=torch.int64, device=device)
+        self.first_terms = torch.zeros(3, dtype=torch.float32, device=device)
+
+    def record(self, terms: torch.Tensor, step: int) -> None:
+        """Note step `step` (a Python int: a kernel argument, no copy) if `terms` is its first non-finite loss."""
+        # x * 0 is 0 for a finite x and NaN for inf or NaN: the sum is nonzero exactly when a term is not
+        # finite (3 kernels; `isfinite(...).all()` is about 10)
+        not_finite = terms.mul(0.0).sum().ne(0.0)
+        first = not_finite & (self.first_step == NO_STEP)
+        self.first_step = torch.where(first, step, self.first_step)
+        self.first_terms = torch.where(first, terms.float(), self.first_terms)
+
+    def check(self, reduce_min: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Raise `NonFiniteLossError` if a recorded loss was not finite. A host sync point.
+
+        `reduce_min` (distributed runs) takes the minimum of `first_step` over ranks, so that every
+        rank raises at the same check and names the same step."""
+        first_step = self.first_step if reduce_min is None else reduce_min(self.first_step)
+        step = int(first_step.item())  # note: a CPU-GPU sync point; callers sit where the loop syncs anyway
+        if step != NO_STEP:
+            terms = self.first_terms.tolist() if step == int(self.first_step.item()) else None
+            raise NonFiniteLossError(step, terms)
 
 
 @dataclass
@@ -120,15 +161,16 @@ class StepContext:
 
 def build_step_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig, *, device: torch.device,
                        precision: str, channels_last: bool, compiled: bool, lr: float,
-                       compile_backend: str = "inductor", sync_batchnorm: bool = False,
+                       compile_backend: str = "inductor", compile_mode: str = "default",
+                       compile_scope: str = "forward", sync_batchnorm: bool = False,
                        wrap: Callable[[nn.Module], nn.Module] | None = None) -> StepContext:
     """The networks, LARS, scaler and (optionally compiled) loss forward of a step: the one builder that the
     trainer, the benchmarks, the profiler and the self-test share, so they all run the same step.
 
     Weights come from torch's global RNG (seed it first). `sync_batchnorm` converts BatchNorm layers for
-    DDP on CUDA; `wrap` wraps the multi-view online network (DDP). `compiled` puts `forward_loss` through
-    `torch.compile(dynamic=False)`: the two view resolutions become two static graphs rather than one
-    dynamic one, and a later recompilation or graph break is logged with its reason (each costs warm-up).
+    DDP on CUDA; `wrap` wraps the multi-view online network (DDP). `compiled` compiles the step as
+    `relic_fast.compiling.compile_step` says (`compile_mode`, `compile_scope`: static shapes, one graph per
+    view resolution), and a later recompilation or graph break is logged with its reason (each costs warm-up).
     """
     configure_cuda_math(device)
     online, target = build_networks(model)
@@ -141,7 +183,8 @@ def build_step_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig,
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     forward = forward_loss
     if compiled:
-        forward = torch.compile(forward_loss, dynamic=False, backend=compile_backend)
+        forward = compile_step(forward_loss, [online, target], mode=compile_mode, scope=compile_scope,
+                               backend=compile_backend)
         torch._logging.set_logs(recompiles=True, graph_breaks=True)
     multi_view = MultiViewOnline(online)
     return StepContext(online=wrap(multi_view) if wrap is not None else multi_view, online_module=online,
@@ -159,7 +202,9 @@ def draw_offsets(context: StepContext, global_batch: int) -> torch.Tensor | None
 
 
 def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, global_batch: int) -> torch.Tensor:
-    """Forward, backward, LARS step at `lr`, EMA update at `tau`; returns the detached loss terms (no host sync)."""
+    """Forward, backward, LARS step at `lr`, EMA update at `tau`; returns the detached loss terms (no host sync).
+
+    The update is applied whatever the loss: `NonFiniteGuard` records a non-finite one on the device."""""
     for group in context.optimizer.param_groups:
         group["lr"] = lr
     dtype = AUTOCAST_DTYPES[context.precision]
@@ -169,10 +214,6 @@ def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, 
         with torch.autocast(context.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             terms = context.forward(context.online, context.target, inputs.large, inputs.small,
                                     inputs.num_large, inputs.num_small, context.loss, offsets)
-        # note: a CPU-GPU sync point, once per step. It lets a non-finite loss stop the run before the
-        # update, so the networks in memory are still the last good state that the trainer checkpoints.
-        if not bool(torch.isfinite(terms).all()):
-            raise NonFiniteLossError(terms.detach().cpu().tolist())
     context.optimizer.zero_grad(set_to_none=True)
     scaler = context.scaler
     with record_function("backward"):

@@ -31,11 +31,14 @@ def synthetic_inputs(views: ViewsConfig, batch_size: int, device: torch.device |
 
 def standalone_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig, *,
                        device: torch.device | str, precision: str, channels_last: bool, compiled: bool,
-                       lr: float = 1e-3, seed: int = 0, compile_backend: str = "inductor") -> StepContext:
+                       lr: float = 1e-3, seed: int = 0, compile_backend: str = "inductor",
+                       compile_mode: str = "default", compile_scope: str = "forward") -> StepContext:
     """A single-process `StepContext` from the trainer's own builder (`step.build_step_context`).
 
     The weights depend on `seed` only, so two contexts with the same seed start from identical networks
-    whatever their precision or memory format; `compile_backend` picks the torch.compile backend."""
+    whatever their precision or memory format; `compile_backend`, `compile_mode` and `compile_scope` as
+    in `relic_fast.compiling.compile_step`."""
     torch.manual_seed(seed)
     return build_step_context(model, loss, optim, device=torch.device(device), precision=precision,
-                              channels_last=channels_last, compiled=compiled, lr=lr, compile_backend=compile_backend)
+                              channels_last=channels_last, compiled=compiled, lr=lr, compile_backend=compile_backend,
+                              compile_mode=compile_mode, compile_scope=compile_scope)

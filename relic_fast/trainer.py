@@ -20,8 +20,11 @@ from torch.profiler import record_function
 
 from dali_pipelines.dataset import DatasetSpec, resolve_dataset
 from dali_pipelines.loader import build_pretrain_loader
-from relic_fast.checkpoint import check_resumable, latest_checkpoint, save_checkpoint
+from dali_pipelines.validate import filter_bad_files
+from relic_fast.checkpoint import check_resumable, latest_checkpoint, list_checkpoints, save_checkpoint
+from relic_fast.compiling import compile_cache_folder, use_compile_cache
 from relic_fast.config import Config, ConfigError, to_toml
+from relic_fast.demo_data import ensure_demo_dataset
 from relic_fast.distributed import (World, all_reduce_mean, close_world, control_group, init_world, launch_rank,
                                     same_on_every_rank)
 from relic_fast.environment import compiled_graph_count, process_age_s
@@ -31,9 +34,8 @@ from relic_fast.run_control import RunControl
 from relic_fast.run_plan import RunPlan, planned_config, resolve_plan
 from relic_fast.runlock import RunLock
 from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
-from relic_fast.step import NonFiniteLossError, StepContext, build_step_context, prepare_views, train_step
-from dali_pipelines.validate import filter_bad_files
-from relic_fast.demo_data import ensure_demo_dataset
+from relic_fast.step import (NonFiniteGuard, NonFiniteLossError, StepContext, build_step_context, prepare_views,
+                             train_step)
 
 
 def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Path | None]:
@@ -141,6 +143,7 @@ class Trainer:
                                                         self.context.target)
         self.optimizer, self.scaler = self.context.optimizer, self.context.scaler
         self.step = 0
+        self.guard = NonFiniteGuard(self.world.device)
         loader_state = self.restore() if resume else None
         self.loader = self._build_loader(loader_state)
         self.steps_per_epoch = len(self.loader)
@@ -173,8 +176,12 @@ class Trainer:
             wrap = lambda online: DistributedDataParallel(online, device_ids=ids, broadcast_buffers=False)  # noqa: E731
         # SyncBatchNorm runs on CUDA only; gloo (CPU) runs keep per-rank BatchNorm statistics.
         sync_batchnorm = world.distributed and cfg.model.sync_batchnorm and world.device.type == "cuda"
+        cache = compile_cache_folder(cfg.train.compile_cache, self.out_dir) if self.plan.compile else None
+        if cache is not None:
+            use_compile_cache(cache)  # before the first compile: inductor reads the folder at each lookup
         return build_step_context(cfg.model, cfg.loss, cfg.optim, device=world.device, precision=cfg.train.precision,
                                   channels_last=cfg.train.channels_last, compiled=self.plan.compile,
+                                  compile_mode=cfg.train.compile_mode, compile_scope=cfg.train.compile_scope,
                                   lr=self.peak_lr, sync_batchnorm=sync_batchnorm, wrap=wrap)
 
     def _build_loader(self, state: str | None):
@@ -205,9 +212,10 @@ class Trainer:
             try:
                 summary.update(self._run_steps())
             except NonFiniteLossError as err:
-                path = self.save()
-                monitor.message(f"[bold red]stopped:[/] {err} at step {self.step + 1}; "
-                                f"the last good state is saved in {path}")
+                saved = list_checkpoints(self.out_dir)
+                good = f"the newest checkpoint, {saved[-1]}, is the last good state" if saved else \
+                    "no checkpoint was written before it"
+                monitor.message(f"[bold red]stopped:[/] {err} (found at step {self.step}); {good}")
                 raise
             summary["checkpoint"] = self.save() if save_final else None
         summary["steps"] = self.step
@@ -262,6 +270,7 @@ class Trainer:
                            peak_lr=self.peak_lr)
         tau = ema_tau(self.step, total_steps=self.total_steps, tau_base=self.config.optim.tau_base)
         terms = train_step(self.context, inputs, lr, tau, self.global_batch)
+        self.guard.record(terms, self.step + 1)  # on the device; read at the next log or checkpoint
         if self.step_timing is not None:
             self.step_timing.sync()
             self.step_timing.record(data_wait_s, time.perf_counter() - step_start)
@@ -289,6 +298,7 @@ class Trainer:
         """Read the window's metrics from the device (a host sync point), hand them to the monitor, start a new window."""
         mean_terms, steps, elapsed, data_wait, lr, tau = window.close()
         total, contrastive, invariance = all_reduce_mean(mean_terms).tolist()  # note: CPU-GPU sync point
+        self._check_finite()
         metrics = {"epoch": self.step / self.steps_per_epoch, "loss": total, "contrastive": contrastive,
                    "invariance": invariance, "lr": lr, "tau": tau,
                    "images_per_s": steps * self.global_batch / max(elapsed, 1e-9),
@@ -322,8 +332,21 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng,
                 "loader": loader_states, "world_size": self.world.world_size}
 
+    def _check_finite(self) -> None:
+        """Raise `NonFiniteLossError` if any rank's loss was not finite since the start (a host sync point)."""
+        reduce_min = None
+        if self.world.distributed:
+            def reduce_min(first_step: torch.Tensor) -> torch.Tensor:
+                first_step = first_step.clone()
+                torch.distributed.all_reduce(first_step, op=torch.distributed.ReduceOp.MIN)
+                return first_step
+        self.guard.check(reduce_min)
+
     def save(self) -> Path | None:
-        """Checkpoint the current state (rank 0 writes; every rank takes part in gathering loader states)."""
+        """Checkpoint the current state (rank 0 writes; every rank takes part in gathering loader states).
+
+        The non-finite guard is checked first, so no checkpoint holds a state updated by a non-finite loss."""
+        self._check_finite()
         state = self._state()
         if not self.world.is_main:
             return None

@@ -139,22 +139,41 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(uninterrupted, tiny_co
     assert_same_weights(checkpoint_path(reference, 6), checkpoint_path(tmp_path, 6))
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path, monkeypatch):
-    trainer = Trainer(with_train(tiny_config, max_steps=6), tmp_path)
+def poison(trainer: Trainer, bad_step: int) -> None:
+    """Make the loss of step `bad_step` (1-based) NaN; the update is still applied, as on a real NaN."""
     honest = trainer.context.forward
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         terms = honest(*args, **kwargs)
-        return terms * float("nan") if calls["n"] == 3 else terms
+        return terms * float("nan") if calls["n"] == bad_step else terms
 
     trainer.context.forward = poisoned
-    with pytest.raises(NonFiniteLossError):
+
+
+@pytest.mark.parametrize("log_every", [1, 100])
+def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path, log_every, capsys):
+    """Found at the next log (log_every 1) or at the next checkpoint write (log_every 100): either way the
+    error names step 3 and no checkpoint after step 2 is written."""
+    trainer = Trainer(with_train(tiny_config, max_steps=5, log_every=log_every), tmp_path)
+    poison(trainer, bad_step=3)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 3:") as err:
         trainer.train()
+    assert err.value.step == 3
+    assert trainer.step == (3 if log_every == 1 else 4)  # where it was found
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000000002.pt"]
     saved = read_checkpoint(checkpoint_path(tmp_path, 2))
-    assert saved["step"] == 2
     assert all(torch.isfinite(v).all() for v in saved["online"].values() if v.is_floating_point())
+    assert "step-000000002.pt, is the last good state" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_non_finite_last_step_writes_no_final_checkpoint(tiny_config, tmp_path):
+    trainer = Trainer(with_train(tiny_config, max_steps=2, log_every=100, checkpoint_every=100), tmp_path)
+    poison(trainer, bad_step=2)
+    with pytest.raises(NonFiniteLossError, match="at step 2:"):
+        trainer.train()
+    assert list_checkpoints(tmp_path) == []
 
 
 def test_compiled_step_matches_eager(tiny_config, tmp_path):
