@@ -8,6 +8,7 @@ a user can fix (`relic_fast.errors`) become one line and their exit code in one 
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
@@ -64,6 +65,13 @@ class ErrorReportingGroup(TyperGroup):
             if not (getattr(err, "rank_0_speaks", False) and launch_rank()[0] != 0):
                 self._show_traceback()
                 report_error(label, describe(err), "bold yellow" if code == ExitCode.STOPPED else "bold red")
+            if code == ExitCode.STOPPED and launch_rank()[1] > 1:
+                # Under torchrun every rank leaves at once after the agreed checkpoint: torchrun SIGTERMs the
+                # ranks still alive when the first one exits, and a rank in Python's slow teardown (its stop
+                # handlers already gone) would die of it and be reported as killed.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
             raise typer.Exit(code) from None
 
     @staticmethod

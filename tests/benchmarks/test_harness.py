@@ -65,7 +65,8 @@ def test_cpu_ratio_compares_cpu_cost_per_image():
 
 
 def test_time_it_counts_cpu_seconds_of_busy_work():
-    timing = time_it(lambda: sum(i * i for i in range(200_000)), warmup=0, repeats=3, count_cpu=True)
+    # ~0.1 s of work per repeat: well above /proc's 10 ms accounting tick, which a shorter task can miss
+    timing = time_it(lambda: sum(i * i for i in range(1_500_000)), warmup=0, repeats=3, count_cpu=True)
     assert len(timing.cpu_seconds) == 3
     assert all(cpu > 0 for cpu in timing.cpu_seconds), "pure-Python work costs CPU time"
     assert time_it(lambda: None, warmup=0, repeats=1).cpu_seconds is None

@@ -82,7 +82,7 @@ def test_profile_cli_writes_report_and_chrome_trace(tiny_demo, tmp_path, one_thr
     assert m["loader_images_per_s"] > 0 and m["consumption_images_per_s"] > 0 and m["pipeline_device"] == "cpu"
     ablation = m["ablation"]
     groups = [row["group"] for row in ablation["groups"]]
-    assert {"gaussian blur", "saliency masking", "normalize + cast output"} <= set(groups)
+    assert {"gaussian blur", "saliency masking"} <= set(groups)
     assert groups[-1].startswith("decode + crops") and all(row["images_per_s_without"] > 0 for row in ablation["groups"])
     assert ablation["full_batch_ms"] > 0 and ablation["noise_ms"] >= 0
     assert report["verdict"]["bound"] in ("input", "compute") and report["suggestions"]
