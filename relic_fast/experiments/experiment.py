@@ -66,7 +66,6 @@ def run_variant(config: Config, variant: str, *, data_root: Path, run_dir: Path,
     row: dict[str, Any] = {"variant": variant, "seed": config.train.seed, "saliency_p": config.views.saliency_p}
     started = time.perf_counter()
     if variant in ("supervised", "peer"):
-
         if variant == "supervised":
             result = supervised_reference(config, data_root)
         else:
@@ -77,7 +76,6 @@ def run_variant(config: Config, variant: str, *, data_root: Path, run_dir: Path,
     if variant.startswith("random_init"):
         encoder = random_init_encoder(config, zero_init_residual=variant == "random_init_zero_residual")
     else:
-
         summary = pretrain(config, out_dir=run_dir, resume=False)
         encoder, _ = encoder_from_checkpoint(summary["checkpoint"])
         row.update(final_loss=summary.get("final_loss"), steps=summary.get("steps"),
