@@ -90,3 +90,19 @@ def test_knn_validator_asks_at_its_epochs_and_scores_the_val_split(tiny_config, 
     metrics = validator.validate(encoder, train_dataset=resolve_dataset(str(tiny_demo / "train")),
                                  val_root=tiny_demo / "val", device=torch.device("cpu"))
     assert set(metrics) == {"knn_top1"} and 0.0 <= metrics["knn_top1"] <= 100.0
+
+
+def test_info_shows_the_run_plan_of_a_recipe(monkeypatch):
+    from typer.testing import CliRunner
+
+    from relic_fast.cli import app
+    from tiny_recipe import DEMO_RECIPE
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(app, ["info", "--config", str(DEMO_RECIPE), "--set", "train.compile=on"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "run plan of" in result.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
+            if line.count("│") == 3}
+    assert rows["device"] == "cpu" and rows["compile"] == "True" and rows["loss_implementation"] == "reference"
+    assert rows["dali_device_id"] == "cpu pipeline"
