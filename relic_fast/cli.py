@@ -122,7 +122,7 @@ def config_show(path: Annotated[Optional[Path], typer.Argument(help="TOML recipe
 
 
 @app.command()
-def info(config: Annotated[Optional[Path], typer.Option("--config", help="Also show the run plan of this TOML recipe here: every \"auto\" resolved (device, DALI device, compile, loss and LARS implementation, interpolation, normalization, precision).")] = None,
+def info(config: Annotated[Optional[Path], typer.Option("--config", help="Also show the run plan of this TOML recipe here: every \"auto\" resolved (device, DALI device, compile, loss and LARS implementation, interpolation, precision).")] = None,
          overrides: SetOption = None) -> None:
     """Show versions (torch, torchvision, DALI, Triton, apex), devices, which fast paths run here and, with
     --config, what a run of that recipe would do on this machine."""

@@ -14,12 +14,12 @@ import inspect
 import tomllib
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from dali_pipelines.recipe import DataConfig, InvalidField, ViewsConfig, check
+from relic_fast.config_legacy import migrate_spellings
 from relic_fast.errors import ExitCode, RelicFastError
 
 
@@ -377,47 +377,13 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, dict[st
     return parsed
 
 
-LEGACY_SPELLINGS: dict[tuple[str, str], dict[str, str]] = {
-    ("train", "device"): {"cuda": "gpu"},
-    ("data", "device"): {"cuda": "gpu"},
-    ("optim", "implementation"): {"native": "reference"},
-}
-"""Values older configs (and the configs saved in older checkpoints) spell differently: each concept now has
-one spelling in TOML, on the CLI and in code ("gpu", "bf16", "reference")."""
-
-
-REMOVED_KEYS: dict[tuple[str, str], str] = {
-    ("data", "output_dtype"): "views always leave DALI as uint8 pixels and are normalized on the trainer's "
-                              "device (relic_fast.step.prepare_views)",
-}
-"""Keys older configs (and checkpoints) have that no longer exist, with why: read and ignored."""
-
-
-def migrate_spellings(section: str, values: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:
-    """`values` of `section` with legacy spellings replaced by today's and removed keys dropped (saying so
-    when `warn`)."""
-    migrated = dict(values)
-    for key, value in values.items():
-        if (section, key) in REMOVED_KEYS:
-            del migrated[key]
-            if warn:
-                warnings.warn(f"{source}: {section}.{key} is ignored: {REMOVED_KEYS[section, key]}", stacklevel=4)
-            continue
-        new = LEGACY_SPELLINGS.get((section, key), {}).get(value) if isinstance(value, str) else None
-        if new is not None:
-            migrated[key] = new
-            if warn:
-                warnings.warn(f"{source}: {section}.{key} = {value!r} is spelled {new!r} now (read as {new!r})",
-                              stacklevel=4)
-    return migrated
-
-
 def config_from_dict(data: dict[str, Any], source: str = "<dict>",
                      overrides: dict[str, dict[str, Any]] | None = None, warn_legacy: bool = True) -> Config:
     """Build a validated `Config` from nested dicts (file contents, then overrides on top).
 
-    Legacy spellings (`LEGACY_SPELLINGS`) are read as today's; `warn_legacy=False` reads them quietly
-    (a checkpoint's saved config, which the user did not write)."""
+    Old spellings and removed keys (`relic_fast.config_legacy`) are read as today's config, with a
+    warning; `warn_legacy=False` reads them quietly (a checkpoint's saved config, which the user did not
+    write)."""
     merged: dict[str, dict[str, Any]] = {}
     for layer, layer_source in ((data, source), (overrides or {}, "--set")):
         for section, values in layer.items():
@@ -448,12 +414,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(data, source, parse_overrides(overrides))
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     """TOML literal of a config value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(value)
@@ -464,7 +430,7 @@ def to_toml(config: Config) -> str:
     lines = []
     for name, values in config.to_dict().items():
         lines.append(f"[{name}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
         lines.append("")
     return "\n".join(lines)
 

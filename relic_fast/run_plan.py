@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from dali_pipelines.recipe import default_interpolation
-from relic_fast.config import Config
+from relic_fast.config import Config, toml_value
 from relic_fast.devices import dali_device_for, torch_device_for
 from relic_fast.distributed import launch_local_rank
 from relic_fast.loss import choose_loss_implementation
 from relic_fast.optim import choose_lars_implementation
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -56,11 +57,8 @@ class RunPlan:
     def to_toml(self) -> str:
         """The plan as a `[plan]` TOML table (None written as -1 for the CPU pipeline)."""
         lines = ["# what ran: every \"auto\" of config.toml resolved on this machine", "[plan]"]
-        for key, value in dataclasses.asdict(self).items():
-            if value is None:
-                value = -1
-            lines.append(f"{key} = " + (("true" if value else "false") if isinstance(value, bool)
-                                        else f'"{value}"' if isinstance(value, str) else str(value)))
+        lines += [f"{key} = {toml_value(-1 if value is None else value)}"
+                  for key, value in dataclasses.asdict(self).items()]
         return "\n".join(lines) + "\n"
 
     def rows(self) -> list[tuple[str, str]]:

@@ -18,10 +18,9 @@ from dali_pipelines.batch import ViewBatch, normalize_views
 from relic_fast.compiling import compile_step
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 from relic_fast.environment import configure_cuda_math
-from relic_fast.loss import LossTerms, relicv2_loss_terms
+from relic_fast.loss import LossTerms, draw_negative_offsets, relicv2_loss_terms
 from relic_fast.models import build_networks, convert_sync_batchnorm, ema_update
 from relic_fast.optim import build_lars
-from relic_fast.loss import draw_negative_offsets
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -194,7 +193,6 @@ def build_step_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig,
 
 def draw_offsets(context: StepContext, global_batch: int) -> torch.Tensor | None:
     """This step's shared negative offsets when the loss subsamples negatives (else None: all negatives)."""
-
     if context.loss.num_negatives == 0:
         return None
     count = min(context.loss.num_negatives, global_batch - 1)
@@ -204,7 +202,7 @@ def draw_offsets(context: StepContext, global_batch: int) -> torch.Tensor | None
 def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, global_batch: int) -> torch.Tensor:
     """Forward, backward, LARS step at `lr`, EMA update at `tau`; returns the detached loss terms (no host sync).
 
-    The update is applied whatever the loss: `NonFiniteGuard` records a non-finite one on the device."""""
+    The update is applied whatever the loss: `NonFiniteGuard` records a non-finite one on the device."""
     for group in context.optimizer.param_groups:
         group["lr"] = lr
     dtype = AUTOCAST_DTYPES[context.precision]

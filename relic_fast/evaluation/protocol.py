@@ -46,7 +46,8 @@ def eval_loader(dataset, *, train: bool, eval_cfg: EvalConfig, data_cfg: DataCon
     """The DALI eval loader over `dataset`: train=True random-resized-crop + flip, else resize + centre crop."""
 
     return build_eval_loader(dataset, image_size=eval_cfg.image_size, batch_size=eval_cfg.linear_batch_size,
-                             train=train, data=data_cfg, seed=seed, device_id=dali_device_for(data_cfg.device, torch.device(device)),
+                             train=train, data=data_cfg, seed=seed,
+                             device_id=dali_device_for(data_cfg.device, torch.device(device)),
                              mean=mean, std=std)
 
 

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("relic_fast.errors", "relic_fast.environment", "relic_fast.distributed", "relic_fast.schedules",
      "relic_fast.monitor", "relic_fast.runlock", "relic_fast.run_control", "relic_fast.demo_render",
      "relic_fast.kernels", "relic_fast.compiling", "relic_fast.dataset_tools.progress",
-     "relic_fast.dataset_tools.saliency",
+     "relic_fast.dataset_tools.saliency", "relic_fast.config_legacy",
      "relic_fast.__init__"),
     # 2: the typed config and the device rules
     ("relic_fast.config", "relic_fast.devices"),
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("relic_fast.models", "relic_fast.loss", "relic_fast.optim", "relic_fast.checkpoint", "relic_fast.export",
      "relic_fast.demo_data", "relic_fast.dataset_tools"),
     # 4: the plan of a run and its step
-    ("relic_fast.run_plan", "relic_fast.step", "relic_fast.synthetic"),
+    ("relic_fast.run_plan", "relic_fast.step", "relic_fast.synthetic", "relic_fast.loop"),
     # 5: the trainer
     ("relic_fast.trainer", "relic_fast.profile_report"),
     # 6: what runs a trainer or measures it, and the evaluation it is handed
