@@ -37,7 +37,8 @@ from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.step import train_step
 from relic_fast.synthetic import synthetic_inputs
 from relic_fast.profile_report import build_report, write_report
-from relic_fast.trainer import StepTiming, Trainer
+from relic_fast.loop import StepTiming
+from relic_fast.trainer import Trainer
 
 PHASES = ("data", "prepare_views", "forward", "backward", "optimizer", "ema")
 """The `record_function` labels of the training loop (trainer.py) and step (step.py)."""

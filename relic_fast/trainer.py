@@ -3,8 +3,8 @@
 Read top-down: `Trainer.__init__` resolves the run plan (`run_plan`: every "auto" decided once), then
 builds the world, data and the step (`step.build_step_context`); `train` runs `for epoch: for batch`,
 each step through `train_step`, with a `LoggingWindow` between log lines and an optional `StepTiming`
-(profile mode) and `Validator` (e.g. the kNN monitor, handed in); `_log`, `save`, `restore` are the
-bookkeeping. Only rank 0 writes.
+(profile mode) and `Validator` (e.g. the kNN monitor, handed in), all three from `loop`; `_log`,
+`save`, `restore` are the bookkeeping. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,6 +29,7 @@ from relic_fast.distributed import (World, all_reduce_mean, close_world, control
                                     same_on_every_rank)
 from relic_fast.environment import compiled_graph_count, process_age_s
 from relic_fast.errors import ResumeMismatchError, RunStopped
+from relic_fast.loop import LoggingWindow, StepTiming, Validator
 from relic_fast.monitor import RunMonitor
 from relic_fast.run_control import RunControl
 from relic_fast.run_plan import RunPlan, planned_config, resolve_plan
@@ -69,57 +70,6 @@ def without_bad_files(dataset: DatasetSpec, world: World) -> DatasetSpec:
     return dataset
 
 
-class LoggingWindow:
-    """The steps since the last log line: loss terms summed on the device (no host sync until `close`),
-    data wait and wall time, so each log line reports means over its own window."""
-
-    def __init__(self, device: torch.device):
-        self.terms = torch.zeros(3, device=device)
-        self._reset()
-
-    def _reset(self) -> None:
-        self.terms.zero_()
-        self.steps, self.data_wait_s, self.start = 0, 0.0, time.perf_counter()
-        self.lr = self.tau = math.nan
-
-    def add(self, terms: torch.Tensor, data_wait_s: float, *, lr: float, tau: float) -> None:
-        """Account one step: its [total, contrastive, invariance] terms, data wait and schedule values."""
-        self.terms += terms
-        self.steps += 1
-        self.data_wait_s += data_wait_s
-        self.lr, self.tau = lr, tau
-
-    def close(self) -> tuple[torch.Tensor, int, float, float, float, float]:
-        """(mean terms, steps, elapsed s, data wait s, last lr, last tau) of the window; a new one starts."""
-        result = (self.terms / max(self.steps, 1), self.steps, time.perf_counter() - self.start,
-                  self.data_wait_s, self.lr, self.tau)
-        self._reset()
-        return result
-
-
-class StepTiming:
-    """Profile mode's hook: the device synchronized around each step, so that a step's device work is
-    timed where it was queued; `record(data wait s, step s)` is called after each step."""
-
-    def __init__(self, device: torch.device, record: Callable[[float, float], None]):
-        self.device, self.record = device, record
-
-    def sync(self) -> None:
-        """Wait for the device (a host-device sync point, in profile mode only)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-class Validator(Protocol):
-    """What the trainer runs at epoch ends (e.g. `relic_fast.evaluation.validate.KnnValidator`): it
-    decides when, and returns metrics for `metrics.jsonl`."""
-
-    def should_validate(self, epochs_done: int) -> bool: ...
-
-    def validate(self, encoder: torch.nn.Module, *, train_dataset: DatasetSpec, val_root: Path,
-                 device: torch.device) -> dict[str, float]: ...
-
-
 class Trainer:
     """A RELICv2 pretraining run in `out_dir`, single-process or one rank of a `torchrun` job."""
 
@@ -139,9 +89,6 @@ class Trainer:
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank
         self.context = self._build_step_context()
         torch.manual_seed(config.train.seed + self.world.rank)  # then per-rank randomness (negatives)
-        self.online, self.online_module, self.target = (self.context.online, self.context.online_module,
-                                                        self.context.target)
-        self.optimizer, self.scaler = self.context.optimizer, self.context.scaler
         self.step = 0
         self.guard = NonFiniteGuard(self.world.device)
         loader_state = self.restore() if resume else None
@@ -156,6 +103,31 @@ class Trainer:
         self.warmup_report: dict[str, float] = {}
         """After this process's first step: `first_step_s` (process start to the end of that step: the
         compile warm-up a user waits for) and `compiled_graphs`; every log adds `recompiles` since."""
+
+    @property
+    def online(self) -> torch.nn.Module:
+        """The multi-view online network as the step calls it (DDP-wrapped when distributed)."""
+        return self.context.online
+
+    @property
+    def online_module(self) -> torch.nn.Module:
+        """The bare online network: what is checkpointed, exported and EMA-tracked."""
+        return self.context.online_module
+
+    @property
+    def target(self) -> torch.nn.Module:
+        """The EMA target network."""
+        return self.context.target
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The LARS optimizer of the online network."""
+        return self.context.optimizer
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The fp16 gradient scaler (None at bf16 and fp32)."""
+        return self.context.scaler
 
     def _check_batch(self) -> None:
         """The global batch must split evenly over ranks and fit the dataset."""
@@ -259,7 +231,7 @@ class Trainer:
                 return
             yield batch, time.perf_counter() - fetch_start
 
-    def _train_on(self, batch, data_wait_s: float, window: "LoggingWindow") -> None:
+    def _train_on(self, batch, data_wait_s: float, window: LoggingWindow) -> None:
         """One optimizer step on `batch` at this step's learning rate and EMA decay."""
         if self.step_timing is not None:
             self.step_timing.sync()
@@ -294,7 +266,7 @@ class Trainer:
             return 0
         return compiled_graph_count() - int(self.warmup_report["compiled_graphs"])
 
-    def _log(self, window: "LoggingWindow") -> dict[str, Any]:
+    def _log(self, window: LoggingWindow) -> dict[str, Any]:
         """Read the window's metrics from the device (a host sync point), hand them to the monitor, start a new window."""
         mean_terms, steps, elapsed, data_wait, lr, tau = window.close()
         total, contrastive, invariance = all_reduce_mean(mean_terms).tolist()  # note: CPU-GPU sync point

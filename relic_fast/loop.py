@@ -1,0 +1,64 @@
+"""The training loop's small parts: the logging window between two log lines, the profiler's step timing,
+and what a validator handed to the trainer looks like."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from dali_pipelines.dataset import DatasetSpec
+
+
+class LoggingWindow:
+    """The steps since the last log line: loss terms summed on the device (no host sync until `close`),
+    data wait and wall time, so each log line reports means over its own window."""
+
+    def __init__(self, device: torch.device):
+        self.terms = torch.zeros(3, device=device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.terms.zero_()
+        self.steps, self.data_wait_s, self.start = 0, 0.0, time.perf_counter()
+        self.lr = self.tau = math.nan
+
+    def add(self, terms: torch.Tensor, data_wait_s: float, *, lr: float, tau: float) -> None:
+        """Account one step: its [total, contrastive, invariance] terms, data wait and schedule values."""
+        self.terms += terms
+        self.steps += 1
+        self.data_wait_s += data_wait_s
+        self.lr, self.tau = lr, tau
+
+    def close(self) -> tuple[torch.Tensor, int, float, float, float, float]:
+        """(mean terms, steps, elapsed s, data wait s, last lr, last tau) of the window; a new one starts."""
+        result = (self.terms / max(self.steps, 1), self.steps, time.perf_counter() - self.start,
+                  self.data_wait_s, self.lr, self.tau)
+        self._reset()
+        return result
+
+
+class StepTiming:
+    """Profile mode's hook: the device synchronized around each step, so that a step's device work is
+    timed where it was queued; `record(data wait s, step s)` is called after each step."""
+
+    def __init__(self, device: torch.device, record: Callable[[float, float], None]):
+        self.device, self.record = device, record
+
+    def sync(self) -> None:
+        """Wait for the device (a host-device sync point, in profile mode only)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class Validator(Protocol):
+    """What the trainer runs at epoch ends (e.g. `relic_fast.evaluation.validate.KnnValidator`): it
+    decides when, and returns metrics for `metrics.jsonl`."""
+
+    def should_validate(self, epochs_done: int) -> bool: ...
+
+    def validate(self, encoder: torch.nn.Module, *, train_dataset: DatasetSpec, val_root: Path,
+                 device: torch.device) -> dict[str, float]: ...
