@@ -1,8 +1,9 @@
 """The per-view BYOL augmentation as DALI graph pieces: colour jitter, grayscale, blur, solarize, crop.
 
 Every piece works on uint8 HWC views (a quarter of float32's bytes; DALI's uint8 kernels are the
-fast ones). Random draws come from `draws.ImageDraws` (one vector per image); probabilities act
-per sample through DALI conditionals: `if flag:` runs the branch only for the samples that drew it.
+fast ones). Each view's random draws arrive as its `draws.ViewDraws`; probabilities act per sample
+through DALI conditionals: `if drawn(flag):` runs the branch only for the samples that drew it, while
+a Python `if` on the view's `ViewSpec` or the `ViewsConfig` decides which operators the graph holds.
 
 Colour jitter: brightness (TF's additive delta, or a DALI-style factor), contrast about each
 channel's image mean, saturation (chroma scale: at hue 0 exactly torchvision's blend with the luma
@@ -22,8 +23,8 @@ import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
-from dali_pipelines.draws import ORDERS, ImageDraws
-from dali_pipelines.recipe import ViewsConfig
+from dali_pipelines.draws import ORDERS, ImageDraws, ViewDraws, drawn
+from dali_pipelines.recipe import ViewsConfig, ViewSpec
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 """ITU-R 601 luma weights of BYOL's grayscale (tf.image.rgb_to_grayscale)."""
@@ -59,6 +60,10 @@ class ColourMaps(NamedTuple):
     shift: object
     mean_matrix: object
 
+    def of_view(self, k: int) -> "ColourMaps":
+        """View `k`'s map: (3, 3), (3,), (3, 3)."""
+        return ColourMaps(self.matrix[k], self.shift[k], self.mean_matrix[k])
+
 
 def _c(array: np.ndarray):
     return types.Constant(np.asarray(array, dtype=np.float32))
@@ -79,49 +84,70 @@ def chroma(scale_cos, scale_sin):
     return _c(LUMA_PART) + scale_cos * _c(CHROMA_SCALE) + scale_sin * _c(CHROMA_ROTATE)
 
 
-def fused_maps(d: ImageDraws, views: int) -> ColourMaps:
+def fused_maps(draws: ImageDraws, views: int) -> ColourMaps:
     """Jitter + grayscale as one map per view: y = b c B x + b (1 - c) B mean + shift, with B = K
     (colour) or the gray matrix (grayscale drawn), b/c the brightness/contrast factors."""
-    gray = _cube(d.gray, views)
-    k = chroma(_cube(d.saturation * dmath.cos(d.angle), views), _cube(d.saturation * dmath.sin(d.angle), views))
-    base = k * (1.0 - gray) + _c(GRAY_MATRIX) * gray
-    return ColourMaps(_cube(d.factor * d.contrast, views) * base, _rows(d.shift, views),
-                      _cube(d.factor * (1.0 - d.contrast), views) * base)
+    gray = _cube(draws.gray, views)
+    colour = chroma(_cube(draws.saturation * dmath.cos(draws.angle), views),
+                    _cube(draws.saturation * dmath.sin(draws.angle), views))
+    base = colour * (1.0 - gray) + _c(GRAY_MATRIX) * gray
+    return ColourMaps(_cube(draws.factor * draws.contrast, views) * base, _rows(draws.shift, views),
+                      _cube(draws.factor * (1.0 - draws.contrast), views) * base)
 
 
-def exact_maps(d: ImageDraws, views: int) -> list[ColourMaps]:
+def exact_maps(draws: ImageDraws, views: int) -> list[ColourMaps]:
     """BYOL's exact jitter: per slot, the map of the op that slot applies (per sample and view)."""
     eye = _c(IDENTITY)
-    matrices = [_cube(d.factor, views) * eye, _cube(d.contrast, views) * eye,
-                chroma(_cube(d.saturation, views), 0.0 * _cube(d.saturation, views)),
-                chroma(_cube(dmath.cos(d.angle), views), _cube(dmath.sin(d.angle), views))]
+    matrices = [_cube(draws.factor, views) * eye, _cube(draws.contrast, views) * eye,
+                chroma(_cube(draws.saturation, views), 0.0 * _cube(draws.saturation, views)),
+                chroma(_cube(dmath.cos(draws.angle), views), _cube(dmath.sin(draws.angle), views))]
     slots = []
     for slot in range(4):
-        if d.order is None:
+        if draws.order is None:
             pick = [float(op == slot) for op in range(4)]
         else:
-            op = fn.lookup_table(d.order, keys=list(range(len(ORDERS))),
+            op = fn.lookup_table(draws.order, keys=list(range(len(ORDERS))),
                                  values=[float(o[slot]) for o in ORDERS], dtype=types.INT32)
             pick = [fn.cast(op == k, dtype=types.FLOAT) for k in range(4)]
         cubes = [p if isinstance(p, float) else _cube(p, views) for p in pick]
         matrix = sum(c * m for c, m in zip(cubes, matrices))
-        shift = pick[BRIGHTNESS] * d.shift
-        mean_matrix = cubes[CONTRAST] * _cube(1.0 - d.contrast, views) * eye
+        shift = pick[BRIGHTNESS] * draws.shift
+        mean_matrix = cubes[CONTRAST] * _cube(1.0 - draws.contrast, views) * eye
         slots.append(ColourMaps(matrix, _rows(shift, views), mean_matrix))
     return slots
 
 
-def affine(x, maps: ColourMaps, k: int, device: str):
-    """clip(M x + shift + A mean(x)) of view `k`, uint8 out (rounded, clamped).
+def view_colour_maps(draws: ImageDraws, views: ViewsConfig) -> list:
+    """Each view's colour map for the jitter form in use: one fused `ColourMaps` (jitter_clip "end"),
+    or a tuple of the four slots' maps (jitter_clip "each")."""
+    if views.jitter_clip == "end":
+        fused = fused_maps(draws, views.num_views)
+        return [fused.of_view(k) for k in range(views.num_views)]
+    slots = exact_maps(draws, views.num_views)
+    return [tuple(slot.of_view(k) for slot in slots) for k in range(views.num_views)]
+
+
+def affine(x, maps: ColourMaps, device: str):
+    """clip(M x + shift + A mean(x)) with one view's `maps`, uint8 out (rounded, clamped).
 
     CPU: one `coord_transform` pass. GPU: the image mean is a GPU tensor, which cannot be an
     operator argument, so its term is added after a float pass."""
     mean = fn.reshape(fn.reductions.mean(x, axes=[0, 1]), shape=[1, 3])
     if device == "cpu":
-        shift = fn.coord_transform(mean, M=maps.mean_matrix[k], T=maps.shift[k], dtype=types.FLOAT)
-        return fn.coord_transform(x, M=maps.matrix[k], T=fn.reshape(shift, shape=[3]), dtype=types.UINT8)
-    moved = fn.coord_transform(x, M=maps.matrix[k], T=maps.shift[k], dtype=types.FLOAT)
-    return fn.cast(moved + fn.coord_transform(mean, M=maps.mean_matrix[k], dtype=types.FLOAT), dtype=types.UINT8)
+        shift = fn.coord_transform(mean, M=maps.mean_matrix, T=maps.shift, dtype=types.FLOAT)
+        return fn.coord_transform(x, M=maps.matrix, T=fn.reshape(shift, shape=[3]), dtype=types.UINT8)
+    moved = fn.coord_transform(x, M=maps.matrix, T=maps.shift, dtype=types.FLOAT)
+    return fn.cast(moved + fn.coord_transform(mean, M=maps.mean_matrix, dtype=types.FLOAT), dtype=types.UINT8)
+
+
+def grayscale(x):
+    """BYOL's grayscale, replicated to three channels (uint8)."""
+    return fn.coord_transform(x, M=GRAY_MATRIX.flatten().tolist(), dtype=types.UINT8)
+
+
+def solarize(x):
+    """x -> 255 - x on the bright half (`SOLARIZE_TABLE`)."""
+    return fn.lookup_table(x, keys=list(range(256)), values=SOLARIZE_TABLE, dtype=types.UINT8)
 
 
 def blur_taps(size: int) -> int:
@@ -144,49 +170,56 @@ def gaussian_rows(sigma, taps: int, count: int):
     return weights, half
 
 
-def blur(x, sigma, kernels, row: int, taps: int, device: str):
-    """Gaussian blur with BYOL's window, cut to +-4 sigma (`TRUNCATE_SIGMAS`). CPU: two 1-D
-    `fn.filter` passes (OpenCV's SIMD kernels, ~6x DALI's CPU gaussian_blur; uint8 between the
-    passes, reflect-101 border) with row `row` of `kernels` = (weights, half-widths). GPU: DALI's
-    separable `fn.gaussian_blur`."""
-    weights, half = kernels
-    width = 2 * half[row] + 1
+def view_blur_kernels(sigma, views: ViewsConfig) -> list[tuple]:
+    """Each view's (weights (1, taps), half-width) for its drawn `sigma` ((V,) vector): one
+    `gaussian_rows` for the large views and one for the small views."""
+    kernels = []
+    for first, count, size in ((0, views.num_large, views.large_size),
+                               (views.num_large, views.num_small, views.small_size)):
+        if count:
+            weights, half = gaussian_rows(sigma[first:first + count], blur_taps(size), count)
+            kernels += [(weights[row:row + 1, :], half[row]) for row in range(count)]
+    return kernels
+
+
+def blur(x, draw: ViewDraws, size: int, device: str):
+    """Gaussian blur at the view's sigma with BYOL's window for `size`, cut to +-4 sigma
+    (`TRUNCATE_SIGMAS`). CPU: two 1-D `fn.filter` passes (OpenCV's SIMD kernels, ~6x DALI's CPU
+    gaussian_blur; uint8 between the passes, reflect-101 border) with the view's kept weights. GPU:
+    DALI's separable `fn.gaussian_blur`."""
+    width = 2 * draw.blur_half + 1
     if device == "gpu":
-        return fn.gaussian_blur(x, sigma=sigma, window_size=width)
-    start = fn.stack(0 * half[row], taps // 2 - half[row])
-    kept = fn.slice(weights[row:row + 1, :], start=start, shape=fn.stack(1 + 0 * half[row], width), axes=[0, 1])
+        return fn.gaussian_blur(x, sigma=draw.sigma, window_size=width)
+    start = fn.stack(0 * draw.blur_half, blur_taps(size) // 2 - draw.blur_half)
+    kept = fn.slice(draw.blur_weights, start=start, shape=fn.stack(1 + 0 * draw.blur_half, width), axes=[0, 1])
     kept = kept / fn.reductions.sum(kept)
     return fn.filter(fn.filter(x, kept), fn.reshape(kept, shape=[-1, 1]))
 
 
-def augment_view(x, k: int, size: int, d: ImageDraws, maps, kernels, row: int, views: ViewsConfig, device: str):
-    """Jitter, grayscale, blur and solarize view `k` (uint8 HWC) with its draws from `d`.
-
-    `maps`: `fused_maps` (jitter_clip "end") or the list of `exact_maps`; `kernels`/`row`: this
-    view's row of Gaussian weights (CPU)."""
+def augment_view(x, spec: ViewSpec, draw: ViewDraws, views: ViewsConfig, device: str):
+    """BYOL's colour jitter, grayscale, blur and solarize on one view (uint8 HWC), with its draws."""
     if views.jitter_clip == "end":
-        if d.jitter[k] + d.gray[k] > 0.0:  # the 16% drawing neither skip the pass
-            x = affine(x, maps, k, device)
+        if drawn(draw.jitter + draw.gray):  # the 16% drawing neither skip the pass
+            x = affine(x, draw.colour, device)
     else:
-        if d.jitter[k] > 0.0:
-            for slot in maps:
-                x = affine(x, slot, k, device)
-        if d.gray[k] > 0.0:
-            x = fn.coord_transform(x, M=GRAY_MATRIX.flatten().tolist(), dtype=types.UINT8)
-    blur_p, solarize_p = views.view_setting(k)
-    taps = blur_taps(size)
-    if blur_p >= 1.0:
-        x = blur(x, d.sigma[k], kernels, row, taps, device)
-    elif blur_p > 0.0:
-        if d.blur[k] > 0.0:
-            x = blur(x, d.sigma[k], kernels, row, taps, device)
-    if solarize_p > 0.0:
-        if d.solarize[k] > 0.0:
-            x = fn.lookup_table(x, keys=list(range(256)), values=SOLARIZE_TABLE, dtype=types.UINT8)
+        if drawn(draw.jitter):
+            for slot in draw.colour:
+                x = affine(x, slot, device)
+        if drawn(draw.gray):
+            x = grayscale(x)
+    if spec.blur_p >= 1.0:
+        x = blur(x, draw, spec.size, device)
+    elif spec.blur_p > 0.0:
+        if drawn(draw.blur):
+            x = blur(x, draw, spec.size, device)
+    if spec.solarize_p > 0.0:
+        if drawn(draw.solarize):
+            x = solarize(x)
     return x
 
 
-def cut(image, windows, k: int, size: int, interp):
-    """The `size` x `size` view `k` of `image` inside its window (mirrored when flipped), antialiased."""
-    return fn.resize(image, size=[size, size], roi_start=windows[k, 0:2], roi_end=windows[k, 2:4],
+def crop(image, window, size: int, interp):
+    """The `size` x `size` view of `image` inside `window` (a `draws.Window`; mirrored when flipped),
+    antialiased."""
+    return fn.resize(image, size=[size, size], roi_start=window.start, roi_end=window.end,
                      roi_relative=True, interp_type=interp, antialias=True)

@@ -9,6 +9,11 @@ Crop windows: ONE attempt, clamped (BYOL's reference code): area a ~ U(area of t
 r = exp(U(log range)), relative width sqrt(a r H / W) and height sqrt(a W / (r H)), each clamped to
 1 (the whole side), offset uniform over the remaining room. A flip swaps the window's x start and
 end (`fn.resize` then mirrors for free, and a saliency mask cut with the same window stays aligned).
+
+The graph then hands each view its own record, `ViewDraws`: its window, its flags, its sigma and the
+colour maps and blur weights derived from them. Two kinds of `if` shape the graph: a Python `if` on
+the config (`ViewsConfig`, `ViewSpec`) decides which operators exist; `if drawn(flag):` is a DALI
+conditional that runs its branch for the samples that drew the flag.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ ORDERS = list(itertools.permutations(range(4)))
 
 
 class ImageDraws(NamedTuple):
-    """One image's draws; each field is a per-sample (V,) float vector (flags 0/1) unless noted."""
+    """Every view's draws of one image; each field is a per-sample (V,) float vector (flags 0/1) unless
+    noted. `ViewDraws` is one view's part."""
 
     windows: object     # (V, 4): y0, x0, y1, x1 relative; x0 > x1 when flipped
     flip: object
@@ -43,6 +49,34 @@ class ImageDraws(NamedTuple):
     saturation: object
     angle: object       # hue rotation, radians
     order: object       # (V,) int32 index into ORDERS, or None (fixed order / fused jitter)
+
+
+class Window(NamedTuple):
+    """A view's crop window in relative coordinates: `start` (y0, x0) and `end` (y1, x1), x0 > x1 when
+    flipped; the ROI of `fn.resize`."""
+
+    start: object
+    end: object
+
+
+class ViewDraws(NamedTuple):
+    """One view's per-sample draws, and what the graph derives from them."""
+
+    window: Window      # the flip is in it (x0 > x1)
+    jitter: object
+    gray: object
+    blur: object
+    solarize: object
+    blend: object       # saliency blend flag (0 for small views and images without a mask)
+    sigma: object       # blur sigma in pixels
+    colour: object      # the view's colour map(s): `augment.ColourMaps`, or a tuple of four (jitter_clip "each")
+    blur_weights: object  # (1, taps) Gaussian weights at `sigma` (the CPU blur's filter)
+    blur_half: object   # half-width of the blur window actually used
+
+
+def drawn(flag):
+    """The condition of a per-sample DALI `if`: true for the samples whose `flag` is set."""
+    return flag > 0.0
 
 
 def per_view(values) -> object:
@@ -86,8 +120,8 @@ def crop_windows(shape, views: ViewsConfig, flip):
     return fn.stack(y0, x_start, y0 + height, x_end, axis=1)
 
 
-def draw_image(shape, views: ViewsConfig) -> ImageDraws:
-    """All per-view draws of one image (see the module docstring)."""
+def draw_views(shape, views: ViewsConfig) -> ImageDraws:
+    """Every random choice of one image's views (see the module docstring), for an image of `shape`."""
     count = views.num_views
     settings = [views.view_setting(k) for k in range(count)]
     flip = flags([views.flip_p] * count)

@@ -2,7 +2,7 @@
 
 Steps per image: read (sharded, seeded order) -> decode ONCE (`cpu`, or `mixed` = nvJPEG on the
 GPU) -> per view: a one-attempt clamped crop window (+ flip), cut and resized from the decoded
-image in uint8 -> large views only: saliency blend (p = `saliency_p`, masked images only) -> BYOL
+image in uint8 (`augment.crop`) -> large views only: saliency blend (p = `saliency_p`, masked images only) -> BYOL
 augmentation (jitter, grayscale, blur, solarize: `augment.py`) -> output as HWC uint8 pixels (the
 trainer normalizes them on its own device, in one place: `relic_fast.step.prepare_views`).
 The device is a parameter: `device="gpu"` puts the decoder in `mixed` mode so that every image
@@ -11,18 +11,24 @@ arguments. Outputs, in order: `large0..large{L-1}`, `small0..small{S-1}`, `label
 `debug=True` a float (L+S, 11) `stats` tensor per sample: per view (y0, x0, y1, x1, flip, jitter,
 gray, blur, solarize, saliency, sigma) with the window in relative coordinates (x0 > x1 when
 flipped) and the blur's sigma (drawn for every view, used where blur is 1).
+
+Reading the graph: `draw_views` makes every random choice of an image at once; each view then gets
+its `ViewSpec` (settings fixed when the graph is built: a Python `if` on it decides which operators
+exist) and its `ViewDraws` (per-sample values: `if drawn(flag):` is DALI's per-sample conditional).
 """
 
 from __future__ import annotations
 
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipelines import augment, draws, saliency
+from dali_pipelines import augment, saliency
+from dali_pipelines.draws import ImageDraws, ViewDraws, Window, draw_views, drawn, stats
 from dali_pipelines.readers import ReadPlan, read_encoded
-from dali_pipelines.recipe import ViewsConfig, default_interpolation
+from dali_pipelines.recipe import ViewsConfig, ViewSpec, default_interpolation
 
 STATS_FIELDS = ("y0", "x0", "y1", "x1", "flip", "jitter", "gray", "blur", "solarize", "saliency", "sigma")
 """Columns of the debug `stats` output, one row per view."""
+
 
 def output_names(views: ViewsConfig, debug: bool = False) -> list[str]:
     """Names of the pipeline's outputs, in order (the torch iterator's `output_map`)."""
@@ -30,22 +36,25 @@ def output_names(views: ViewsConfig, debug: bool = False) -> list[str]:
     return names + ["labels"] + (["stats"] if debug else [])
 
 
-def colour_maps(d, views: ViewsConfig):
-    """The per-view colour maps of the jitter form in use (`augment.py`)."""
-    if views.jitter_clip == "end":
-        return augment.fused_maps(d, views.num_views)
-    return augment.exact_maps(d, views.num_views)
+def each_view_draws(draws: ImageDraws, blends, views: ViewsConfig) -> list[ViewDraws]:
+    """Each view's own record of the image's draws, with its colour map(s) and blur weights."""
+    colours = augment.view_colour_maps(draws, views)
+    kernels = augment.view_blur_kernels(draws.sigma, views)
+    return [ViewDraws(window=Window(draws.windows[k, 0:2], draws.windows[k, 2:4]), jitter=draws.jitter[k],
+                      gray=draws.gray[k], blur=draws.blur[k], solarize=draws.solarize[k], blend=blends[k],
+                      sigma=draws.sigma[k], colour=colours[k], blur_weights=kernels[k][0], blur_half=kernels[k][1])
+            for k in range(views.num_views)]
 
 
-def blur_kernels(d, views: ViewsConfig) -> list:
-    """(kernels, row) per view: Gaussian weights and half-widths, large and small views in one go each."""
-    large = augment.gaussian_rows(d.sigma[0:views.num_large], augment.blur_taps(views.large_size), views.num_large)
-    rows = [(large, k) for k in range(views.num_large)]
-    if views.num_small:
-        small = augment.gaussian_rows(d.sigma[views.num_large:views.num_views],
-                                      augment.blur_taps(views.small_size), views.num_small)
-        rows += [(small, k) for k in range(views.num_small)]
-    return rows
+def make_view(images, masks, spec: ViewSpec, draw: ViewDraws, views: ViewsConfig, interp, device: str):
+    """One output view: its crop, then (large views, where masks exist) the saliency blend, then BYOL's
+    augmentation."""
+    view = augment.crop(images, draw.window, spec.size, interp)
+    if masks is not None and spec.large:
+        other = saliency.other_images(view) if views.saliency_fill == "other_image" else None
+        if drawn(draw.blend):
+            view = saliency.blend(view, masks, draw.window, spec.size, views, other)
+    return augment.augment_view(view, spec, draw, views, device)
 
 
 def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: bool):
@@ -53,28 +62,18 @@ def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: boo
     encoded = read_encoded(plan)
     images = fn.decoders.image(encoded.images, device="mixed" if device == "gpu" else "cpu",
                                output_type=types.RGB)
-    d = draws.draw_image(fn.peek_image_shape(encoded.images), views)
+    draws = draw_views(fn.peek_image_shape(encoded.images), views)
     interpolation = default_interpolation(device) if views.interpolation == "auto" else views.interpolation
     interp = types.INTERP_CUBIC if interpolation == "cubic" else types.INTERP_LINEAR
-    blends = 0.0 * d.flip
-    masks = None
+    blends, masks = 0.0 * draws.flip, None
     if encoded.mask_bytes is not None and views.saliency_p > 0:
         blends = saliency.draw_blends(views, encoded.has_mask)
         masks = saliency.decode_masks(encoded.mask_bytes, blends, device)
-    maps, kernels = colour_maps(d, views), blur_kernels(d, views)
-    outputs = []
-    for k in range(views.num_views):
-        size = views.large_size if k < views.num_large else views.small_size
-        view = augment.cut(images, d.windows, k, size, interp)
-        if masks is not None and k < views.num_large:
-            other = saliency.other_images(view) if views.saliency_fill == "other_image" else None
-            if blends[k] > 0.0:
-                view = saliency.blend(view, masks, d.windows, k, size, views, other)
-        view = augment.augment_view(view, k, size, d, maps, *kernels[k], views, device)
-        outputs.append(view)
+    outputs = [make_view(images, masks, spec, draw, views, interp, device)
+               for spec, draw in zip(views.view_specs(), each_view_draws(draws, blends, views))]
     outputs.append(encoded.labels)
     if debug:
-        outputs.append(draws.stats(d, blends))
+        outputs.append(stats(draws, blends))
     return tuple(outputs)
 
 

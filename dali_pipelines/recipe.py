@@ -217,6 +217,37 @@ class ViewsConfig:
         return (self.blur_p[view_index % len(self.blur_p)],
                 self.solarize_p[view_index % len(self.solarize_p)])
 
+    def view_specs(self) -> list["ViewSpec"]:
+        """Every view's fixed settings, large views first (the pipeline's output order)."""
+        specs = []
+        for index in range(self.num_views):
+            large = index < self.num_large
+            blur_p, solarize_p = self.view_setting(index)
+            specs.append(ViewSpec(index=index, large=large, size=self.large_size if large else self.small_size,
+                                  blur_p=blur_p, solarize_p=solarize_p))
+        return specs
+
     def replace(self, **changes) -> "ViewsConfig":
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view's settings, fixed when the pipeline's graph is built (the per-sample draws are the
+    pipeline's `draws.ViewDraws`): a Python `if` on these chooses which operators the graph holds."""
+
+    index: int
+    """Position among the views: large views first, then small ones."""
+
+    large: bool
+    """A large view: seen by both networks and the only kind that can be saliency-blended."""
+
+    size: int
+    """Side of the view in pixels."""
+
+    blur_p: float
+    """Probability of the Gaussian blur (0: never in the graph; 1: always, no conditional)."""
+
+    solarize_p: float
+    """Probability of solarization (0: never in the graph)."""

@@ -14,6 +14,7 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
+from dali_pipelines.augment import crop
 from dali_pipelines.draws import flags
 from dali_pipelines.recipe import ViewsConfig
 
@@ -51,10 +52,9 @@ def _fill(view, views: ViewsConfig, other):
     return fn.cast(other, dtype=types.FLOAT)
 
 
-def blend(view, masks, windows, k: int, size: int, views: ViewsConfig, other=None):
-    """`view` (view `k`) with its background replaced; call inside `if` on the view's blend flag."""
-    cut = fn.resize(masks, size=[size, size], roi_start=windows[k, 0:2], roi_end=windows[k, 2:4],
-                    roi_relative=True, interp_type=types.INTERP_LINEAR, antialias=True)
-    alpha = fn.cast(cut, dtype=types.FLOAT) * (1.0 / 255.0)
+def blend(view, masks, window, size: int, views: ViewsConfig, other=None):
+    """`view` with its background replaced, its mask cut with the view's own `window`; call it inside
+    the `if drawn(...)` on the view's blend flag."""
+    alpha = fn.cast(crop(masks, window, size, types.INTERP_LINEAR), dtype=types.FLOAT) * (1.0 / 255.0)
     mixed = fn.cast(view, dtype=types.FLOAT) * alpha + _fill(view, views, other) * (1.0 - alpha)
     return fn.cast(mixed, dtype=types.UINT8)

@@ -132,3 +132,27 @@ def test_gpu_graph_is_the_same_definition_on_the_gpu(identity_data):
     assert not any(kind == "CropMirrorNormalize" for kind, _ in ops)  # uint8 out: the trainer normalizes
     assert ("Image", "cpu") in ops                       # saliency masks: small PNGs, decoded on the CPU
     assert {("reader", "cpu"), ("Uniform", "cpu"), ("PeekImageShape", "cpu")} <= ops
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_the_config_decides_which_operators_the_graph_holds(identity_data, device):
+    """A probability of 0 leaves its operator out of the graph, 1 puts it in without a per-sample
+    conditional; saliency without masks builds no mask decoder."""
+    dataset = resolve_dataset(str(identity_data.folder))
+    plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=None)
+    blur_op = "GaussianBlur" if device == "gpu" else "Filter"
+
+    def kinds(**changes) -> list[str]:
+        views = ViewsConfig(num_large=2, num_small=1, large_size=16, small_size=8, **changes)
+        pipe = multi_view_pipeline(plan, views, device, False, batch_size=2, num_threads=1,
+                                   device_id=0 if device == "gpu" else None)
+        return [kind for kind, _ in graph_ops(pipe._graph_out)]
+
+    none = kinds(blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.5)
+    assert blur_op not in none and "LookupTable" not in none
+    assert none.count("Image") == 1                       # the images' decoder only: no masks to decode
+    always = kinds(blur_p=(1.0,), solarize_p=(0.0,))
+    sometimes = kinds(blur_p=(0.5,), solarize_p=(0.0,))
+    assert blur_op in always and blur_op in sometimes
+    assert always.count("Split") < sometimes.count("Split")
+    assert "LookupTable" in kinds(solarize_p=(0.3,))
