@@ -8,6 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path.cwd() / "tests" / "dali_pipelines"))
 from pipeline_data import write_layouts
+from test_pipeline_loader import graph_ops
 from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.pretrain import multi_view_pipeline
@@ -31,14 +32,6 @@ CASES = {
     "no_small": dict(num_small=0, saliency_p=0.3, brightness=0.0),
 }
 arrays, counts = {}, {}
-def graph_ops(outputs):
-    seen, stack = {}, list(outputs)
-    while stack:
-        node = stack.pop()
-        if id(node.source) not in seen:
-            seen[id(node.source)] = node.source
-            stack += list(node.source.inputs)
-    return [op.name.strip("_").rsplit("_", 1)[0] for op in seen.values()]
 for name, kw in CASES.items():
     views = ViewsConfig(num_large=2, num_small=kw.pop("num_small", 2), large_size=24, small_size=12, **kw)
     loader = build_pretrain_loader(dataset, views, DataConfig(num_threads=2), batch_size=4, seed=3, debug=True)
@@ -50,7 +43,7 @@ for name, kw in CASES.items():
     plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=mask_table(dataset))
     for device, did in (("cpu", None), ("gpu", 0)):
         pipe = multi_view_pipeline(plan, views, device, True, batch_size=2, num_threads=1, device_id=did)
-        ops = graph_ops(pipe._graph_out)
+        ops = [kind for kind, _ in graph_ops(pipe._graph_out)]
         counts[f"{name}/{device}"] = [len(ops), dict(collections.Counter(ops).most_common())]
 np.savez(out + ".npz", **arrays)
 json.dump(counts, open(out + ".json", "w"), indent=1)
