@@ -123,7 +123,7 @@ def crop_windows(shape, views: ViewsConfig, flip):
 def draw_views(shape, views: ViewsConfig) -> ImageDraws:
     """Every random choice of one image's views (see the module docstring), for an image of `shape`."""
     count = views.num_views
-    settings = [views.view_setting(k) for k in range(count)]
+    specs = views.view_specs()
     flip = flags([views.flip_p] * count)
     jitter = flags([views.jitter_p] * count)
     additive = views.brightness_mode == "additive"
@@ -135,8 +135,8 @@ def draw_views(shape, views: ViewsConfig) -> ImageDraws:
         order = fn.cast(dmath.floor(uniform), dtype=types.INT32)  # a cast alone would round
     return ImageDraws(
         windows=crop_windows(shape, views, flip), flip=flip, jitter=jitter,
-        gray=flags([views.grayscale_p] * count), blur=flags([s[0] for s in settings]),
-        solarize=flags([s[1] for s in settings]),
+        gray=flags([views.grayscale_p] * count), blur=flags([spec.blur_p for spec in specs]),
+        solarize=flags([spec.solarize_p for spec in specs]),
         sigma=views.blur_sigma[0] + fn.random.uniform(range=[0.0, 1.0], shape=[count])
         * (views.blur_sigma[1] - views.blur_sigma[0]),
         shift=shift, factor=factor, contrast=1.0 + symmetric(views.contrast, jitter, count),

@@ -2,9 +2,10 @@
 
 Steps per image: read (sharded, seeded order) -> decode ONCE (`cpu`, or `mixed` = nvJPEG on the
 GPU) -> per view: a one-attempt clamped crop window (+ flip), cut and resized from the decoded
-image in uint8 (`augment.crop`) -> large views only: saliency blend (p = `saliency_p`, masked images only) -> BYOL
-augmentation (jitter, grayscale, blur, solarize: `augment.py`) -> output as HWC uint8 pixels (the
-trainer normalizes them on its own device, in one place: `relic_fast.step.prepare_views`).
+image in uint8 (`augment.crop`) -> large views only: saliency blend (p = `saliency_p`, masked
+images only) -> BYOL augmentation (jitter, grayscale, blur, solarize: `augment.py`) -> output as
+HWC uint8 pixels (the trainer normalizes them on its own device, in one place:
+`relic_fast.step.prepare_views`).
 The device is a parameter: `device="gpu"` puts the decoder in `mixed` mode so that every image
 operator after it runs on the GPU; all random draws and crop windows stay on the CPU as per-sample
 arguments. Outputs, in order: `large0..large{L-1}`, `small0..small{S-1}`, `labels`, and with

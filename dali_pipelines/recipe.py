@@ -223,7 +223,7 @@ class ViewsConfig:
         for index in range(self.num_views):
             large = index < self.num_large
             blur_p, solarize_p = self.view_setting(index)
-            specs.append(ViewSpec(index=index, large=large, size=self.large_size if large else self.small_size,
+            specs.append(ViewSpec(large=large, size=self.large_size if large else self.small_size,
                                   blur_p=blur_p, solarize_p=solarize_p))
         return specs
 
@@ -236,9 +236,6 @@ class ViewsConfig:
 class ViewSpec:
     """One view's settings, fixed when the pipeline's graph is built (the per-sample draws are the
     pipeline's `draws.ViewDraws`): a Python `if` on these chooses which operators the graph holds."""
-
-    index: int
-    """Position among the views: large views first, then small ones."""
 
     large: bool
     """A large view: seen by both networks and the only kind that can be saliency-blended."""
