@@ -5,7 +5,8 @@ A reader should see RELICv2 next to an implementation nobody here wrote. lightly
 colour-jitter strength 0.5, no blur), the projection head and the NT-Xent loss; the optimiser is
 lightly's CIFAR-10 benchmark's (SGD, momentum 0.9, weight decay 5e-4, lr 0.06 * batch / 128, cosine).
 Only the geometry follows the RELICv2 recipe: the encoder (as the trainer builds it for the seed), the
-view size and crop area of the large views, `train.batch_size` and the pretraining step count.
+view size, crop area and flip probability of the large views (`views.flip_p = 0` on digits, where a
+mirrored digit is another shape), `train.batch_size` and the pretraining step count.
 Without lightly the row is skipped (`lightly_available`).
 """
 
@@ -45,7 +46,7 @@ def peer_loader(config: Config, data_root: Path) -> torch.utils.data.DataLoader:
 
     views = config.views
     transform = SimCLRTransform(input_size=views.large_size, min_scale=views.large_area[0], cj_strength=0.5,
-                                gaussian_blur=0.0, normalize={"mean": list(views.mean), "std": list(views.std)})
+                                gaussian_blur=0.0, hf_prob=views.flip_p, normalize={"mean": list(views.mean), "std": list(views.std)})
     dataset = ImageFolder(str(Path(data_root) / "train"), transform=transform)
     generator = torch.Generator().manual_seed(config.train.seed)
     return torch.utils.data.DataLoader(dataset, batch_size=min(config.train.batch_size, len(dataset)),

@@ -142,3 +142,24 @@ def test_peer_simclr_trains_the_encoder_and_probes_it(tmp_path):
     assert result["steps"] == 2 and result["method"] == "lightly SimCLR"
     assert list(result["splits"]) == ["val", "val_correlated"]
     assert all(0.0 <= s["top1"] <= 100.0 for s in result["splits"].values())
+
+
+@pytest.mark.parametrize("flip_p", [0.0, 0.5])
+def test_peer_views_follow_the_recipe_geometry(tmp_path, flip_p):
+    """The peer's SimCLR views take the recipe's size, crop area and flip probability (no flips on digits)."""
+    pytest.importorskip("lightly")
+    from relic_fast.config import load_config
+    from relic_fast.demo_data import generate_demo_dataset
+    from relic_fast.experiments.peer import peer_loader
+
+    root = tmp_path / "data"
+    generate_demo_dataset(root, images=20, size=16, seed=0, workers=1, progress=False)
+    config = load_config(None, ["views.large_size=24", "views.large_area=[0.3, 1.0]", f"views.flip_p={flip_p}",
+                                "train.batch_size=4"])
+    steps = [step for view in peer_loader(config, root).dataset.transform.transforms
+             for step in view.transform.transforms]
+    crops = [step for step in steps if type(step).__name__ == "RandomResizedCrop"]  # torchvision v1 or v2
+    flips = [step for step in steps if type(step).__name__ == "RandomHorizontalFlip"]
+    assert len(crops) == len(flips) == 2                        # two views
+    assert all(crop.size == (24, 24) and crop.scale == (0.3, 1.0) for crop in crops)
+    assert all(flip.p == flip_p for flip in flips)
