@@ -8,17 +8,15 @@ and the valid choices.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from dali_pipelines.recipe import DataConfig, InvalidField, ViewsConfig, check
+from relic_fast.config_fields import coerce_field, describe_type, toml_value
 from relic_fast.config_legacy import migrate_spellings
 from relic_fast.errors import ExitCode, RelicFastError
 
@@ -291,55 +289,6 @@ def section_type(name: str) -> type:
     return typing.get_type_hints(Config)[name]
 
 
-def _describe(tp: Any) -> str:
-    """Human name of a field type, listing the choices of a Literal."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}"
-        return f"a list of {len(args)} {_describe(args[0])}s"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """Convert a TOML value to the field type `tp`, or raise TypeError/ValueError explaining why."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ValueError(f"expected {_describe(tp)}, got {value!r}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"expected {_describe(tp)}, got {value!r}")
-        if not (len(args) == 2 and args[1] is Ellipsis) and len(value) != len(args):
-            raise ValueError(f"expected {_describe(tp)}, got {len(value)} values")
-        item = args[0]
-        return tuple(_coerce(v, item) for v in value)
-    if origin in (types.UnionType, typing.Union):
-        raise TypeError(f"unsupported field type {tp}")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported field type {tp}")
-
-
 def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
     """Build section `name` from `values`, naming key and source in every error."""
     cls = section_type(name)
@@ -350,14 +299,14 @@ def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
             raise ConfigError(f"{source}: unknown key '{name}.{key}'; valid keys of [{name}]: "
                               + ", ".join(hints))
         try:
-            kwargs[key] = _coerce(value, hints[key])
+            kwargs[key] = coerce_field(value, hints[key])
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{source}: '{name}.{key}': {err}") from None
     try:
         return cls(**kwargs)
     except InvalidField as err:
         hint = hints.get(err.field)
-        extra = f" ({_describe(hint)})" if hint is not None else ""
+        extra = f" ({describe_type(hint)})" if hint is not None else ""
         raise ConfigError(f"{source}: '{name}.{err.field}': {err.message}{extra}") from None
 
 
@@ -414,17 +363,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(data, source, parse_overrides(overrides))
 
 
-def toml_value(value: Any) -> str:
-    """TOML literal of a config value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
-
-
 def to_toml(config: Config) -> str:
     """The resolved config as a TOML document that `load_config` reads back to an equal Config."""
     lines = []
@@ -433,16 +371,3 @@ def to_toml(config: Config) -> str:
         lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
         lines.append("")
     return "\n".join(lines)
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of dataclass `cls` (for `config show --explain`)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for stmt, following in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):
-            docs[stmt.target.id] = " ".join(following.value.value.split())
-    return docs

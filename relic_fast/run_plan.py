@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from dali_pipelines.recipe import default_interpolation
-from relic_fast.config import Config, toml_value
+from relic_fast.config import Config
+from relic_fast.config_fields import toml_value
 from relic_fast.devices import dali_device_for, torch_device_for
 from relic_fast.distributed import launch_local_rank
 from relic_fast.loss import choose_loss_implementation

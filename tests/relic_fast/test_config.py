@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from relic_fast.config import Config, ConfigError, field_docs, load_config, section_names, section_type, to_toml
+from relic_fast.config import Config, ConfigError, load_config, section_names, section_type, to_toml
+from relic_fast.config_fields import field_docs
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
 

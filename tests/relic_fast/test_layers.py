@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("relic_fast.errors", "relic_fast.environment", "relic_fast.distributed", "relic_fast.schedules",
      "relic_fast.monitor", "relic_fast.runlock", "relic_fast.run_control", "relic_fast.demo_render",
      "relic_fast.kernels", "relic_fast.compiling", "relic_fast.dataset_tools.progress",
-     "relic_fast.dataset_tools.saliency", "relic_fast.config_legacy",
+     "relic_fast.dataset_tools.saliency", "relic_fast.config_legacy", "relic_fast.config_fields",
      "relic_fast.__init__"),
     # 2: the typed config and the device rules
     ("relic_fast.config", "relic_fast.devices"),
