@@ -110,3 +110,14 @@ def test_the_step_and_the_plan_import_without_dali():
             "print(sorted(m for m in sys.modules if m.startswith('nvidia.dali')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists its packages by hand: a package missing there is absent from a non-editable
+    install (an editable one still finds it), so every folder with an __init__.py must be listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(init, REPO) for package in ("relic_fast", "dali_pipelines")
+             for init in (REPO / package).rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
