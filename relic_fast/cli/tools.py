@@ -139,29 +139,28 @@ def add_dataset_commands(app: typer.Typer) -> None:
 bench_app = typer.Typer(help="Throughput benchmarks: print a table, write JSON (machine, versions, commit) and a chart.",
                         no_args_is_help=True)
 
-BENCHMARKS: dict[str, str] = {
-    "loader": "Loader images/s: DALI pipeline vs torchvision + PIL vs DALI decode-only, per recipe and thread count (--help for options).",
-    "step": "Training-step images/s on synthetic views: eager vs compiled, channels-last vs contiguous, fp32 vs bf16 (--help for options).",
-    "train": "The real trainer's images/s fed by its DALI pipeline, by synthetic views and by torchvision, plus compile warm-up (--help for options).",
-    "memory": "Peak memory of a training step with and without activation checkpointing, per batch size (--help for options).",
-    "loss": "RELICv2 loss forward + backward: reference vs compiled vs fused Triton kernel, per batch size (--help for options).",
-    "all": "Loader, step and loss benchmarks with the device's defaults into one folder (--out DIR; --help for options).",
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "loader": ("loader", "Loader images/s: DALI pipeline vs torchvision + PIL vs DALI decode-only, per recipe and thread count (--help for options)."),
+    "step": ("step", "Training-step images/s on synthetic views: eager vs compiled, channels-last vs contiguous, fp32 vs bf16 (--help for options)."),
+    "train": ("train", "The real trainer's images/s fed by its DALI pipeline, by synthetic views and by torchvision, plus compile warm-up (--help for options)."),
+    "memory": ("memory", "Peak memory of a training step with and without activation checkpointing, per batch size (--help for options)."),
+    "loss": ("loss", "RELICv2 loss forward + backward: reference vs compiled vs fused Triton kernel, per batch size (--help for options)."),
+    "all": ("suite", "Loader, step and loss benchmarks with the device's defaults into one folder (--out DIR; --help for options)."),
 }
-"""`relic-fast bench NAME` runs `relic_fast.bench.<module>.main` (`all` is `suite`), with its help line."""
+"""`relic-fast bench NAME` runs `relic_fast.bench.<module>.main`: NAME -> (module, help line)."""
 
 
-def forward_to_benchmark(name: str):
-    """The `bench NAME` command: import the benchmark module when it runs (so the CLI starts without torch)
-    and hand it the arguments as they came (the module owns its options, argparse)."""
+def forward_to_benchmark(name: str, module: str):
+    """The `bench NAME` command: import `relic_fast.bench.<module>` when it runs (so the CLI starts without
+    torch) and hand it the arguments as they came (the module owns its options, argparse)."""
 
     def command(ctx: typer.Context) -> None:
-        module = importlib.import_module(f"relic_fast.bench.{'suite' if name == 'all' else name}")
-        module.main(ctx.args, prog=f"relic-fast bench {name}")
+        importlib.import_module(f"relic_fast.bench.{module}").main(ctx.args, prog=f"relic-fast bench {name}")
 
     return command
 
 
-for _name, _help in BENCHMARKS.items():
+for _name, (_module, _help) in BENCHMARKS.items():
     bench_app.command(_name, help=_help, add_help_option=False,
                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-        forward_to_benchmark(_name))
+        forward_to_benchmark(_name, _module))

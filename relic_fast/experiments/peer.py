@@ -46,7 +46,8 @@ def peer_loader(config: Config, data_root: Path) -> torch.utils.data.DataLoader:
 
     views = config.views
     transform = SimCLRTransform(input_size=views.large_size, min_scale=views.large_area[0], cj_strength=0.5,
-                                gaussian_blur=0.0, hf_prob=views.flip_p, normalize={"mean": list(views.mean), "std": list(views.std)})
+                                gaussian_blur=0.0, hf_prob=views.flip_p,
+                                normalize={"mean": list(views.mean), "std": list(views.std)})
     dataset = ImageFolder(str(Path(data_root) / "train"), transform=transform)
     generator = torch.Generator().manual_seed(config.train.seed)
     return torch.utils.data.DataLoader(dataset, batch_size=min(config.train.batch_size, len(dataset)),
