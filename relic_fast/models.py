@@ -5,7 +5,8 @@
   removed: it returns pooled features (B, 512 * expansion * width). With `zero_init_residual` (the
   pretraining default, `model.zero_init_residual`) the last BatchNorm of every residual block starts at
   gamma = 0 (BYOL's and Goyal et al.'s init), so each block starts as identity; without it, torchvision's
-  default init (the random-init baseline).
+  default init (the random-init baseline). Its strided convolutions are `StridedConv2d`: stride 1 along a
+  map of size 1 (the same result), which keeps tiny views clear of a oneDNN bf16 bug on the CPU.
 - `OnlineNetwork` (encoder -> projector -> predictor) returns (projection, prediction); the
   `TargetNetwork` (encoder -> projector) is an EMA copy that never takes a gradient.
 - `relic_fast.step.MultiViewOnline` runs the online network once per resolution (all large views
@@ -24,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -39,6 +41,34 @@ ENCODER_LAYERS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]]
     "resnet200": (Bottleneck, [3, 24, 36, 3]),
 }
 """Block type and blocks per stage of each encoder depth."""
+
+
+class StridedConv2d(nn.Conv2d):
+    """A strided, "same"-padded convolution that runs at stride 1 along an input dimension of size 1.
+
+    On a map of size 1 the output has size 1 at any stride (the padding is (k - 1) / 2), so the result is
+    the same. Why: oneDNN's CPU bf16 backward of a strided, padded convolution on a 1x1 map reads memory it
+    never wrote into the padding taps of the weight gradient (NaN or 1e23 at random; torch 2.14.1), and small
+    views (16 px) bring ResNet's last stage to a 1x1 map. At stride 1 that kernel is exact; on a GPU both run
+    the same arithmetic.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`conv2d` of `x`, at stride 1 along each spatial dimension of size 1."""
+        stride = tuple(1 if size == 1 else step for size, step in zip(x.shape[-2:], self.stride))
+        return F.conv2d(x, self.weight, self.bias, stride, self.padding, self.dilation, self.groups)
+
+
+def use_strided_conv(module: nn.Module) -> None:
+    """Make every strided, "same"-padded `nn.Conv2d` under `module` a `StridedConv2d`, in place.
+
+    The class changes and nothing else: same parameters, same state-dict keys, no random draw."""
+    for conv in module.modules():
+        if (type(conv) is nn.Conv2d and conv.stride != (1, 1) and conv.padding_mode == "zeros"
+                and isinstance(conv.padding, tuple)
+                and all(2 * pad == dilation * (kernel - 1)
+                        for pad, dilation, kernel in zip(conv.padding, conv.dilation, conv.kernel_size))):
+            conv.__class__ = StridedConv2d
 
 
 class ResNetEncoder(ResNet):
@@ -73,6 +103,7 @@ class ResNetEncoder(ResNet):
         self.activation_checkpointing = False
         """Recompute each residual stage in backward instead of storing its activations (when training
         with grad enabled; `model.activation_checkpointing`)."""
+        use_strided_conv(self)
         self._init_weights(zero_init_residual)
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from rich.markup import escape
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
@@ -187,7 +188,7 @@ class Trainer:
                 saved = list_checkpoints(self.out_dir)
                 good = f"the newest checkpoint, {saved[-1]}, is the last good state" if saved else \
                     "no checkpoint was written before it"
-                monitor.message(f"[bold red]stopped:[/] {err} (found at step {self.step}); {good}")
+                monitor.message(f"[bold red]stopped:[/] {escape(str(err))} (found at step {self.step}); {good}")
                 raise
             summary["checkpoint"] = self.save() if save_final else None
         summary["steps"] = self.step

@@ -167,3 +167,44 @@ def test_one_training_step_on_cpu_resnet18_four_large_two_small_views():
     online_params = list(online.encoder.parameters()) + list(online.projector.parameters())
     for p, old, p_online in zip(target.parameters(), target_before, online_params):
         torch.testing.assert_close(p, 0.99 * old + 0.01 * p_online, rtol=1e-6, atol=1e-7)
+
+
+def _encoder_weight_grads(encoder: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Weight gradients of one bf16-autocast forward/backward of `encoder` on `images` (CPU)."""
+    encoder.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = encoder(images)
+    features.float().square().sum().backward()
+    return [p.grad.clone() for p in encoder.parameters() if p.ndim >= 2]
+
+
+def test_bf16_backward_on_one_pixel_maps_is_finite_and_repeatable():
+    """16 px views take layer4's strided convs down to a 1x1 map. oneDNN's CPU bf16 backward of a strided,
+    padded conv on a 1x1 map returns uninitialised memory in the padding taps (NaN or 1e23 at random, 30-90 %
+    of calls on torch 2.14.1): the run of the issue's command that stopped with a non-finite loss. The
+    encoder must give finite gradients, the same ones on every call."""
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", 1, zero_init_residual=False).to(memory_format=torch.channels_last)
+    images = torch.randn(32, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    first = _encoder_weight_grads(encoder, images)
+    for round in range(12):
+        # leave freed memory full of NaN, so that a kernel that reads memory it never wrote shows it
+        for numel in (1 << 12, 1 << 16, 1 << 20):
+            del_after = torch.full((numel * (round + 1),), float("nan"), dtype=torch.bfloat16)
+            del del_after
+        again = _encoder_weight_grads(encoder, images)
+        assert all(torch.isfinite(g).all() for g in again)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_strided_convs_are_exact_on_any_map_size(size):
+    """The encoder's strided convolutions give torch's own conv2d result at every input size (1 px included)."""
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", 1).double()
+    strided = [m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    assert len(strided) == 7  # the stem, and each of stages 2-4: the first block's conv and its downsample
+    for conv in strided:
+        x = torch.randn(2, conv.in_channels, size, size, dtype=torch.float64)
+        expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+        assert torch.allclose(conv(x), expected, rtol=0, atol=1e-12)

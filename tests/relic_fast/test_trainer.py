@@ -165,7 +165,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path, 
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000000002.pt"]
     saved = read_checkpoint(checkpoint_path(tmp_path, 2))
     assert all(torch.isfinite(v).all() for v in saved["online"].values() if v.is_floating_point())
-    assert "step-000000002.pt, is the last good state" in capsys.readouterr().out.replace("\n", "")
+    printed = capsys.readouterr().out.replace("\n", "")
+    assert "step-000000002.pt, is the last good state" in printed
+    assert "(total, contrastive, invariance) = [nan, nan, nan]" in printed  # printed, not eaten as markup
 
 
 def test_non_finite_last_step_writes_no_final_checkpoint(tiny_config, tmp_path):
