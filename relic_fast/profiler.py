@@ -17,6 +17,8 @@ Measurements, in order (single process, the config's device):
 5. On CUDA, the data tax: the synthetic step rate while a second pipeline feeds the loop one batch
    per step (its device work overlapping the step's, as in training), against the rate alone.
 `relic_fast.profile_report` turns the numbers into the verdict, suggestions, tables and profile.json.
+The profile's folder gets profile.json and profile_trace.json; the profiled training writes its own
+run files into the `profiled_run/` subfolder, and the folder's run lock is held throughout (`runlock`).
 """
 
 from __future__ import annotations
@@ -38,10 +40,15 @@ from relic_fast.step import train_step
 from relic_fast.synthetic import synthetic_inputs
 from relic_fast.profile_report import build_report, write_report
 from relic_fast.loop import StepTiming
+from relic_fast.runlock import RunLock
 from relic_fast.trainer import Trainer
 
 PHASES = ("data", "prepare_views", "forward", "backward", "optimizer", "ema")
 """The `record_function` labels of the training loop (trainer.py) and step (step.py)."""
+
+PROFILED_RUN = "profiled_run"
+"""The subfolder of a profile's folder that the profiled training writes its run files into
+(config.toml, plan.toml, metrics.jsonl): the folder may be a pretraining run's, whose own files stay."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def synchronize(device: torch.device) -> None:
 def profiled_config(config: Config, settings: ProfileSettings) -> Config:
     """`config` with the run cut to `warmup + steps` steps and no checkpoint before its end."""
     steps = settings.warmup + settings.steps
-    train = dataclasses.replace(config.train, max_steps=steps, checkpoint_every=steps + 1,
+    train = dataclasses.replace(config.train, max_steps=steps, checkpoint_every=steps + 1, checkpoint_minutes=0.0,
                                 log_every=min(config.train.log_every, steps))
     return config.replace(train=train)
 
@@ -255,12 +262,24 @@ def summarize_steps(per_step: list[dict[str, float]], batch: int) -> dict[str, f
 
 def profile_run(config: Config, out_dir: Path, settings: ProfileSettings = ProfileSettings(),
                 log: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
-    """Profile `config`'s training in `out_dir`: returns the report (also written as profile.json)."""
+    """Profile `config`'s training into the folder `out_dir`: returns the report (also written as profile.json).
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    `out_dir` gets profile.json and profile_trace.json, and the profiled training writes its run files
+    into `out_dir/profiled_run/` (`PROFILED_RUN`), so that a pretraining run's folder can hold a profile
+    and keep its own config.toml and metrics.jsonl. The folder's run lock is held throughout, as a run
+    holds it: a folder in use by a live run (or another profile) is refused with `RunInUseError`."""
+    with RunLock(out_dir) as lock:
+        if lock.note:
+            log(lock.note)
+        return run_measurements(config, Path(out_dir), settings, log)
+
+
+def run_measurements(config: Config, out_dir: Path, settings: ProfileSettings,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """The measurements of `profile_run`, its lock held; returns the report written as `out_dir/profile.json`."""
     config = profiled_config(config, settings)
-    trainer = Trainer(config, out_dir)
+    (out_dir / PROFILED_RUN).mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, out_dir / PROFILED_RUN)
     if trainer.world.distributed:
         raise RuntimeError("relic-fast profile runs a single process; start it without torchrun")
     device, batch = trainer.world.device, config.train.batch_size

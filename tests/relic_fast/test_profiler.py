@@ -92,8 +92,10 @@ def test_profile_cli_writes_report_and_chrome_trace(tiny_demo, tmp_path, one_thr
     trace = json.loads((out / "profile_trace.json").read_text())
     names = {event.get("name") for event in trace["traceEvents"]}
     assert {"forward", "backward", "optimizer", "ema", "data"} <= names
-    assert (out / "metrics.jsonl").is_file() and (out / "config.toml").is_file()
-    assert not list(out.glob("checkpoints/*")), "profiling writes no checkpoint"
+    run = out / "profiled_run"  # the profiled training's own run files, never over a run in `out`
+    assert (run / "metrics.jsonl").is_file() and (run / "config.toml").is_file()
+    assert not (out / "config.toml").exists() and not (out / "run.lock").exists()
+    assert not list(out.glob("**/checkpoints/*")), "profiling writes no checkpoint"
     assert report["verdict"]["text"].split(":")[0] in result.output.replace("\n", " ")
 
 
