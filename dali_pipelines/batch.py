@@ -33,6 +33,8 @@ def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     """(x / 255 - mean) / std per channel of NCHW `x` (uint8 or float pixels in [0, 255]), as `dtype`.
 
     Computed in float32 and cast once; elementwise ops keep `x`'s channels-last layout."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(1, 3, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=x.device).view(1, 3, 1, 1)
+    # one fill per channel on x's device: torch.tensor(list, device=cuda) would copy from pageable host
+    # memory, which synchronizes the CUDA stream on every step (tests/relic_fast/test_meta_device.py)
+    scale = torch.stack([torch.full((), 1.0 / (255.0 * s), device=x.device) for s in std]).view(1, 3, 1, 1)
+    shift = torch.stack([torch.full((), m / s, device=x.device) for m, s in zip(mean, std)]).view(1, 3, 1, 1)
     return (x.to(torch.float32) * scale - shift).to(dtype)
