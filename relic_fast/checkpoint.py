@@ -4,36 +4,134 @@ A checkpoint is one `torch.save` file `RUN_DIR/checkpoints/step-<step>.pt` holdi
 needs to continue as if it had not stopped: online and target weights, optimizer and grad-scaler
 state, step and epoch, RNG states, the data loader's position (a string), and the resolved config
 (plain values). Only tensors and plain values, so it loads with `torch.load(weights_only=True)`; a
-file that needs pickled code to load is refused, never executed. It is written to a temporary file,
-fsync'ed, then renamed, so a crash or a full disk never leaves a partial file under a checkpoint's
-name (nor a temporary file behind); a file that still fails to load (disk corruption, truncation) is
-reported with its path and the previous checkpoint is used instead.
+file that needs pickled code to load is refused, never executed, and on a torch older than 2.6, whose
+weights-only loading a crafted file can defeat (CVE-2025-32434), nothing is loaded at all
+(`load_weights_only`, which every load of a file a user hands us goes through). It is written to a
+temporary file, fsync'ed, then renamed (`write_atomically`), so a crash or a full disk never leaves a
+partial file under a checkpoint's name; the temporary file of a write cut short by SIGKILL is removed at
+the run's next start (`remove_interrupted_writes`). A file that is not readable as a checkpoint (disk
+corruption, truncation, a foreign file) is reported with its path and the previous checkpoint is used
+instead; one that cannot be read right now (permissions, a stale NFS handle, memory) stops the resume,
+since the file itself may be fine. Rotation keeps the newest `keep` readable checkpoints: an unreadable
+file never takes a good one's place.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable, Iterator
 
 import torch
 
-from relic_fast.errors import NO_SPACE_ERRNOS, CheckpointError, NoSpaceError, ResumeMismatchError
+from relic_fast.errors import NO_SPACE_ERRNOS, CheckpointError, NoSpaceError, ResumeMismatchError, UnsafeTorchError
 from relic_fast.config import config_from_dict
 from relic_fast.models import build_encoder
 
-__all__ = ["CheckpointError", "checkpoint_dir", "checkpoint_path", "list_checkpoints", "save_checkpoint",
-           "read_checkpoint", "latest_checkpoint", "check_resumable", "resolve_checkpoint_file",
-           "encoder_from_checkpoint"]
+__all__ = ["CheckpointError", "UnreadableCheckpointError", "checkpoint_dir", "checkpoint_path", "list_checkpoints",
+           "save_checkpoint", "read_checkpoint", "latest_checkpoint", "check_resumable", "resolve_checkpoint_file",
+           "encoder_from_checkpoint", "load_weights_only", "write_atomically", "staged_file",
+           "remove_interrupted_writes", "prune_checkpoints", "step_of"]
 
 FORMAT_VERSION = 1
+SAFE_TORCH = (2, 6)
+"""The oldest torch whose `torch.load(weights_only=True)` runs no code of the file (CVE-2025-32434 was fixed
+in 2.6.0); pyproject.toml requires it too."""
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_TEMPORARY_PREFIX = ".tmp-"
+_INTERRUPTED_WRITE = re.compile(r"^\.tmp-.*\.pt$")
+_NOT_A_CHECKPOINT = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, LookupError)
+"""What torch.load raises for a file that is not a readable checkpoint: a damaged or foreign pickle, a cut-short
+file, a broken zip archive (torch's reader raises RuntimeError), bytes that decode to nothing sensible."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A file that is not readable as a relic-fast checkpoint (corrupt, truncated, foreign, or pickled code):
+    the only kind `latest_checkpoint` skips for an older checkpoint."""
+
+
+def torch_loads_safely() -> bool:
+    """Whether this torch's `torch.load(weights_only=True)` is safe against crafted files (torch >= 2.6)."""
+    found = re.match(r"(\d+)\.(\d+)", str(torch.__version__))
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= SAFE_TORCH
+
+
+def load_weights_only(path: Path, mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU: every load of a file a user hands us goes through here.
+
+    On a torch older than `SAFE_TORCH` a crafted file can run code even with weights_only=True
+    (CVE-2025-32434), so there `UnsafeTorchError` is raised and torch.load is never called. `mmap` maps the
+    tensors instead of reading them (only the pickle is read): a cheap check that a file loads."""
+    if not torch_loads_safely():
+        raise UnsafeTorchError(f"torch {torch.__version__} is installed: its torch.load(weights_only=True) can be "
+                               f"made to run code by a crafted file (CVE-2025-32434, fixed in torch 2.6), so {path} "
+                               f"was not loaded; install torch>=2.6 (pip install -U 'torch>=2.6' 'torchvision>=0.21')")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols; the error says enough
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def file_mode() -> int:
+    """The permissions a plain `open(path, "w")` would give a new file here (0o666 less the umask): a temporary
+    file is created 0o600, and what it becomes should not be more private than a file written directly."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def staged_file(target: Path, write: Callable[[IO[bytes]], None]) -> Iterator[Path]:
+    """A temporary file `.tmp-*` in `target`'s folder holding what `write(handle)` wrote, fsync'ed, for the caller
+    to `os.replace` over `target`; removed when the block ends if it is still there (a failure, or no rename).
+
+    Writing next to the target makes the rename atomic (same file system): readers see the old file or the new
+    one, never a partial one. Several staged files let a caller rename only once all of them are written."""
+    target = Path(target)
+    fd, name = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, suffix=target.suffix, dir=target.parent)
+    temporary = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), file_mode())
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        yield temporary
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(target: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write `target` through `write(handle)` via a temporary file in the same folder and `os.replace`: a crash
+    or a full disk never leaves a partial file under `target`'s name, nor a temporary file behind (a SIGKILL
+    can leave one: see `remove_interrupted_writes`)."""
+    with staged_file(target, write) as temporary:
+        os.replace(temporary, target)
+
+
+def remove_interrupted_writes(run_dir: Path, report: Callable[[str], None] | None = None) -> list[Path]:
+    """Delete the temporary files (`.tmp-*.pt`) that checkpoint writes cut short by SIGKILL left in the run's
+    checkpoint folder; returns them.
+
+    Call it only while holding the run's lock (`runlock`): a live run's temporary file is a write in progress.
+    `report` gets one line naming what was removed, if anything."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    leftovers = sorted(p for p in folder.iterdir() if _INTERRUPTED_WRITE.match(p.name) and p.is_file())
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    if leftovers and report is not None:
+        report(f"removed {len(leftovers)} temporary file(s) of interrupted checkpoint writes in {folder}: "
+               f"{', '.join(p.name for p in leftovers)}")
+    return leftovers
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -46,38 +144,72 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step-{step:09d}.pt"
 
 
+def step_of(path: Path) -> int:
+    """The step in a checkpoint's file name (`step-<step>.pt`)."""
+    found = _NAME.match(Path(path).name)
+    if found is None:
+        raise ValueError(f"{path}: not a checkpoint file name (step-<step>.pt)")
+    return int(found.group(1))
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint files, oldest first (by step)."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=step_of)
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
-    """Write `state` atomically as the checkpoint of `step`, then delete all but the newest `keep`.
+    """Write `state` atomically as the checkpoint of `step`, then delete older ones so that `keep` readable
+    checkpoints remain (`prune_checkpoints`).
 
     A full disk raises `NoSpaceError` (folder, bytes needed and free); the temporary file is removed
     and the previous checkpoints are untouched (old ones are deleted only after the new one is in place)."""
     target = checkpoint_path(run_dir, step)
     target.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT_VERSION, **state}
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(err, Exception) and (full := _no_space(err, target, payload)) is not None:
+        write_atomically(target, lambda handle: torch.save(payload, handle))
+    except Exception as err:
+        if (full := _no_space(err, target, payload)) is not None:
             raise full from err
         raise
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+    prune_checkpoints(run_dir, target, keep)
     return target
+
+
+def prune_checkpoints(run_dir: Path, newest: Path, keep: int) -> list[Path]:
+    """Delete the checkpoints older than the `keep` newest readable ones up to `newest` (just written, which
+    counts as one and is never deleted); returns what was deleted.
+
+    Only readable files count, so a corrupt one never takes a good one's place. Files of a later step than
+    `newest` are neither counted nor deleted: the resume skipped them as unreadable (it takes the newest that
+    loads), and counting them would push out good checkpoints, the one just written first. An unreadable file
+    stays until it is older than every kept checkpoint (then it goes with them), so it can still be inspected."""
+    older = [p for p in list_checkpoints(run_dir) if step_of(p) < step_of(newest)]
+    readable, deleted = 1, []
+    for path in reversed(older):
+        if readable >= keep:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+        elif _counts_as_readable(path):
+            readable += 1
+    return deleted
+
+
+def _counts_as_readable(path: Path) -> bool:
+    """Whether rotation counts `path` as a checkpoint to keep: False only for a file known to be unreadable.
+
+    Loads the pickle with the tensors memory-mapped (not read), so this costs little. A file that cannot be
+    checked now (another error, or a torch that must not load anything) counts, as every file did before."""
+    try:
+        read_checkpoint(path, mmap=True)
+    except UnreadableCheckpointError:
+        return False
+    except (CheckpointError, UnsafeTorchError):
+        pass  # cannot be checked now: it counts, as every file did before rotation checked
+    return True
 
 
 def _no_space(error: Exception, target: Path, payload: dict[str, Any]) -> NoSpaceError | None:
@@ -118,37 +250,54 @@ def payload_bytes(obj: Any) -> int:
     return size(obj)
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, mmap: bool = False, required: str = "online") -> dict[str, Any]:
     """Load one checkpoint file on the CPU, raising `CheckpointError` naming it if it is unusable.
 
-    Loads with `weights_only=True`: a file whose unpickling would import or call code (a crafted
-    or foreign pickle) is refused before anything in it runs."""
+    Loads with `weights_only=True` (`load_weights_only`): a file whose unpickling would import or call
+    code (a crafted or foreign pickle) is refused before anything in it runs. A file that is not
+    readable as a checkpoint raises `UnreadableCheckpointError`; one that cannot be read now (an OSError
+    of the file system, no memory) raises a plain `CheckpointError` with that cause, since the file may
+    be intact. `mmap` maps the tensors instead of reading them. `required`: the key that says which kind of
+    checkpoint it must be ("online": pretraining's; a linear evaluation's have their own)."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols; the error says enough
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = _UNSAFE_GLOBAL.search(str(err))
         what = f"it would import {found.group(1)}" if found else "it holds pickled code or objects"
-        raise CheckpointError(f"{path}: refused to load: {what}; a relic-fast checkpoint holds only tensors and "
-                              f"plain values, so this file was not written by relic-fast (or was altered). "
-                              f"Nothing in it was run") from None
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "online" not in state:
-        raise CheckpointError(f"{path}: not a relic-fast checkpoint (format {FORMAT_VERSION})")
+        raise UnreadableCheckpointError(f"{path}: refused to load: {what}; a relic-fast checkpoint holds only "
+                                        f"tensors and plain values, so this file was not written by relic-fast (or "
+                                        f"was altered). Nothing in it was run") from None
+    except OSError as err:
+        if err.errno == errno.EINVAL:  # torch seeks before the start of a file cut short
+            raise UnreadableCheckpointError(f"{path}: unreadable checkpoint (truncated: {err})") from None
+        name = errno.errorcode.get(err.errno or 0, type(err).__name__)
+        raise CheckpointError(f"{path}: cannot read it now ({name}: {err.strerror or err}); the file itself may be "
+                              f"intact, so no older checkpoint was used instead: fix the access (permissions, the "
+                              f"network file system) and run again") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: out of memory while loading it ({path.stat().st_size:,} bytes on disk); "
+                              f"no older checkpoint was used instead: free memory and run again") from None
+    except _NOT_A_CHECKPOINT as err:
+        raise UnreadableCheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or required not in state:
+        raise UnreadableCheckpointError(f"{path}: not a relic-fast checkpoint (format {FORMAT_VERSION})")
     return state
 
 
-def latest_checkpoint(run_dir: Path, warn=print) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint of the run that loads, skipping (and reporting) broken ones; None if none exist."""
+def latest_checkpoint(run_dir: Path, warn=print, required: str = "online") -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of the run that loads, skipping (and reporting) ones unreadable as checkpoints;
+    None if none exist.
+
+    Only `UnreadableCheckpointError` is skipped: a file that cannot be read now (permissions, a stale NFS
+    handle, memory) stops with its own error, as does a torch too old to load safely; falling back to an
+    older checkpoint would silently throw away the newer steps."""
     candidates = list_checkpoints(run_dir)
     errors = []
     for path in reversed(candidates):
         try:
-            return path, read_checkpoint(path)
-        except CheckpointError as err:
+            return path, read_checkpoint(path, required=required)
+        except UnreadableCheckpointError as err:
             errors.append(str(err))
             warn(f"warning: {err}; falling back to the previous checkpoint")
     if errors:

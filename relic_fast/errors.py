@@ -85,11 +85,39 @@ class RunStopped(RelicFastError):
     rank_0_speaks = True
 
 
+class UnsafeTorchError(RelicFastError):
+    """The installed torch is older than 2.6: its `torch.load(weights_only=True)` can be made to run code
+    (CVE-2025-32434), so no checkpoint or exported file is loaded with it. Exit code 5, as for a checkpoint
+    that would run pickled code: upgrading torch, not retrying, is the fix."""
+
+    exit_code = ExitCode.CHECKPOINT
+    label = "unsafe torch"
+
+
+class NothingToDo(RelicFastError):
+    """`--resume` found the run already at (or past) its last step: nothing was trained or written.
+
+    Not a failure (exit code 0); every rank finds the same step, so rank 0 speaks for all."""
+
+    exit_code = ExitCode.OK
+    label = "nothing to do"
+    rank_0_speaks = True
+
+
 class RunInUseError(RelicFastError):
     """The run folder is locked by another live process; the message names its PID and host."""
 
     exit_code = ExitCode.RUN_IN_USE
     label = "run folder in use"
+
+
+class MonitorError(RelicFastError):
+    """The monitor (kNN, online probe) failed between epochs; the run checkpointed first, so `--resume`
+    continues. Every rank raises it at the same point, so rank 0 speaks for all."""
+
+    exit_code = ExitCode.UNEXPECTED
+    label = "monitor failed"
+    rank_0_speaks = True
 
 
 # Errors of modules that cannot import this one (dali_pipelines never imports relic_fast) or that

@@ -2,9 +2,13 @@
 
 `export_encoder` reads a checkpoint (a file, or a run folder's newest one) through
 `relic_fast.checkpoint`, takes the online or target encoder, and writes its state dict without the
-`encoder.` prefix, plus a JSON sidecar (`FILE` with the suffix `.json`) saying what it is: encoder,
-width, stem, network, step, config hash. Our encoder's parameter and buffer names are torchvision's
-ResNet names (timm's ResNets use the same ones), less the `fc` classifier, so:
+`encoder.` prefix, plus a JSON sidecar (`FILE.json`: the weights' full name plus `.json`, so `x.pt` and
+`x.safetensors` never share one) saying what it is: encoder, width, stem, network, whose BatchNorm
+statistics it carries, step, config hash. A `.safetensors` file carries the same metadata in its header,
+which is the truth: its sidecar must agree with it. Both files are written through temporary files and
+renamed into place, so a failed export leaves the previous one intact. Our encoder's parameter and
+buffer names are torchvision's ResNet names (timm's ResNets use the same ones), less the `fc`
+classifier, so:
 
 - `--format torchvision`: `torchvision.models.resnet50()` with `fc = nn.Identity()` loads the file
   with `strict=True` (resnet18/34/50/101/152 at width 1 with the standard 7x7 stem);
@@ -22,14 +26,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
-from relic_fast.checkpoint import read_checkpoint, resolve_checkpoint_file
+from relic_fast.checkpoint import load_weights_only, read_checkpoint, resolve_checkpoint_file, staged_file
 from relic_fast.config import ModelConfig, config_from_dict
 from relic_fast.errors import ExitCode, RelicFastError
 from relic_fast.models import build_encoder
@@ -39,7 +44,11 @@ NETWORKS = ("online", "target")
 SUFFIXES = (".safetensors", ".pt", ".pth")
 TORCHVISION_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 """Depths torchvision builds (`torchvision.models.<name>()`); timm builds every depth we train."""
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2
+"""2: the sidecar is named FILE.json (was FILE less its suffix, .json) and records `batchnorm_statistics`."""
+BATCHNORM_STATISTICS = "online"
+"""Whose BatchNorm running statistics an export carries, for either network: the EMA target averages only the
+parameters and copies the buffers from the online network at every step (`relic_fast.models.ema_update`)."""
 
 
 class ExportError(RelicFastError, ValueError):
@@ -60,9 +69,13 @@ class ExportReport:
     def rows(self) -> list[tuple[str, str]]:
         """(item, value) rows for the command's summary table."""
         meta = self.metadata
+        statistics = "the online network's" + ("" if meta["network"] == "online" else
+                                               " (the EMA target copies them): re-estimate them on data to trust "
+                                               "the target's features")
         return [("weights", str(self.weights)), ("sidecar", str(self.sidecar)),
                 ("encoder", f"{meta['encoder']} {meta['width']}x, stem {meta['stem']}, {meta['feature_dim']} features"),
                 ("network", f"{meta['network']} at step {meta['step']} ({meta['checkpoint']})"),
+                ("BatchNorm statistics", statistics),
                 ("loaded strict=True by", meta["verified_with"]), ("load with", meta["load"])]
 
 
@@ -105,7 +118,15 @@ def encoder_state_dict(state: dict[str, Any], network: str) -> dict[str, torch.T
 
 
 def sidecar_path(weights: Path) -> Path:
-    """Where the JSON sidecar of weights file `weights` lives: the same name with the suffix `.json`."""
+    """Where the JSON sidecar of weights file `weights` lives: its full name plus `.json` (`x.pt.json`), so the
+    exports `x.pt` and `x.safetensors` in one folder each keep their own."""
+    weights = Path(weights)
+    return weights.with_name(weights.name + ".json")
+
+
+def legacy_sidecar_path(weights: Path) -> Path:
+    """Where sidecar format 1 put it: the weights' name less its suffix, plus `.json` (shared by `x.pt` and
+    `x.safetensors`; read only for a `.pt`/`.pth` file, and only if it names that file)."""
     return Path(weights).with_suffix(".json")
 
 
@@ -121,24 +142,44 @@ def check_output(out: Path) -> None:
                               f"(pip install 'relic-fast[export]'); or name the file *.pt") from None
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any]) -> None:
-    """Write `tensors` as safetensors (metadata in its header) or as a `torch.save` dict, by suffix."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+def save_export(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any]) -> Path:
+    """Write `tensors` to `path` (safetensors with `metadata` in its header, or a `torch.save` dict, by suffix)
+    and `metadata` to its sidecar; returns the sidecar's path.
 
-        save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in metadata.items()})
+    Both go to temporary files first and are renamed into place only once both are written, so a failure
+    (a full disk, an error) leaves the previous export intact and no partial or temporary file. The old
+    sidecar is removed just before the renames: a crash between them leaves weights without a sidecar
+    (an error when read), never weights described by another export's sidecar."""
+    sidecar = sidecar_path(path)
+    sidecar_text = (json.dumps(metadata, indent=2) + "\n").encode()
+    with staged_file(path, lambda handle: write_tensors(tensors, handle, path.suffix, metadata)) as weights_file, \
+            staged_file(sidecar, lambda handle: handle.write(sidecar_text)) as sidecar_file:
+        sidecar.unlink(missing_ok=True)
+        os.replace(weights_file, path)
+        os.replace(sidecar_file, sidecar)
+    return sidecar
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], handle: IO[bytes], suffix: str, metadata: dict[str, Any]) -> None:
+    """Write `tensors` to the open binary `handle` as safetensors (`metadata` in its header, each value as JSON)
+    when `suffix` is `.safetensors`, else as a `torch.save` dict."""
+    if suffix == ".safetensors":
+        from safetensors.torch import save
+
+        handle.write(save(tensors, metadata={key: json.dumps(value) for key, value in metadata.items()}))
     else:
-        torch.save(tensors, path)
+        torch.save(tensors, handle)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of an exported file (safetensors or a `torch.save` dict), on the CPU, without pickled code."""
+    """The tensors of an exported file (safetensors or a `torch.save` dict), on the CPU, without pickled code
+    (a `.pt` file is read through `load_weights_only`: refused on a torch too old to do that safely)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path)
 
 
 def load_instructions(fmt: str, encoder: str, weights: Path) -> str:
@@ -170,15 +211,14 @@ def export_encoder(source: Path, out: Path, network: str = "online", fmt: str = 
     model = config.model
     metadata = {"format_version": SIDECAR_VERSION, "format": fmt, "encoder": model.encoder, "width": model.width,
                 "small_stem": model.small_stem, "stem": stem_name(model.small_stem), "network": network,
-                "step": int(state["step"]), "config_hash": config_hash(state["config"]),
+                "batchnorm_statistics": BATCHNORM_STATISTICS, "step": int(state["step"]),
+                "config_hash": config_hash(state["config"]),
                 "feature_dim": build_encoder_on_meta(model).feature_dim, "checkpoint": file.name,
                 "tensors": len(tensors), "load": load_instructions(fmt, model.encoder, out)}
     verified = verify_loads(tensors, fmt, model)
     metadata["verified_with"] = verified
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(tensors, out, metadata)
-    sidecar = sidecar_path(out)
-    sidecar.write_text(json.dumps(metadata, indent=2) + "\n")
+    sidecar = save_export(tensors, out, metadata)
     return ExportReport(out, sidecar, metadata)
 
 
@@ -229,20 +269,47 @@ def verify_loads(tensors: dict[str, torch.Tensor], fmt: str, model: ModelConfig)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The metadata of an exported file: its JSON sidecar, else (safetensors) the file's own header."""
+    """The metadata of an exported file: for safetensors its own header (the truth; a sidecar next to it
+    must agree, else `ExportError`), for `.pt`/`.pth` its JSON sidecar."""
     path = Path(path)
     sidecar = sidecar_path(path)
+    if path.suffix == ".safetensors":
+        header = safetensors_metadata(path)
+        if sidecar.is_file():
+            check_sidecar_agrees(path, header, sidecar)
+        return header
     if sidecar.is_file():
         return json.loads(sidecar.read_text())
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    legacy = legacy_sidecar_path(path)
+    if legacy.is_file():
+        metadata = json.loads(legacy.read_text())
+        if f"'{path.name}'" in str(metadata.get("load", "")):  # format 1 named the file it describes there
+            return metadata
+    raise ExportError(f"{path}: no sidecar {sidecar.name} next to it; cannot tell which encoder it holds "
+                      f"(export it again, or load its tensors with torch.load(FILE, weights_only=True))")
 
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        if "encoder" in header:
-            return {key: json.loads(value) for key, value in header.items()}
-    raise ExportError(f"{path}: no sidecar {sidecar.name} and no metadata in the file; "
-                      f"cannot tell which encoder it holds")
+
+def safetensors_metadata(path: Path) -> dict[str, Any]:
+    """The relic-fast metadata in a safetensors file's header (each value JSON-decoded); `ExportError` if none."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+    if "encoder" not in header:
+        raise ExportError(f"{path}: its safetensors header holds no relic-fast metadata; cannot tell which encoder "
+                          f"it holds (was it written by `relic-fast export`?)")
+    return {key: json.loads(value) for key, value in header.items()}
+
+
+def check_sidecar_agrees(path: Path, header: dict[str, Any], sidecar: Path) -> None:
+    """Raise `ExportError` naming every key where `sidecar` says other than the header of safetensors file `path`."""
+    written = json.loads(sidecar.read_text())
+    differing = sorted(key for key in set(header) | set(written) if header.get(key) != written.get(key))
+    if differing:
+        details = "; ".join(f"{key}: {header.get(key)!r} in the file, {written.get(key)!r} in the sidecar"
+                            for key in differing)
+        raise ExportError(f"{path}: its sidecar {sidecar.name} disagrees with the file's own header ({details}); "
+                          f"the header is what the file holds: delete the sidecar or export again")
 
 
 def load_encoder(path: Path) -> nn.Module:

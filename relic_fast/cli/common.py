@@ -87,7 +87,7 @@ class ErrorReportingGroup(TyperGroup):
             code, label = known
             if not (getattr(err, "rank_0_speaks", False) and launch_rank()[0] != 0):
                 self._show_traceback()
-                report_error(label, describe(err), "bold yellow" if code == ExitCode.STOPPED else "bold red")
+                report_error(label, describe(err), "bold yellow" if code in (ExitCode.STOPPED, ExitCode.OK) else "bold red")
             if code == ExitCode.STOPPED and launch_rank()[1] > 1:
                 # Under torchrun every rank leaves at once after the agreed checkpoint: torchrun SIGTERMs the
                 # ranks still alive when the first one exits, and a rank in Python's slow teardown (its stop

@@ -151,3 +151,163 @@ def test_cli_refuses_a_crafted_checkpoint(tiny_demo, tmp_path):
     assert code == ExitCode.CHECKPOINT, output
     assert f"checkpoint error: {evil}: refused to load" in output and "Traceback" not in output, output
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- a torch whose weights_only can run code
+
+OLD_TORCH = "2.5.1+cu124"
+"""A torch whose `torch.load(weights_only=True)` a crafted file can make run code (CVE-2025-32434, fixed in 2.6)."""
+
+
+def pretend_old_torch(monkeypatch) -> list:
+    """Make relic-fast see torch `OLD_TORCH`; `torch.load` records each call (there must be none) and fails."""
+    calls = []
+
+    def load(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("torch.load ran on a torch whose weights_only loading is unsafe")
+
+    monkeypatch.setattr(torch, "__version__", OLD_TORCH)
+    monkeypatch.setattr(torch, "load", load)
+    return calls
+
+
+def assert_refused_for_old_torch(error: BaseException) -> None:
+    """`error` is the one-line known refusal of an unsafe torch (exit code 5), not a checkpoint problem."""
+    from relic_fast.errors import classify
+
+    message = str(error)
+    assert f"torch {OLD_TORCH}" in message and "CVE-2025-32434" in message and "torch>=2.6" in message, message
+    assert "\n" not in message and classify(error) == (ExitCode.CHECKPOINT, "unsafe torch")
+
+
+def test_an_old_torch_loads_no_checkpoint_it_is_handed(tmp_path, monkeypatch):
+    save_checkpoint(small_state(1), tmp_path, 1, keep=3)
+    save_checkpoint(small_state(2), tmp_path, 2, keep=3)
+    calls = pretend_old_torch(monkeypatch)
+    warnings: list[str] = []
+    for load in (lambda: read_checkpoint(checkpoint_path(tmp_path, 2)),  # any file handed to us
+                 lambda: latest_checkpoint(tmp_path, warn=warnings.append),  # --resume: no fallback either
+                 lambda: checkpoint.resolve_checkpoint_file(tmp_path),  # linear-eval / export of a run folder
+                 lambda: checkpoint.encoder_from_checkpoint(checkpoint_path(tmp_path, 1))):
+        with pytest.raises(Exception) as info:
+            load()
+        assert_refused_for_old_torch(info.value)
+    assert calls == [] and warnings == []
+
+
+def test_cli_on_an_old_torch_refuses_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from relic_fast.cli import app
+
+    save_checkpoint(small_state(1), tmp_path, 1, keep=3)
+    calls = pretend_old_torch(monkeypatch)
+    result = CliRunner().invoke(app, ["linear-eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path)])
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code == ExitCode.CHECKPOINT and f"unsafe torch: torch {OLD_TORCH}" in output, result.output
+    assert "Traceback" not in output and calls == []
+
+
+def test_pyproject_requires_the_torch_whose_weights_only_loading_is_safe():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    dependencies = pyproject["project"]["dependencies"]
+    assert "torch>=2.6" in dependencies and "torchvision>=0.21" in dependencies, dependencies
+    assert checkpoint.SAFE_TORCH == (2, 6)  # the run-time refusal and the requirement name the same torch
+
+
+# ---------------------------------------------------------------- unreadable, unreachable and leftover files
+
+def corrupt(path: Path, how: str) -> Path:
+    """Damage checkpoint `path` in place as storage or a foreign tool might."""
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "last-bytes-cut":  # torch reports this one as OSError(EINVAL)
+        path.write_bytes(data[:-10])
+    elif how == "garbage":
+        path.write_bytes(b"not a checkpoint" * 64)
+    elif how == "not-ours":
+        torch.save([1, 2, 3], path)
+    elif how == "crafted":
+        crafted(path, path.with_name("created-by-unpickling"), as_zip=True)
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "last-bytes-cut", "garbage", "not-ours", "crafted"])
+def test_resume_skips_a_file_unreadable_as_a_checkpoint_naming_it(tmp_path, how):
+    save_checkpoint(small_state(1), tmp_path, 1, keep=3)
+    bad = corrupt(save_checkpoint(small_state(2), tmp_path, 2, keep=3), how)
+    warnings: list[str] = []
+    path, state = latest_checkpoint(tmp_path, warn=warnings.append)
+    assert (path.name, state["step"]) == ("step-000000001.pt", 1)
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "falling back" in warnings[0]
+
+
+@pytest.mark.parametrize("error, words", [
+    (PermissionError(13, "Permission denied"), "Permission denied"),
+    (OSError(116, "Stale file handle"), "Stale file handle"),
+    (MemoryError(), "out of memory"),
+], ids=["EACCES", "ESTALE", "MemoryError"])
+def test_resume_stops_on_a_file_it_cannot_read_now_instead_of_using_an_older_one(tmp_path, monkeypatch, error, words):
+    save_checkpoint(small_state(1), tmp_path, 1, keep=3)
+    newest = save_checkpoint(small_state(2), tmp_path, 2, keep=3)
+    real_load = torch.load
+
+    def load(path, *args, **kwargs):
+        if Path(path) == newest:
+            raise error
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    warnings: list[str] = []
+    with pytest.raises(CheckpointError) as info:
+        latest_checkpoint(tmp_path, warn=warnings.append)
+    assert warnings == [], "an intact file that could not be read now was treated as corrupt"
+    message = str(info.value)
+    assert str(newest) in message and words in message and "\n" not in message, message
+
+
+def test_retention_counts_only_readable_checkpoints(tmp_path):
+    """A corrupt file (skipped by the resume) must not take the place of a good checkpoint, above all not the
+    place of the one just written."""
+    for step in (1, 2):
+        save_checkpoint(small_state(step), tmp_path, step, keep=2)
+    newer_corrupt = corrupt(save_checkpoint(small_state(5), tmp_path, 5, keep=9), "truncated")
+    # the resume fell back to step 2 and went on; with keep=2 the two newest good ones must stay
+    written = save_checkpoint(small_state(3), tmp_path, 3, keep=2)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step-000000002.pt", "step-000000003.pt", newer_corrupt.name], names
+    assert read_checkpoint(written)["step"] == 3
+    corrupt(written, "garbage")  # an older corrupt file between good ones does not count either
+    save_checkpoint(small_state(4), tmp_path, 4, keep=2)
+    good = []
+    for path in list_checkpoints(tmp_path):
+        try:
+            good.append(read_checkpoint(path)["step"])
+        except CheckpointError:
+            pass
+    assert good == [2, 4]
+
+
+def test_retention_never_deletes_the_checkpoint_it_just_wrote(tmp_path):
+    save_checkpoint(small_state(4), tmp_path, 4, keep=1)
+    corrupt(save_checkpoint(small_state(6), tmp_path, 6, keep=9), "garbage")
+    written = save_checkpoint(small_state(5), tmp_path, 5, keep=1)  # resumed from 4, stopped by a signal at 5
+    assert written.is_file() and read_checkpoint(written)["step"] == 5
+    path, _ = latest_checkpoint(tmp_path, warn=lambda text: None)
+    assert path == written
+
+
+def test_leftovers_of_interrupted_writes_are_removed(tmp_path):
+    kept = save_checkpoint(small_state(1), tmp_path, 1, keep=3)
+    leftovers = [kept.parent / ".tmp-k1ll3d.pt", kept.parent / ".tmp-0ther.pt"]
+    for path in leftovers:
+        path.write_bytes(b"\0" * 100)
+    unrelated = kept.parent / "notes.tmp"
+    unrelated.write_text("mine")
+    assert sorted(checkpoint.remove_interrupted_writes(tmp_path)) == sorted(leftovers)
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["notes.tmp", kept.name]
+    assert checkpoint.remove_interrupted_writes(tmp_path / "no-such-run") == []

@@ -1,8 +1,10 @@
 """`relic-fast export`: the encoder of a checkpoint as a tensors-only state dict that torchvision and timm
 ResNets load with strict=True and that gives our encoder's features, its sidecar, and the refusals."""
 
+import contextlib
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -109,7 +111,7 @@ def test_timm_has_every_depth_torchvision_lacks_resnet200(make_run, tmp_path):
 def test_sidecar_and_target_network(make_run, tmp_path):
     run, online, target, config = make_run(encoder="resnet18")
     report = export_encoder(run, tmp_path / "target.pt", network="target")
-    sidecar = json.loads((tmp_path / "target.json").read_text())
+    sidecar = json.loads((tmp_path / "target.pt.json").read_text())
     assert sidecar == report.metadata == read_metadata(report.weights)
     assert (sidecar["encoder"], sidecar["width"], sidecar["small_stem"], sidecar["network"], sidecar["step"]) == \
         ("resnet18", 1, False, "target", 7)
@@ -143,7 +145,7 @@ def test_cli_export_and_its_one_line_errors(make_run, tmp_path):
     out = tmp_path / "backbone.safetensors"
     result = CliRunner().invoke(app, ["export", str(run), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert out.is_file() and (tmp_path / "backbone.json").is_file() and "torchvision" in result.output
+    assert out.is_file() and (tmp_path / "backbone.safetensors.json").is_file() and "torchvision" in result.output
     for args, text in ((["--format", "onnx"], "choose one of torchvision, timm, relic-fast"),
                        (["--network", "ema"], "choose online or target")):
         result = CliRunner().invoke(app, ["export", str(run), "--out", str(out), *args])
@@ -153,3 +155,98 @@ def test_cli_export_and_its_one_line_errors(make_run, tmp_path):
     assert result.exit_code == 5 and "no such checkpoint" in " ".join(result.output.split())  # ExitCode.CHECKPOINT
     result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "backbone.bin")])
     assert result.exit_code == 2 and "*.safetensors, *.pt or *.pth" in " ".join(result.output.split())
+
+
+def test_pt_and_safetensors_of_one_name_keep_their_own_sidecars(make_run, tmp_path):
+    run, *_ = make_run(encoder="resnet18")
+    pt = export_encoder(run, tmp_path / "backbone.pt", network="online")
+    safetensors = export_encoder(run, tmp_path / "backbone.safetensors", network="target")
+    assert (pt.sidecar.name, safetensors.sidecar.name) == ("backbone.pt.json", "backbone.safetensors.json")
+    assert read_metadata(pt.weights)["network"] == "online"
+    assert read_metadata(safetensors.weights)["network"] == "target"
+    assert json.loads(pt.sidecar.read_text()) == pt.metadata
+
+
+def test_an_export_that_fails_while_writing_leaves_the_previous_one_intact(make_run, tmp_path, monkeypatch):
+    import errno
+
+    run, *_ = make_run(encoder="resnet18")
+    first = export_encoder(run, tmp_path / "backbone.pt")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    def save_until_the_disk_is_full(obj, file, *args, **kwargs):
+        with open(file, "wb") if isinstance(file, (str, os.PathLike)) else contextlib.nullcontext(file) as handle:
+            handle.write(b"the first bytes of a state dict")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_encoder(run, tmp_path / "backbone.pt", network="target")
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # no partial file, no temporary
+    assert read_metadata(first.weights)["network"] == "online"
+
+
+def test_the_safetensors_header_is_the_truth_and_the_sidecar_must_agree(make_run, tmp_path):
+    run, *_ = make_run(encoder="resnet18")
+    report = export_encoder(run, tmp_path / "target.safetensors", network="target")
+    sidecar = json.loads(report.sidecar.read_text())
+    report.sidecar.write_text(json.dumps({**sidecar, "network": "online"}))  # edited, or another export's
+    for read in (read_metadata, load_encoder):
+        with pytest.raises(ExportError) as info:
+            read(report.weights)
+        message = str(info.value)
+        assert "network" in message and "'target'" in message and "'online'" in message, message
+        assert report.sidecar.name in message
+    report.sidecar.unlink()
+    assert read_metadata(report.weights)["network"] == "target"  # the header alone
+
+
+@pytest.mark.parametrize("network", ["online", "target"])
+def test_the_sidecar_says_whose_batchnorm_statistics_the_weights_carry(make_run, tmp_path, network):
+    run, *_ = make_run(encoder="resnet18")
+    metadata = export_encoder(run, tmp_path / f"{network}.pt", network=network).metadata
+    assert metadata["batchnorm_statistics"] == "online"  # the EMA target copies them from the online network
+    assert read_metadata(tmp_path / f"{network}.pt")["batchnorm_statistics"] == "online"
+
+
+def test_an_old_torch_loads_no_exported_or_checkpoint_file(make_run, tmp_path, monkeypatch):
+    from test_checkpoint import assert_refused_for_old_torch, pretend_old_torch
+
+    run, *_ = make_run(encoder="resnet18")
+    exported = export_encoder(run, tmp_path / "backbone.pt").weights
+    calls = pretend_old_torch(monkeypatch)
+    for load in (lambda: export_encoder(run, tmp_path / "again.pt"), lambda: load_tensors(exported),
+                 lambda: load_encoder(exported)):
+        with pytest.raises(Exception) as info:
+            load()
+        assert_refused_for_old_torch(info.value)
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "cli.pt")])
+    assert result.exit_code == 5 and "unsafe torch: torch 2.5.1+cu124" in " ".join(result.output.split())
+    assert calls == [] and not (tmp_path / "again.pt").exists()
+
+
+def test_a_format_1_sidecar_is_read_only_for_the_pt_file_it_names(make_run, tmp_path):
+    run, *_ = make_run(encoder="resnet18")
+    report = export_encoder(run, tmp_path / "old.pt")
+    legacy = report.sidecar.rename(tmp_path / "old.json")  # where sidecar format 1 put it
+    assert read_metadata(report.weights)["encoder"] == "resnet18"
+    other = tmp_path / "other.pt"
+    other.write_bytes(report.weights.read_bytes())
+    (tmp_path / "other.json").write_text(legacy.read_text())  # it describes old.pt, not other.pt
+    with pytest.raises(ExportError, match="no sidecar other.pt.json"):
+        read_metadata(other)
+
+
+def test_the_ema_target_carries_the_online_batchnorm_statistics_as_the_sidecar_says():
+    """What `batchnorm_statistics` claims for `--network target`: after an EMA update the target's running
+    statistics are the online network's, while its weights are not."""
+    from relic_fast.export import BATCHNORM_STATISTICS
+    from relic_fast.models import ema_update
+
+    online, target = build_networks(ModelConfig(encoder="resnet18", **SMALL_HEADS))
+    scramble(online, 3)
+    ema_update(target, online, tau=0.99)
+    buffers = dict(online.encoder.named_buffers())
+    assert BATCHNORM_STATISTICS == "online"
+    assert all(torch.equal(tensor, buffers[name]) for name, tensor in target.encoder.named_buffers())
+    assert not torch.equal(target.encoder.conv1.weight, online.encoder.conv1.weight)
