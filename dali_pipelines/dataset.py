@@ -1,19 +1,57 @@
-"""What a dataset path holds: `resolve_dataset` turns a folder tree, a file list or WebDataset shards into a `DatasetSpec`.
+"""What a dataset path holds: `resolve_dataset` turns a folder tree, a file list, a flat folder with its
+labels file or WebDataset shards into a `DatasetSpec`; `resolve_split` reads an evaluation split with the
+train split's class indices (matched by class NAME); `find_monitor_split` finds the split the pretraining
+monitor scores.
 
-The spec is plain data (paths, labels, counts) that the readers turn into DALI readers and that
-tools (`relic-fast index`, `pack`) inspect. Layouts:
+The spec is plain data (paths, labels, class names, counts) that the readers turn into DALI readers and
+that tools (`relic-fast index`, `pack`) inspect. Each layout is read in one place below:
 - folder tree `root/<class>/<image>`: class index from the sorted class-folder names;
-- file list (`.txt`): `relative/path label` per line, paths relative to the list's folder;
+- file list (`.txt`): `relative/path label` per line, paths relative to the list's folder. Version 2,
+  what `relic-fast index` writes, opens with a header naming the format and the classes:
+      #relic-fast file-list 2
+      #class 0 n01440764
+      #class 1 n01443537
+      n01440764/n01440764_10026.JPEG 0
+  The first line names the version; `#class <index> <name>` lines follow it in index order (the name is
+  the rest of the line after the one space that follows the index, so it may hold spaces). A list
+  without the header (version 1) still reads, its classes named "0".."N-1"; any other `#` line is a
+  comment. (DALI's own `file_list=` argument does not skip `#` lines; relic-fast's readers pass the
+  files themselves.)
+- flat folder of images with a labels file: ImageNet's validation set as Kaggle ships it,
+  `.../CLS-LOC/val/ILSVRC2012_val_00000001.JPEG ...`, labelled by `LOC_val_solution.csv` at the
+  download's root. The labels file is the one given (`labels=`: `--val-labels`, `data.val_labels`), else
+  `LOC_<folder name>_solution.csv` in the folder or up to `LABELS_LOOKUP_DEPTH` folders above it. It is a
+  CSV with a header row, then `image,class ...` rows: the image's file name with or without its suffix,
+  the class the first word of the second column (Kaggle's `ImageId,PredictionString`). Class order:
+  `LOC_synset_mapping.txt` beside the CSV when present (first word of each line), else the sorted class
+  names. Every image needs exactly one row and every row an image. Read like a file list (root,
+  relative files, labels). Without a labels file the images are unlabelled (label -1): fine for
+  pretraining, refused as an evaluation split.
 - WebDataset: a folder of `.tar` shards (or one `.tar`), samples `<key>.jpg|.jpeg|.png`, optional
-  `<key>.cls` (ASCII label) and `<key>.mask.png` (saliency mask).
-A demo-data root (a folder holding `train/`) resolves to its `train/` split. Saliency masks of folder
-and file-list datasets live in a parallel tree: `<mask_root>/<relative image path, suffix .png>`;
+  `<key>.cls` (ASCII label) and `<key>.mask.png` (saliency mask). The class names are in
+  `classes.json` beside the shards (`relic-fast pack` writes it: `{"format": "relic-fast classes",
+  "version": 1, "classes": [...]}`); shards without it name their classes "0".."N-1".
+A demo-data root (a folder holding `train/`) resolves to its `train/` split. Saliency masks of folder,
+file-list and flat datasets live in a parallel tree: `<mask_root>/<relative image path, suffix .png>`;
 by default `<root>/../masks/<root name>` when that folder exists (the demo-data layout).
+
+Class subsets (`data.classes`): a file of class names, one per line (blank and `#` lines skipped), or the
+name of a list shipped in `class_lists/` (`imagenet100`: CMC's ImageNet-100, the list solo-learn uses).
+`resolve_dataset(..., classes=)` keeps those classes of the train split (in the split's own order,
+re-indexed 0..K-1; a listed class the split lacks is an error); `resolve_split(..., classes=)` drops the
+other classes' samples of an evaluation split. Every disagreement is a `DatasetError` naming the file
+and row (the CLI: one line, exit code 3).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import json
+import os
+import re
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +64,36 @@ WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 WDS_LABEL_EXTENSION = "cls"
 WDS_MASK_EXTENSION = "mask.png"
 
+WDS_CLASSES_FILE = "classes.json"
+"""Beside the shards: the shard set's class names (`write_shard_classes`)."""
+
+FILE_LIST_HEADER = "#relic-fast file-list"
+"""First line of a versioned file list, followed by the version number."""
+
+FILE_LIST_VERSION = 2
+"""The file-list version this module writes (and the newest it reads)."""
+
+_CLASS_LINE = re.compile(r"#class (\d+) (.+)")
+
+LABELS_FILE_PATTERN = "LOC_{folder}_solution.csv"
+"""Labels file of a flat folder, looked up by the folder's name (Kaggle's `LOC_val_solution.csv`)."""
+
+LABELS_LOOKUP_DEPTH = 4
+"""Folders above a flat folder searched for its labels file: `.../ILSVRC/Data/CLS-LOC/val` reaches the
+Kaggle download's root, which holds `LOC_val_solution.csv`."""
+
+SYNSET_MAPPING = "LOC_synset_mapping.txt"
+"""Beside a labels CSV: the class order (`<wnid> <description>` per line; Kaggle's ImageNet download)."""
+
+CLASS_LISTS_DIR = Path(__file__).resolve().parent / "class_lists"
+BUILTIN_CLASS_LISTS = {"imagenet100": "imagenet100.txt"}
+"""`data.classes` names of the class lists shipped in `class_lists/`: `imagenet100` is CMC's ImageNet-100
+(Tian et al., 2019; the same 100 wnids solo-learn ships as `imagenet100_classes.txt`)."""
+
 
 class DatasetError(ValueError):
-    """A dataset path that does not exist, holds no images, or has a malformed file list."""
+    """A dataset path that does not exist or holds no images, a malformed file list, labels file or class
+    list, or a split whose classes disagree with the train split's; the message names the file and row."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +101,7 @@ class DatasetSpec:
     """A resolved dataset: enough to build readers and to list (and validate) its samples."""
 
     kind: str
-    """"folder", "file_list" or "webdataset"."""
+    """"folder", "file_list" (root + relative files + labels: file lists and flat folders) or "webdataset"."""
     root: Path
     """Folder the relative image paths start from (for webdataset: the folder of the shards)."""
     files: list[str] = field(default_factory=list)
@@ -48,9 +113,12 @@ class DatasetSpec:
     mask_root: Path | None = None
     """Root of the saliency-mask tree (folder/file-list datasets); None: no masks."""
     class_names: list[str] = field(default_factory=list)
-    """Name of each class index (folder names; label strings for lists and shards)."""
+    """Name of each class index (folder names, a list's `#class` lines, a labels CSV's classes, a shard
+    set's `classes.json`; "0".."N-1" where the source names none); empty: unlabelled."""
     num_samples: int = 0
     """Number of samples (images)."""
+    class_sources: list[str] = field(default_factory=list)
+    """Where each class is declared (`file:row` or the class folder), for messages; may be empty."""
 
 
 def mask_file(mask_root: Path, relative_image: str) -> Path:
@@ -88,25 +156,188 @@ def _folder(root: Path, masks: str) -> DatasetSpec:
         labels += [index] * len(found)
     if not files:
         raise DatasetError(f"{root}: no images found in class folders (expected root/<class>/<image>)")
-    return DatasetSpec("folder", root, files, labels, [], _resolve_masks(root, masks), classes, len(files))
+    return DatasetSpec("folder", root, files, labels, [], _resolve_masks(root, masks), classes, len(files),
+                       [str(root / name) for name in classes])
+
+
+def _numbered_names(labels: list[int]) -> list[str]:
+    """Class names "0".."N-1" of a source that names none (N: the largest label + 1; none when unlabelled)."""
+    top = max(labels, default=-1)
+    return [str(i) for i in range(top + 1)]
+
+
+def _list_header(path: Path, lines: list[str]) -> tuple[list[str], list[str], int]:
+    """(class names, their `file:row`, index of the first line after the header) of a file list; a list
+    without the version line (version 1) has no header and names no classes."""
+    if not lines or not lines[0].startswith(FILE_LIST_HEADER):
+        return [], [], 0
+    version = lines[0][len(FILE_LIST_HEADER):].strip()
+    if not version.isdigit():
+        raise DatasetError(f"{path}:1: expected '{FILE_LIST_HEADER} <version>', got {lines[0]!r}")
+    if int(version) > FILE_LIST_VERSION:
+        raise DatasetError(f"{path}:1: file-list version {version} is newer than this relic-fast reads "
+                           f"({FILE_LIST_VERSION}); upgrade relic-fast")
+    names, sources, number = [], [], 1
+    while number < len(lines) and lines[number].startswith("#class "):
+        match = _CLASS_LINE.fullmatch(lines[number])
+        if match is None or int(match.group(1)) != len(names):
+            raise DatasetError(f"{path}:{number + 1}: expected '#class {len(names)} <name>', got {lines[number]!r}")
+        if match.group(2) in names:
+            raise DatasetError(f"{path}:{number + 1}: class {match.group(2)!r} is named twice "
+                               f"(first at {sources[names.index(match.group(2))]})")
+        names.append(match.group(2))
+        sources.append(f"{path}:{number + 1}")
+        number += 1
+    return names, sources, number
 
 
 def _file_list(path: Path, masks: str) -> DatasetSpec:
-    """A text list of `relative/path label` lines (paths may contain spaces; the label is last)."""
+    """A text list of `relative/path label` lines (paths may contain spaces; the label is last), after an
+    optional version-2 header naming the classes (module docstring)."""
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not a text file list ({err.reason} at byte {err.start})") from None
+    names, sources, start = _list_header(path, lines)
     files, labels = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines[start:], start=start + 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.rstrip().rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
             raise DatasetError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
+        if names and int(parts[1]) >= len(names):
+            raise DatasetError(f"{path}:{number}: label {parts[1]}, but the header names {len(names)} classes")
         files.append(parts[0].strip())
         labels.append(int(parts[1]))
     if not files:
         raise DatasetError(f"{path}: the file list is empty")
     root = path.parent
-    names = [str(i) for i in range(max(labels) + 1)] if max(labels) >= 0 else []
-    return DatasetSpec("file_list", root, files, labels, [], _resolve_masks(root, masks), names, len(files))
+    if not names:
+        names = _numbered_names(labels)
+    return DatasetSpec("file_list", root, files, labels, [], _resolve_masks(root, masks), names, len(files),
+                       sources)
+
+
+def file_list_text(paths: Sequence[str], labels: Sequence[int], class_names: Sequence[str]) -> str:
+    """A version-2 file list (module docstring): the header naming `class_names`, then `path label` lines.
+    What `relic-fast index` writes; `_file_list` reads it back to the same files, labels and names."""
+    for index, name in enumerate(class_names):
+        if not name or "\n" in name or "\r" in name:
+            raise DatasetError(f"class {index} is named {name!r}: a file list cannot record an empty name or a "
+                               f"line break")
+    header = [f"{FILE_LIST_HEADER} {FILE_LIST_VERSION}\n"]
+    header += [f"#class {index} {name}\n" for index, name in enumerate(class_names)]
+    return "".join(header) + "".join(f"{path} {label}\n" for path, label in zip(paths, labels))
+
+
+def _image_entry(entry: os.DirEntry) -> bool:
+    """`_is_image` of a directory entry, without a stat where the file system reports the type."""
+    return (entry.is_file() and not entry.name.startswith(".")
+            and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+
+
+def _flat_images(root: Path) -> list[str]:
+    """Names of the images directly inside `root`, sorted."""
+    with os.scandir(root) as entries:
+        return sorted(entry.name for entry in entries if _image_entry(entry))
+
+
+def find_labels_file(folder: Path) -> Path | None:
+    """`LOC_<folder name>_solution.csv` in `folder` or up to `LABELS_LOOKUP_DEPTH` folders above it (the
+    nearest wins), or None."""
+    folder = Path(folder).expanduser().resolve()
+    name = LABELS_FILE_PATTERN.format(folder=folder.name)
+    for place in [folder, *folder.parents][:LABELS_LOOKUP_DEPTH + 1]:
+        if (place / name).is_file():
+            return place / name
+    return None
+
+
+def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
+    """(row number, image, class) of every row of a labels CSV: a header row, then `image,class ...` rows
+    (the class is the first word of the second column: Kaggle's `ImageId,PredictionString`)."""
+    rows: list[tuple[int, str, str]] = []
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None or len(header) < 2:
+                raise DatasetError(f"{path}:1: expected a header row such as 'ImageId,PredictionString', "
+                                   f"got {','.join(header or [])!r}")
+            for cells in reader:
+                if not any(cell.strip() for cell in cells):
+                    continue
+                words = cells[1].split() if len(cells) >= 2 else []
+                if not cells[0].strip() or not words:
+                    raise DatasetError(f"{path}:{reader.line_num}: expected 'image,class ...' (e.g. "
+                                       f"'ILSVRC2012_val_00000001,n01751748 ...'), got {','.join(cells)!r}")
+                rows.append((reader.line_num, cells[0].strip(), words[0]))
+    except csv.Error as err:
+        raise DatasetError(f"{path}: not a readable CSV: {err}") from None
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not a text CSV ({err.reason} at byte {err.start})") from None
+    if not rows:
+        raise DatasetError(f"{path}: the labels file has no rows")
+    return rows
+
+
+def _class_order(labels_file: Path, rows: list[tuple[int, str, str]]) -> tuple[list[str], list[str]]:
+    """(class names, where each is declared) of a labels CSV: `LOC_synset_mapping.txt`'s order when it lies
+    beside the CSV (a class of the CSV it lacks is an error), else the sorted classes of the CSV. A class
+    the CSV uses is declared at its first row."""
+    first_row: dict[str, int] = {}
+    for row, _, name in rows:
+        first_row.setdefault(name, row)
+    mapping = labels_file.parent / SYNSET_MAPPING
+    if not mapping.is_file():
+        names = sorted(first_row)
+        return names, [f"{labels_file}:{first_row[n]}" for n in names]
+    names, sources = [], []
+    for number, line in enumerate(mapping.read_text().splitlines(), start=1):
+        if line.strip():
+            names.append(line.split()[0])
+            sources.append(f"{mapping}:{number}")
+    known = set(names)
+    for name, row in first_row.items():
+        if name not in known:
+            raise DatasetError(f"{labels_file}:{row}: class {name!r} is not in {mapping}")
+    return names, [f"{labels_file}:{first_row[n]}" if n in first_row else s for n, s in zip(names, sources)]
+
+
+def _flat_folder(root: Path, labels: str, masks: str) -> DatasetSpec:
+    """Images directly in `root`, labelled by the labels CSV (`labels`, else found by `find_labels_file`);
+    unlabelled (label -1, no class names) when there is none."""
+    files = _flat_images(root)
+    if not files:
+        raise DatasetError(f"{root}: no images found")
+    mask_root = _resolve_masks(root, masks)
+    labels_file = Path(labels).expanduser() if labels else find_labels_file(root)
+    if labels_file is None:
+        return DatasetSpec("file_list", root, files, [-1] * len(files), [], mask_root, [], len(files))
+    if not labels_file.is_file():
+        raise DatasetError(f"labels file {labels_file} does not exist")
+    rows = read_labels_csv(labels_file)
+    by_name: dict[str, str] = {}
+    for name in files:
+        by_name.setdefault(name, name)
+        by_name.setdefault(Path(name).stem, name)
+    label_of: dict[str, tuple[str, int]] = {}
+    for row, image, name in rows:
+        file = by_name.get(image)
+        if file is None:
+            raise DatasetError(f"{labels_file}:{row}: image {image!r} is not in {root}")
+        if file in label_of:
+            raise DatasetError(f"{labels_file}:{row}: image {image!r} already has a label (row {label_of[file][1]})")
+        label_of[file] = (name, row)
+    unlabelled = [name for name in files if name not in label_of]
+    if unlabelled:
+        raise DatasetError(f"{root / unlabelled[0]}: no row in {labels_file} "
+                           f"({len(unlabelled)} of the folder's {len(files)} images have none)")
+    names, sources = _class_order(labels_file, rows)
+    index = {name: i for i, name in enumerate(names)}
+    return DatasetSpec("file_list", root, files, [index[label_of[f][0]] for f in files], [], mask_root, names,
+                       len(files), sources)
 
 
 def scan_tar(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
@@ -133,8 +364,35 @@ def _image_member(members: dict[str, tarfile.TarInfo]) -> tarfile.TarInfo | None
     return next((members[e] for e in WDS_IMAGE_EXTENSIONS if e in members), None)
 
 
+def write_shard_classes(folder: Path, class_names: Sequence[str]) -> Path:
+    """Record a shard set's class names in `folder/classes.json` (written via a temporary file and a rename)."""
+    path = Path(folder) / WDS_CLASSES_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"format": "relic-fast classes", "version": 1, "classes": list(class_names)},
+                              indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_shard_classes(folder: Path) -> list[str] | None:
+    """The class names in `folder/classes.json`, or None when the shard set records none."""
+    path = Path(folder) / WDS_CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON: {err}") from None
+    names = data.get("classes") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise DatasetError(f"{path}: expected {{\"classes\": [\"name\", ...]}}")
+    return names
+
+
 def _webdataset(root: Path, tar_paths: list[Path]) -> DatasetSpec:
-    """Shards: count the samples that have an image and read their `.cls` labels (-1 when absent)."""
+    """Shards: count the samples that have an image and read their `.cls` labels (-1 when absent); class
+    names from `classes.json` beside the shards (a label beyond them is an error)."""
+    named = read_shard_classes(root)
     labels = []
     for path in tar_paths:
         samples = scan_tar(path)
@@ -145,23 +403,34 @@ def _webdataset(root: Path, tar_paths: list[Path]) -> DatasetSpec:
                 cls = members.get(WDS_LABEL_EXTENSION)
                 text = tar.extractfile(cls).read().decode("ascii", "replace").strip() if cls else ""
                 labels.append(int(text) if text.lstrip("-").isdigit() else -1)
+                if named is not None and labels[-1] >= len(named):
+                    raise DatasetError(f"{path}: sample {_image_member(members).name} has label {labels[-1]}, but "
+                                       f"{root / WDS_CLASSES_FILE} names {len(named)} classes")
     if not labels:
         raise DatasetError(f"{root}: the WebDataset shards hold no image samples")
-    names = [str(i) for i in range(max(labels) + 1)] if max(labels) >= 0 else []
-    return DatasetSpec("webdataset", root, [], labels, tar_paths, None, names, len(labels))
+    names = named if named is not None else _numbered_names(labels)
+    return DatasetSpec("webdataset", root, [], labels, tar_paths, None, names, len(labels),
+                       [f"{root / WDS_CLASSES_FILE}: class {i}" for i in range(len(names))] if named else [])
 
 
 def _auto_format(path: Path) -> str:
-    """Infer the layout of `path`: list file, shard(s) or folder tree."""
+    """Infer the layout of `path`: list file, shard(s), folder tree, or "flat" (images directly in the
+    folder and no subfolder)."""
     if path.is_file():
         return "webdataset" if path.suffix == ".tar" else "file_list"
-    if any(p.suffix == ".tar" for p in path.iterdir() if p.is_file()):
+    with os.scandir(path) as scan:
+        entries = list(scan)
+    if any(e.name.endswith(".tar") and e.is_file() for e in entries):
         return "webdataset"
+    if not any(e.is_dir() and not e.name.startswith(".") for e in entries) and any(map(_image_entry, entries)):
+        return "flat"
     return "folder"
 
 
-def resolve_dataset(path: str, format: str = "auto", masks: str = "") -> DatasetSpec:
-    """Resolve `path` (see the module docstring) into a `DatasetSpec`; `masks` overrides the mask root."""
+def resolve_dataset(path: str, format: str = "auto", masks: str = "", labels: str = "",
+                    classes: str = "") -> DatasetSpec:
+    """Resolve `path` (see the module docstring) into a `DatasetSpec`; `masks` overrides the mask root,
+    `labels` names a flat folder's labels CSV, `classes` (`data.classes`) keeps only those classes."""
     if not path:
         raise DatasetError("no dataset path given (the trainer substitutes the demo dataset for an empty path)")
     source = Path(path).expanduser().resolve()
@@ -173,14 +442,176 @@ def resolve_dataset(path: str, format: str = "auto", masks: str = "") -> Dataset
     if kind == "folder":
         if not source.is_dir():
             raise DatasetError(f"{source} is not a folder (format 'folder')")
-        return _folder(source, masks)
-    if kind == "file_list":
+        spec = _folder(source, masks)
+    elif kind == "flat":
+        spec = _flat_folder(source, labels, masks)
+    elif kind == "file_list":
         if not source.is_file():
             raise DatasetError(f"{source} is not a file list (format 'file_list')")
-        return _file_list(source, masks)
-    if kind == "webdataset":
+        spec = _file_list(source, masks)
+    elif kind == "webdataset":
         tars = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.suffix == ".tar")
         if not tars:
             raise DatasetError(f"{source}: no .tar shards found")
-        return _webdataset(source if source.is_dir() else source.parent, tars)
-    raise DatasetError(f"unknown dataset format {format!r} (expected auto, folder, file_list, webdataset)")
+        spec = _webdataset(source if source.is_dir() else source.parent, tars)
+    else:
+        raise DatasetError(f"unknown dataset format {format!r} (expected auto, folder, file_list, webdataset)")
+    return restrict_classes(spec, read_class_list(classes), strict=True) if classes else spec
+
+
+# ---------------------------------------------------------------- class subsets and evaluation splits
+
+@dataclass(frozen=True)
+class ClassList:
+    """A `data.classes` list: class names and the row of the file that names each."""
+
+    path: Path
+    names: list[str]
+    rows: list[int]
+
+
+def class_list_path(value: str) -> Path:
+    """The file behind a `data.classes` value: a built-in list's (`BUILTIN_CLASS_LISTS`) or the path given."""
+    if value in BUILTIN_CLASS_LISTS:
+        return CLASS_LISTS_DIR / BUILTIN_CLASS_LISTS[value]
+    return Path(value).expanduser()
+
+
+def read_class_list(value: str) -> ClassList:
+    """Read a class list (one class name per line; blank and `#` lines skipped; a name twice is an error)."""
+    path = class_list_path(value)
+    if not path.is_file():
+        known = ", ".join(BUILTIN_CLASS_LISTS)
+        raise DatasetError(f"data.classes: {path} does not exist (give a file of class names, one per line, "
+                           f"or a built-in list: {known})")
+    names: list[str] = []
+    rows: list[int] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name in names:
+            raise DatasetError(f"{path}:{number}: class {name!r} is listed twice (first at row "
+                               f"{rows[names.index(name)]})")
+        names.append(name)
+        rows.append(number)
+    if not names:
+        raise DatasetError(f"{path}: the class list names no class")
+    return ClassList(path, names, rows)
+
+
+def _relabel(spec: DatasetSpec, mapping: dict[int, int], class_names: list[str], class_sources: list[str],
+             keep_unmapped: bool) -> DatasetSpec:
+    """`spec` with label l replaced by mapping[l]; samples whose label is not in `mapping` are dropped
+    (or, with `keep_unmapped`, kept with label -1)."""
+    if spec.kind == "webdataset":
+        if any(old != new for old, new in mapping.items()) or (not keep_unmapped and any(
+                label not in mapping for label in spec.labels)):
+            raise DatasetError(f"{spec.root}: the shards' class indices cannot be changed or filtered when read "
+                               f"(the readers stream whole shards); pack the split with the train split's classes")
+        return dataclasses.replace(spec, class_names=class_names, class_sources=class_sources)
+    keep = [i for i, label in enumerate(spec.labels) if keep_unmapped or label in mapping]
+    files = [spec.files[i] for i in keep]
+    labels = [mapping.get(spec.labels[i], -1) for i in keep]
+    if not files:
+        raise DatasetError(f"{spec.root}: no images left of the classes asked for")
+    return dataclasses.replace(spec, files=files, labels=labels, class_names=class_names,
+                               class_sources=class_sources, num_samples=len(files))
+
+
+def restrict_classes(spec: DatasetSpec, subset: ClassList, *, strict: bool) -> DatasetSpec:
+    """`spec` with only the samples of `subset`'s classes, re-indexed 0..K-1 in the spec's own class order.
+
+    `strict` (a train split): every listed class must be one of the spec's, else a `DatasetError` naming
+    the list's file and row. Not strict (an evaluation split): listed classes the split lacks are fine."""
+    position = {name: i for i, name in enumerate(spec.class_names)}
+    if strict:
+        for name, row in zip(subset.names, subset.rows):
+            if name not in position:
+                raise DatasetError(f"{subset.path}:{row}: class {name!r} is not a class of {spec.root} "
+                                   f"({len(spec.class_names)} classes)")
+    chosen = set(subset.names)
+    kept = [i for i, name in enumerate(spec.class_names) if name in chosen]
+    sources = [spec.class_sources[i] for i in kept] if spec.class_sources else []
+    return _relabel(spec, {old: new for new, old in enumerate(kept)}, [spec.class_names[i] for i in kept],
+                    sources, keep_unmapped=False)
+
+
+def is_labelled(spec: DatasetSpec) -> bool:
+    """Whether `spec` has class names (an unlabelled flat folder or shards without `.cls` have none)."""
+    return bool(spec.class_names)
+
+
+def unlabelled_reason(spec: DatasetSpec, *, brief: bool = False) -> str:
+    """Why `spec` has no labels and, unless `brief`, what gives it some (for messages after its root)."""
+    if spec.kind == "webdataset":
+        return "its shards hold no .cls labels"
+    if not (spec.root.is_dir() and _auto_format(spec.root) == "flat"):
+        return "its samples carry no labels"
+    name = LABELS_FILE_PATTERN.format(folder=spec.root.name)
+    if brief:
+        return f"no labels file ({name} not found)"
+    return (f"a flat folder without a labels file (no {name} in it or the {LABELS_LOOKUP_DEPTH} folders above "
+            f"it); name one with --val-labels FILE (data.val_labels)")
+
+
+def align_split(spec: DatasetSpec, *, train: DatasetSpec, classes: str = "") -> DatasetSpec:
+    """An evaluation split with the train split's class indices: its labels mapped by class NAME onto
+    `train.class_names` (`classes`: first drop the other classes' samples).
+
+    A `DatasetError` when the split is unlabelled or uses a class the train split lacks (naming where the
+    split declares that class: its file and row, or its class folder)."""
+    if not is_labelled(spec):
+        raise DatasetError(f"{spec.root}: {unlabelled_reason(spec)}; an evaluation split needs labels")
+    if classes:
+        spec = restrict_classes(spec, read_class_list(classes), strict=False)
+    index = {name: i for i, name in enumerate(train.class_names)}
+    mapping = {}
+    for label in sorted({label for label in spec.labels if label >= 0}):
+        name = spec.class_names[label]
+        if name not in index:
+            where = spec.class_sources[label] if spec.class_sources else str(spec.root)
+            raise DatasetError(f"{where}: class {name!r} is not a class of the train split {train.root} "
+                               f"({len(train.class_names)} classes)")
+        mapping[label] = index[name]
+    if list(spec.class_names) == list(train.class_names):
+        return spec
+    return _relabel(spec, mapping, list(train.class_names), list(train.class_sources), keep_unmapped=True)
+
+
+def resolve_split(path: str | Path, *, train: DatasetSpec, labels: str = "", classes: str = "",
+                  format: str = "auto", masks: str = "") -> DatasetSpec:
+    """The evaluation split at `path` (any layout; `labels`: a flat folder's labels CSV) with the train
+    split's class indices (`align_split`)."""
+    return align_split(resolve_dataset(str(path), format, masks, labels), train=train, classes=classes)
+
+
+def find_monitor_split(data_path: str, explicit: str = "", labels: str = "") -> Path | None:
+    """The split the pretraining monitor (kNN, online probe) scores, or None when there is none.
+
+    1. `explicit` (`pretrain --val`, `data.val`): that path, which must exist (else a `DatasetError`);
+    2. else `<data_path>/val` when `data_path` is a folder holding one (the demo layout: train/, val/);
+    3. else the `val` beside a data folder named `train` (`--data .../CLS-LOC/train` gives
+       `.../CLS-LOC/val`, Kaggle's flat validation folder).
+    A split found by 2 or 3 counts only when it is labelled: a flat folder needs its labels file
+    (`labels`, `data.val_labels`, else `LOC_val_solution.csv` found by looking up, `find_labels_file`);
+    an unlabelled one gives None. Read the result with `resolve_split(path, train=..., labels=labels)`,
+    which also checks its classes against the train split's.
+    """
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise DatasetError(f"validation split {path} (data.val) does not exist")
+        return path
+    if not data_path:
+        return None
+    data = Path(data_path).expanduser().resolve()
+    if (data / "val").is_dir():
+        candidate = data / "val"
+    elif data.is_dir() and data.name == "train" and (data.parent / "val").is_dir():
+        candidate = data.parent / "val"
+    else:
+        return None
+    if _auto_format(candidate) == "flat" and not labels and find_labels_file(candidate) is None:
+        return None
+    return candidate

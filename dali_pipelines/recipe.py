@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from dali_pipelines.dataset import BUILTIN_CLASS_LISTS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -57,17 +59,35 @@ class DataConfig:
     path: str = ""
     """Dataset location. A folder tree `root/<class>/<image>`, a demo-data root holding `train/`
     (its `masks/train` tree is then used for saliency), a file list (`.txt`: `relative/path label`
-    per line, paths relative to the list's folder) or a folder of WebDataset `.tar` shards.
+    per line, paths relative to the list's folder), a flat folder of images with its labels CSV
+    (`val_labels`; ImageNet's validation set as Kaggle ships it) or a folder of WebDataset `.tar` shards.
     Empty: the built-in demo dataset, generated on first use. `--data` on the CLI sets it."""
 
     format: Literal["auto", "folder", "file_list", "webdataset"] = "auto"
     """Reader to use; `auto` infers it from `path` (a `.txt` file: file_list; a folder of `.tar`
-    files: webdataset; else folder)."""
+    files: webdataset; a folder with images and no subfolder: a flat folder; else folder)."""
 
     masks: str = ""
     """Root of the saliency-mask tree parallel to the image tree (`<masks>/<same relative path
     with .png>`). Empty: `<root>/../masks/<split>` when it exists (the demo-data layout), else no
     masks. Images without a mask are never saliency-blended."""
+
+    classes: str = ""
+    """Keep only these classes in every split (pretraining, monitor, linear evaluation): a file of class
+    names, one per line, or a built-in list: `imagenet100` (CMC's ImageNet-100, as solo-learn ships it).
+    Indices follow the train split's class order. A listed class the train split lacks stops the run
+    (exit 3, naming the file and row). Empty: every class."""
+
+    val: str = ""
+    """The labelled split the pretraining monitor scores (`pretrain --val`): a class-folder tree, a file
+    list, shards, or a flat folder with its labels file (`val_labels`). Empty: `val/` inside the data
+    root (the demo layout), else the `val` beside a data folder named `train` (Kaggle's ImageNet:
+    `--data .../CLS-LOC/train` -> `.../CLS-LOC/val`), else none."""
+
+    val_labels: str = ""
+    """Labels CSV of a flat validation folder (`--val-labels`): a header row, then `image,class ...` rows
+    (Kaggle's `LOC_val_solution.csv`: `ImageId,PredictionString`, the wnid first). Empty: look for
+    `LOC_<folder>_solution.csv` in the folder and up to 4 folders above it (the Kaggle download's root)."""
 
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where DALI decodes and augments: `gpu` uses the `mixed` (nvJPEG) decoder and GPU operators,
@@ -90,6 +110,12 @@ class DataConfig:
     file (run `relic-fast index` first), or `skip` it and count it."""
 
     def __post_init__(self) -> None:
+        bare_name = self.classes and "/" not in self.classes and "." not in self.classes
+        check(not bare_name or self.classes in BUILTIN_CLASS_LISTS, "classes",
+              f"{self.classes!r} is neither a built-in class list ({', '.join(BUILTIN_CLASS_LISTS)}) nor a file "
+              f"path (give e.g. ./my_classes.txt)")
+        check(not self.val_labels or self.val_labels.lower().endswith(".csv"), "val_labels",
+              f"expected a .csv labels file (Kaggle's LOC_val_solution.csv), got {self.val_labels!r}")
         check(self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")
         check(self.prefetch_queue_depth >= 1, "prefetch_queue_depth",
               f"must be >= 1, got {self.prefetch_queue_depth}")

@@ -17,19 +17,24 @@ from rich.table import Table
 from relic_fast.cli.common import console, print_rows, usage_error
 
 def index_command(
-        source: Annotated[Path, typer.Argument(help="Folder tree DIR/<class>/<image>, a demo-data root, or a file list (.txt: 'path label' per line).")],
-        out: Annotated[Optional[Path], typer.Option(help="Index file to write (default DIR/index.txt, or X.index.txt for a list X.txt). Paths in it are relative to its folder, or absolute.")] = None,
+        source: Annotated[Path, typer.Argument(help="Folder tree DIR/<class>/<image>, a demo-data root, a flat folder of images with its labels CSV (ImageNet's Kaggle val/), or a file list (.txt: 'path label' per line).")],
+        out: Annotated[Optional[Path], typer.Option(help="Index file to write (default DIR/index.txt, or X.index.txt for a list X.txt): a version-2 file list whose header names the classes. Paths in it are relative to its folder, or absolute.")] = None,
+        labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels CSV of a flat folder (header row, then 'image,class ...'; Kaggle's LOC_val_solution.csv). Default: LOC_<folder>_solution.csv in the folder or up to 4 folders above it.")] = None,
         workers: Annotated[Optional[int], typer.Option(min=1, help="Validation processes (default: all CPU cores).")] = None,
         max_pixels: Annotated[int, typer.Option(min=1, help="Reject images larger than this many pixels (width*height).")] = 100_000_000,
         min_side: Annotated[int, typer.Option(min=1, help="Reject images whose shorter side is below this many pixels.")] = 1) -> None:
     """Check every image decodes (in parallel, cached), write the clean file list and the rejected TSV."""
+    from dali_pipelines.dataset import DatasetError
     from relic_fast.dataset_tools.index import index_dataset, summary_rows
     from relic_fast.dataset_tools.progress import progress_bar
 
     try:
         with progress_bar("validating", console) as (on_start, on_progress):
-            report = index_dataset(source, out=out, workers=workers, max_pixels=max_pixels,
-                                   min_side=min_side, on_start=on_start, on_progress=on_progress)
+            report = index_dataset(source, out=out, labels=str(labels or ""), workers=workers,
+                                   max_pixels=max_pixels, min_side=min_side, on_start=on_start,
+                                   on_progress=on_progress)
+    except DatasetError:
+        raise  # one line, exit code 3 (ErrorReportingGroup)
     except (FileNotFoundError, ValueError) as err:
         usage_error(str(err))
     print_rows("relic-fast index", summary_rows(report))
@@ -69,18 +74,24 @@ def pack_command(
         out: Annotated[Path, typer.Option(help="Folder for the WebDataset shards shard-000000.tar (+ .idx for DALI).")],
         shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard.")] = 1000,
         masks: Annotated[Optional[Path], typer.Option(help="Saliency-mask tree parallel to the images (default: a demo root's masks/train).")] = None,
+        labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels CSV of a flat folder (as for index).")] = None,
         shuffle: Annotated[bool, typer.Option(help="Shuffle samples across shards (seeded) before packing.")] = True,
         seed: Annotated[int, typer.Option(help="Seed of the shuffle.")] = 0,
         overwrite: Annotated[bool, typer.Option(help="Replace shards already in OUT.")] = False,
         workers: Annotated[Optional[int], typer.Option(min=1, help="Validation processes (default: all CPU cores).")] = None) -> None:
-    """Write usable images (original bytes), labels and masks as WebDataset tar shards with DALI indexes."""
+    """Write usable images (original bytes), labels and masks as WebDataset tar shards with DALI indexes,
+    and the class names in classes.json beside them."""
+    from dali_pipelines.dataset import DatasetError
     from relic_fast.dataset_tools.pack import pack_dataset
     from relic_fast.dataset_tools.progress import progress_bar
 
     try:
         with progress_bar("packing", console) as (on_start, on_progress):
-            report = pack_dataset(source, out, shard_size=shard_size, masks=masks, shuffle=shuffle, seed=seed,
-                                  overwrite=overwrite, workers=workers, on_start=on_start, on_progress=on_progress)
+            report = pack_dataset(source, out, shard_size=shard_size, masks=masks, labels=str(labels or ""),
+                                  shuffle=shuffle, seed=seed, overwrite=overwrite, workers=workers,
+                                  on_start=on_start, on_progress=on_progress)
+    except DatasetError:
+        raise  # one line, exit code 3 (ErrorReportingGroup)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         usage_error(str(err))
     print_rows("relic-fast pack", [("shards", f"{len(report.shards)} in {out}"), ("samples", str(report.samples)),

@@ -2,12 +2,13 @@
 
 Lists the dataset exactly as the readers do (`dali_pipelines.dataset.resolve_dataset`: a folder
 tree `DIR/<class>/<image>` with labels from the sorted class-folder names, a demo-data root's
-`train/` split, or an existing file list), checks each file in a process pool
-(`dali_pipelines.validate`), and writes:
-- the index (default `DIR/index.txt`; for a list `train.txt`, `train.index.txt`): one
-  `path label` per line. Readers resolve a list's paths relative to the list's own folder, so each
-  path is written relative to the index file's folder when the image lies under it, else absolute;
-  an index written elsewhere (`--out`) therefore still points at the right files.
+`train/` split, a flat folder with its labels CSV (ImageNet's Kaggle `val/`), or an existing file
+list), checks each file in a process pool (`dali_pipelines.validate`), and writes:
+- the index (default `DIR/index.txt`; for a list `train.txt`, `train.index.txt`): a version-2 file list
+  (`dali_pipelines.dataset.file_list_text`), whose header names the classes, then one `path label` per
+  line. Readers resolve a list's paths relative to the list's own folder, so each path is written
+  relative to the index file's folder when the image lies under it, else absolute; an index written
+  elsewhere (`--out`) therefore still points at the right files.
 - `<index stem>.rejected.tsv`: `path<TAB>reason` for every rejected file (paths as in the source).
 A cache in the dataset root (`.relic-fast-index-cache.json`, keyed by path, size and mtime_ns)
 makes a re-run over an unchanged tree only stat files.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dali_pipelines.dataset import DatasetSpec, resolve_dataset
+from dali_pipelines.dataset import DatasetError, DatasetSpec, file_list_text, resolve_dataset
 from dali_pipelines.validate import (DEFAULT_MAX_PIXELS, ImageCheck, reason_category,
                                      validate_files)
 
@@ -54,18 +55,19 @@ class IndexReport:
         return Counter(reason_category(reason) for _, reason in self.rejected)
 
 
-def resolve_image_source(source: str | os.PathLike, masks: str = "") -> DatasetSpec:
-    """The readers' view of a folder tree, demo-data root or file list; WebDataset shards are refused
-    (their images are checked when `relic-fast pack` writes them). Raises `DatasetError` (a ValueError)."""
-    spec = resolve_dataset(str(source), "auto", masks)
+def resolve_image_source(source: str | os.PathLike, masks: str = "", labels: str = "") -> DatasetSpec:
+    """The readers' view of a folder tree, demo-data root, flat folder (`labels`: its labels CSV, else the
+    one found by looking up) or file list; WebDataset shards are refused (their images are checked when
+    `relic-fast pack` writes them). Raises `DatasetError` (a ValueError)."""
+    spec = resolve_dataset(str(source), "auto", masks, labels)
     if spec.kind == "webdataset":
-        raise ValueError(f"{source} holds WebDataset shards; this tool reads folder trees and file lists")
+        raise DatasetError(f"{source} holds WebDataset shards; this tool reads folder trees and file lists")
     return spec
 
 
 def default_index_path(source: str | os.PathLike, spec: DatasetSpec) -> Path:
-    """`<root>/index.txt` for a folder tree (a demo root's `train/index.txt`); `X.index.txt` for a list `X.txt`."""
-    if spec.kind == "file_list":
+    """`<root>/index.txt` for a folder (a demo root's `train/index.txt`); `X.index.txt` for a list `X.txt`."""
+    if Path(source).expanduser().is_file():
         listing = Path(source).expanduser().resolve()
         return listing.with_name(f"{listing.stem}.index.txt")
     return spec.root / "index.txt"
@@ -99,24 +101,25 @@ def write_index(report: IndexReport) -> None:
     source = report.source
     keep = [i for i, check in enumerate(report.checks) if check.reason is None]
     paths = index_line_paths(source.root, [source.files[i] for i in keep], report.index_path.parent)
-    kept = [f"{path} {source.labels[i]}\n" for path, i in zip(paths, keep)]
-    rejected = [f"{path}\t{reason}\n" for path, reason in report.rejected]
-    for path, lines in ((report.index_path, kept), (report.rejected_path, rejected)):
+    kept = file_list_text(paths, [source.labels[i] for i in keep], source.class_names)
+    rejected = "".join(f"{path}\t{reason}\n" for path, reason in report.rejected)
+    for path, text in ((report.index_path, kept), (report.rejected_path, rejected)):
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(lines))
+        tmp.write_text(text)
         os.replace(tmp, path)
 
 
-def index_dataset(source: str | os.PathLike, *, out: str | os.PathLike | None = None,
+def index_dataset(source: str | os.PathLike, *, out: str | os.PathLike | None = None, labels: str = "",
                   workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                   min_side: int = 1, on_start: Callable[[int], None] | None = None,
                   on_progress: Callable[[int], None] | None = None) -> IndexReport:
     """Validate every image of `source` and write its index and rejected list (see module docstring).
 
+    `labels` names a flat folder's labels CSV (default: `LOC_<folder>_solution.csv` found by looking up).
     `on_start(total)` is called once the file count is known, `on_progress(n)` as n more are done.
     """
     start = time.perf_counter()
-    dataset = resolve_image_source(source)
+    dataset = resolve_image_source(source, labels=labels)
     index_path = Path(out) if out else default_index_path(source, dataset)
     index_path.parent.mkdir(parents=True, exist_ok=True)
     rejected_path = index_path.with_name(f"{index_path.name.removesuffix('.txt')}.rejected.tsv")

@@ -13,7 +13,8 @@ Samples are shuffled (seeded) before packing, since DALI's reader only shuffles 
 Images are validated first (cached, see `dali_pipelines.validate`) and bad ones left out: one bad
 file in a shard would stop training. Next to each shard goes `shard-000000.idx`, the index DALI's
 `fn.readers.webdataset(index_paths=...)` reads (the `wds2idx` v1.2 format); without it DALI must
-scan every tar at start-up.
+scan every tar at start-up. Beside the shards goes `classes.json`, the source's class names
+(`dali_pipelines.dataset.write_shard_classes`; the reader names the `.cls` labels by it).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Callable
 from PIL import Image
 
 from dali_pipelines.validate import validate_files
-from dali_pipelines.dataset import DatasetSpec
+from dali_pipelines.dataset import WDS_CLASSES_FILE, DatasetSpec, write_shard_classes
 from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.masks import mask_path
 
@@ -133,11 +134,12 @@ def _write_shard(target: Path, samples: list[tuple[str, Path, int, Path | None]]
 
 
 def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_size: int = 1000,
-                 masks: str | os.PathLike | None = None, shuffle: bool = True, seed: int = 0,
+                 masks: str | os.PathLike | None = None, labels: str = "", shuffle: bool = True, seed: int = 0,
                  overwrite: bool = False, workers: int | None = None,
                  on_start: Callable[[int], None] | None = None,
                  on_progress: Callable[[int], None] | None = None) -> PackReport:
-    """Pack the usable images of `source` (folder tree, demo root or file list) into shards under `out`.
+    """Pack the usable images of `source` (folder tree, demo root, flat folder with its labels CSV `labels`
+    or the one found by looking up, or file list) into shards under `out`, with their `classes.json`.
 
     `masks`: mask tree parallel to the images (default: the readers' default, e.g. a demo root's
     `masks/train`). Existing shards in `out` raise FileExistsError unless `overwrite` (then they
@@ -146,11 +148,11 @@ def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_siz
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     start = time.perf_counter()
-    dataset = resolve_image_source(source, masks=str(masks or ""))
+    dataset = resolve_image_source(source, masks=str(masks or ""), labels=labels)
     mask_root = dataset.mask_root
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stale = [p for p in out.iterdir() if SHARD_PATTERN.match(p.name)]
+    stale = [p for p in out.iterdir() if SHARD_PATTERN.match(p.name) or p.name == WDS_CLASSES_FILE]
     if stale and not overwrite:
         raise FileExistsError(f"{out} already holds {len(stale)} shard files; pass overwrite to replace them")
     for path in stale:
@@ -169,5 +171,6 @@ def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_siz
         report.masks += _write_shard(shard_path(out, number), samples, on_progress)
         report.shards.append(shard_path(out, number))
         report.samples += len(chunk)
+    write_shard_classes(out, dataset.class_names)
     report.seconds = time.perf_counter() - start
     return report

@@ -7,6 +7,7 @@ import pytest
 
 from relic_fast.config import load_config
 
+from imagenet_kaggle import KaggleImageNet, write_imagenet_kaggle
 from tiny_recipe import BROKEN, DEMO_RECIPE, TINY_OVERRIDES
 
 
@@ -36,3 +37,11 @@ def messy_tree(tiny_demo, tmp_path):
     (classes[0] / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (classes[1] / "notes.jpg").write_bytes(BROKEN["notes.jpg"])
     return root
+
+
+@pytest.fixture()
+def imagenet_kaggle(tmp_path) -> KaggleImageNet:
+    """ImageNet as Kaggle ships it, in miniature (tests/relic_fast/imagenet_kaggle.py): class-folder
+    train/, a flat val/ labelled by LOC_val_solution.csv at the download's root, LOC_synset_mapping.txt,
+    an unlabelled flat test/; 3 wnids, 24 px JPEGs. Fresh per test (tests may damage it)."""
+    return write_imagenet_kaggle(tmp_path / "imagenet")

@@ -126,7 +126,8 @@ def test_shuffle_is_seeded_and_existing_shards_need_overwrite(source, tmp_path):
     with pytest.raises(FileExistsError):
         pack_dataset(root, tmp_path / "a", shard_size=2, workers=1)
     replaced = pack_dataset(root, tmp_path / "a", shard_size=100, overwrite=True, workers=1)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["shard-000000.idx", "shard-000000.tar"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["classes.json", "shard-000000.idx",
+                                                                 "shard-000000.tar"]
     assert replaced.samples == first.samples
 
 
@@ -161,3 +162,89 @@ def test_write_wds_index_groups_components_by_key(tmp_path):
     with tarfile.open(shard) as tar:
         offsets = {m.name: m.offset_data for m in tar}
     assert lines[1].split()[1] == str(offsets["a.jpg"]) and lines[2].split()[5] == str(offsets["b.jpg"])
+
+
+# ---------------------------------------------------------------- crash-safe overwrite and the manifest
+
+def tiny_tree(root: Path, count: int = 6) -> Path:
+    """`count` small JPEGs in two class folders: the least a pack needs."""
+    for i in range(count):
+        target = root / ("a" if i % 2 else "b") / f"{i:02d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(target)
+    return root
+
+
+def test_pack_killed_midway_leaves_the_old_set_intact_and_readable(tmp_path, monkeypatch):
+    from dali_pipelines.dataset import resolve_dataset
+    from relic_fast.dataset_tools import pack as pack_module
+
+    root, out = tiny_tree(tmp_path / "data"), tmp_path / "shards"
+    pack_dataset(root, out, shard_size=6, workers=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_write_shard, written = pack_module._write_shard, []
+
+    def crash_after_the_first_shard(*args, **kwargs):
+        if written:
+            raise RuntimeError("killed mid-pack")
+        written.append(real_write_shard(*args, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(pack_module, "_write_shard", crash_after_the_first_shard)
+    with pytest.raises(RuntimeError, match="killed mid-pack"):
+        pack_dataset(root, out, shard_size=2, seed=5, overwrite=True, workers=1)
+    assert written  # the new set had begun
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert resolve_dataset(str(out)).num_samples == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "shards"]  # no partial folder left
+
+
+def test_manifest_that_disagrees_is_refused_naming_the_shard(tmp_path):
+    import json
+    import shutil
+
+    from dali_pipelines.dataset import DatasetError, resolve_dataset
+
+    out = tmp_path / "shards"
+    pack_dataset(tiny_tree(tmp_path / "data"), out, shard_size=2, workers=1)
+    assert resolve_dataset(str(out)).num_samples == 6
+    shard = out / "shard-000001.tar"
+    shard.rename(tmp_path / "aside.tar")  # a shard missing
+    with pytest.raises(DatasetError, match=r"shard-000001\.tar"):
+        resolve_dataset(str(out))
+    (tmp_path / "aside.tar").rename(shard)
+    shutil.copyfile(shard, out / "shard-000007.tar")  # an extra shard
+    with pytest.raises(DatasetError, match=r"shard-000007\.tar"):
+        resolve_dataset(str(out))
+    (out / "shard-000007.tar").unlink()
+    manifest = (out / "manifest.json").read_text()
+    edited = json.loads(manifest)
+    edited["shards"][1]["samples"] += 1  # a count that disagrees
+    (out / "manifest.json").write_text(json.dumps(edited))
+    with pytest.raises(DatasetError, match=r"shard-000001\.tar.*2 .*manifest\.json.*3"):
+        resolve_dataset(str(out))
+    (out / "manifest.json").write_text(manifest)
+    with open(shard, "ab") as grown:  # still a readable tar with the same samples: only the size tells
+        grown.write(bytes(512))
+    with pytest.raises(DatasetError, match=r"shard-000001\.tar"):
+        resolve_dataset(str(out))
+    shard.unlink()
+    (out / "manifest.json").unlink()  # a set `pack` wrote (its classes.json says so) without its manifest
+    with pytest.raises(DatasetError, match=r"manifest\.json"):
+        resolve_dataset(str(out))
+
+
+def test_third_party_shards_without_manifest_read_with_one_warning(tmp_path):
+    from dali_pipelines.dataset import resolve_dataset
+
+    shard = tmp_path / "shards" / "part-0.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("x.jpg", (tiny_tree(tmp_path / "data", 1) / "b" / "00.jpg").read_bytes()),
+                           ("x.cls", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.warns(UserWarning, match=r"no manifest\.json") as caught:
+        assert resolve_dataset(str(shard.parent)).num_samples == 1
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
