@@ -129,6 +129,27 @@ def mask_table(dataset: DatasetSpec) -> MaskTable | None:
     return MaskTable(paths, present)
 
 
+class MaskCoverage(NamedTuple):
+    """How many of a dataset's images have a saliency mask (images without one are never blended)."""
+
+    with_mask: int
+    images: int
+
+    def __str__(self) -> str:
+        return f"{self.with_mask:,} / {self.images:,} images"
+
+
+def mask_coverage(dataset: DatasetSpec) -> MaskCoverage:
+    """Images with a saliency mask out of all images: mask files under the mask root (folder and file-list
+    datasets; one stat per image) or `.mask.png` members beside the images (WebDataset shards)."""
+    if dataset.kind == "webdataset":
+        with_mask = sum(1 for tar in dataset.tar_paths for _, members in scan_tar(tar)
+                        if WDS_MASK_EXTENSION in members and any(e in members for e in WDS_IMAGE_EXTENSIONS))
+        return MaskCoverage(with_mask, dataset.num_samples)
+    table = mask_table(dataset)
+    return MaskCoverage(0 if table is None else int(table.present.sum()), dataset.num_samples)
+
+
 def wds_index(tar: Path) -> Path:
     """DALI's index of a shard: `shard.idx` beside it (written by `relic-fast pack`), else one we
     write once into the temp dir (keyed by path, size and mtime) listing the samples with an image."""

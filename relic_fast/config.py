@@ -234,17 +234,32 @@ class EvalConfig:
     image_size: int = 224
     """Evaluation crop size (the short side is resized to size * 256 / 224 first)."""
 
+    checkpoint_minutes: float = 0.0
+    """`linear-eval --out DIR`: also checkpoint every this many minutes (0: only on SIGTERM, SIGINT or
+    SIGUSR1, which always checkpoint and stop with exit 75); `--resume` continues from the newest."""
+
     knn_k: int = 20
     """Neighbours voting in the kNN monitor."""
 
     knn_temperature: float = 0.07
     """Temperature of the kNN monitor's similarity-weighted votes."""
 
+    online_probe: bool = False
+    """While pretraining: a linear head on the online encoder's detached pooled features, trained on the
+    training batches' labels (`online_probe_train_top1` each log, `online_probe_top1` on the val split at
+    each monitor epoch). It never touches the encoder's update; off on data without labels."""
+
+    online_probe_lr: float = 0.1
+    """The online probe's SGD learning rate (Nesterov momentum 0.9; its features are standardized by a
+    BatchNorm without affine parameters, so one value serves every encoder and batch)."""
+
     def __post_init__(self) -> None:
         for name in ("linear_epochs", "linear_batch_size", "knn_k", "image_size"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         check(self.linear_base_lr > 0, "linear_base_lr", f"must be > 0, got {self.linear_base_lr}")
         check(self.knn_temperature > 0, "knn_temperature", f"must be > 0, got {self.knn_temperature}")
+        check(self.checkpoint_minutes >= 0, "checkpoint_minutes", f"must be >= 0 (0: off), got {self.checkpoint_minutes}")
+        check(self.online_probe_lr > 0, "online_probe_lr", f"must be > 0, got {self.online_probe_lr}")
         check(self.linear_feature_norm in ("none", "batchnorm"), "linear_feature_norm",
               f"choose none or batchnorm, got {self.linear_feature_norm!r}")
         check(len(self.linear_l2_grid) >= 1 and all(v >= 0 for v in self.linear_l2_grid), "linear_l2_grid",

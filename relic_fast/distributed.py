@@ -108,3 +108,20 @@ def wait_for_all(group) -> None:
 def all_reduce_max_async(tensor: torch.Tensor, group):
     """Start an element-wise max of the CPU `tensor` over `group` in place; returns the work to `wait()` on."""
     return dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group, async_op=True)
+
+
+def all_gather_rows(rows: torch.Tensor, world: World) -> torch.Tensor:
+    """Every rank's `rows` (N_r, ...) concatenated in rank order on every rank; the N_r may differ.
+
+    Collectives need equal shapes, so the counts travel first and each rank pads to the largest."""
+    if not world.distributed:
+        return rows
+    count = torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(world.world_size)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]  # note: a host sync; callers gather once per monitor pass
+    padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+    padded[:rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])

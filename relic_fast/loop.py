@@ -11,6 +11,7 @@ from typing import Callable, Protocol
 import torch
 
 from dali_pipelines.dataset import DatasetSpec
+from relic_fast.distributed import World
 
 
 class LoggingWindow:
@@ -54,11 +55,18 @@ class StepTiming:
             torch.cuda.synchronize(self.device)
 
 
+class MonitorInterrupted(Exception):
+    """A validator gave up its pass because a stop signal arrived (its `should_stop()` turned true)."""
+
+
 class Validator(Protocol):
     """What the trainer runs at epoch ends (e.g. `relic_fast.evaluation.validate.KnnValidator`): it
-    decides when, and returns metrics for `metrics.jsonl`."""
+    decides when, and returns metrics for `metrics.jsonl`. Every rank calls `validate` and gets the same
+    metrics; it scores each of `heads` (name -> features to logits) too, and gives up (raising) as soon as
+    `should_stop()` is true."""
 
     def should_validate(self, epochs_done: int) -> bool: ...
 
-    def validate(self, encoder: torch.nn.Module, *, train_dataset: DatasetSpec, val_root: Path,
-                 device: torch.device) -> dict[str, float]: ...
+    def validate(self, encoder: torch.nn.Module, *, train_dataset: DatasetSpec, val_dataset: DatasetSpec,
+                 world: World, heads: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                 should_stop: Callable[[], bool] = ...) -> dict[str, float]: ...

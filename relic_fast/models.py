@@ -186,10 +186,12 @@ class MLP(nn.Sequential):
 
 
 class Embeddings(NamedTuple):
-    """What the online network gives for a batch of images: (N, D) projections and predictions."""
+    """What the online network gives for a batch of images: (N, D) projections and predictions, and the
+    encoder's (N, F) pooled features (what the online probe reads, detached)."""
 
     projection: torch.Tensor
     prediction: torch.Tensor
+    features: torch.Tensor
 
 
 class OnlineNetwork(nn.Module):
@@ -200,9 +202,10 @@ class OnlineNetwork(nn.Module):
         self.encoder, self.projector, self.predictor = encoder, projector, predictor
 
     def forward(self, x: torch.Tensor) -> Embeddings:
-        """Images (N, 3, H, W) -> (projection, prediction), each (N, embedding_dim)."""
-        projection = self.projector(self.encoder(x))
-        return Embeddings(projection, self.predictor(projection))
+        """Images (N, 3, H, W) -> (projection, prediction) of size embedding_dim, and the pooled features."""
+        features = self.encoder(x)
+        projection = self.projector(features)
+        return Embeddings(projection, self.predictor(projection), features)
 
 
 class TargetNetwork(nn.Module):

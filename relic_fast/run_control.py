@@ -107,6 +107,29 @@ class RunControl:
             self._pending = (all_reduce_max_async(flags, self.group), flags)
         return decision
 
+    def stop_received(self) -> bool:
+        """Whether this process received a stop signal (local, no collective): what long work between steps
+        (the monitor) polls to give up early."""
+        return self.received is not None
+
+    def agree_between_steps(self, failed: bool) -> tuple[str | None, bool]:
+        """(the stop signal any rank received, whether any rank `failed`), agreed now: every rank calls it at
+        the same point between steps (after the monitor). A blocking collective on the control group; the
+        flags of the last step's pending reduction are folded in, so none is lost."""
+        received, any_failed = self.received or 0, int(failed)
+        if self.group is not None:
+            if self._pending is not None:
+                work, flags = self._pending
+                self._pending = None
+                work.wait()
+                received = received or int(flags[0])
+            flags = torch.tensor([received, any_failed], dtype=torch.int64)
+            all_reduce_max_async(flags, self.group).wait()
+            received, any_failed = flags.tolist()
+        stop = signal.Signals(received).name if received else None
+        self.stopping = self.stopping or stop is not None
+        return stop, bool(any_failed)
+
     def _agreed(self, on_schedule: bool) -> Decision:
         """The flags every rank sent after the previous step, reduced (max): a stop signal, rank 0's clock."""
         if self._pending is None:

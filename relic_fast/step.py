@@ -18,7 +18,7 @@ from dali_pipelines.batch import ViewBatch, normalize_views
 from relic_fast.compiling import compile_step
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 from relic_fast.environment import configure_cuda_math
-from relic_fast.loss import LossTerms, draw_negative_offsets, relicv2_loss_terms
+from relic_fast.loss import draw_negative_offsets, relicv2_loss_terms
 from relic_fast.models import build_networks, convert_sync_batchnorm, ema_update
 from relic_fast.optim import build_lars
 
@@ -67,24 +67,26 @@ class MultiViewOnline(nn.Module):
         super().__init__()
         self.online = online
 
-    def forward(self, large: torch.Tensor, small: torch.Tensor | None) -> torch.Tensor:
-        """Predictions of every view, large views first: ((L+S)*B, D), view-major."""
-        _, predictions = self.online(large)
+    def forward(self, large: torch.Tensor, small: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions of every view, large views first: ((L+S)*B, D), view-major; and the pooled features
+        of the large views (L*B, F), detached (the online probe's input)."""
+        large_out = self.online(large)
+        features = large_out.features.detach()
         if small is None:
-            return predictions
-        _, small_predictions = self.online(small)
-        return torch.cat([predictions, small_predictions])
+            return large_out.prediction, features
+        return torch.cat([large_out.prediction, self.online(small).prediction]), features
 
 
 def forward_loss(online: nn.Module, target: nn.Module, large: torch.Tensor, small: torch.Tensor | None,
                  num_large: int, num_small: int, loss: LossConfig,
-                 negative_offsets: torch.Tensor | None = None) -> torch.Tensor:
-    """Online predictions for every view against target projections of the large views -> [total, contrastive, invariance].
+                 negative_offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online predictions for every view against target projections of the large views -> ([total, contrastive,
+    invariance], the large views' detached pooled features).
 
     `online` is a `MultiViewOnline` (possibly DDP-wrapped); `target` maps images to projections.
     """
     batch = large.shape[0] // num_large
-    predictions = online(large, small)
+    predictions, features = online(large, small)
     with torch.no_grad():
         targets = target(large)
     online_views = predictions.view(num_large + num_small, batch, -1)
@@ -92,7 +94,7 @@ def forward_loss(online: nn.Module, target: nn.Module, large: torch.Tensor, smal
     terms = relicv2_loss_terms(online_views, target_views, temperature=loss.temperature, beta=loss.beta,
                                implementation=loss.implementation, gather_targets=loss.gather_targets,
                                negative_offsets=negative_offsets)
-    return torch.stack([terms.total, terms.contrastive, terms.invariance])
+    return torch.stack([terms.total, terms.contrastive, terms.invariance]), features
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -156,6 +158,9 @@ class StepContext:
     loss: LossConfig
     precision: str
     device: torch.device
+    large_features: torch.Tensor | None = None
+    """The online encoder's pooled features of the last step's large views (L*B, F), detached: what the
+    online probe trains on. Replaced by every step; never part of the encoder's update."""
 
 
 def build_step_context(model: ModelConfig, loss: LossConfig, optim: OptimConfig, *, device: torch.device,
@@ -210,8 +215,9 @@ def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, 
     # record_function labels name the phases in `relic-fast profile` traces (near free otherwise).
     with record_function("forward"):
         with torch.autocast(context.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            terms = context.forward(context.online, context.target, inputs.large, inputs.small,
-                                    inputs.num_large, inputs.num_small, context.loss, offsets)
+            terms, context.large_features = context.forward(context.online, context.target, inputs.large,
+                                                            inputs.small, inputs.num_large, inputs.num_small,
+                                                            context.loss, offsets)
     context.optimizer.zero_grad(set_to_none=True)
     scaler = context.scaler
     with record_function("backward"):
@@ -226,7 +232,3 @@ def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, 
         ema_update(context.target, context.online_module, tau)
     return terms.detach()
 
-
-def loss_terms_of(values: torch.Tensor) -> LossTerms:
-    """The [total, contrastive, invariance] tensor returned by a step as named terms."""
-    return LossTerms(values[0], values[1], values[2])

@@ -19,19 +19,23 @@ from rich.markup import escape
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
-from dali_pipelines.dataset import DatasetSpec, resolve_dataset
+from dali_pipelines.dataset import DatasetSpec, find_monitor_split, resolve_dataset, resolve_split
 from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.validate import filter_bad_files
-from relic_fast.checkpoint import check_resumable, latest_checkpoint, list_checkpoints, save_checkpoint
+from relic_fast.checkpoint import (check_resumable, latest_checkpoint, list_checkpoints, remove_interrupted_writes,
+                                   save_checkpoint)
 from relic_fast.compiling import compile_cache_folder, use_compile_cache
 from relic_fast.config import Config, ConfigError, to_toml
+from relic_fast.data_plan import check_saliency_masks, describe_masks, describe_monitor
 from relic_fast.demo_data import ensure_demo_dataset
 from relic_fast.distributed import (World, all_reduce_mean, close_world, control_group, init_world, launch_rank,
                                     same_on_every_rank)
 from relic_fast.environment import compiled_graph_count, process_age_s
-from relic_fast.errors import ResumeMismatchError, RunStopped
-from relic_fast.loop import LoggingWindow, StepTiming, Validator
+from relic_fast.errors import MonitorError, NothingToDo, ResumeMismatchError, RunStopped
+from relic_fast.loop import LoggingWindow, MonitorInterrupted, StepTiming, Validator
 from relic_fast.monitor import RunMonitor
+from relic_fast.online_probe import OnlineProbe, labelled_classes
+from relic_fast.plot import plot_run
 from relic_fast.run_control import RunControl
 from relic_fast.run_plan import RunPlan, planned_config, resolve_plan
 from relic_fast.runlock import RunLock
@@ -40,8 +44,9 @@ from relic_fast.step import (NonFiniteGuard, NonFiniteLossError, StepContext, bu
                              train_step)
 
 
-def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Path | None]:
-    """The pretraining dataset (the built-in demo data when `data.path` is empty) and its labelled val split, if any."""
+def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, DatasetSpec | None]:
+    """The pretraining dataset (the built-in demo data when `data.path` is empty) and the monitor's labelled
+    val split, if one is found."""
     path = config.data.path
     if not path:
         if world.distributed and not world.is_main:
@@ -49,11 +54,14 @@ def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Path | 
         path = str(ensure_demo_dataset(progress=world.is_main))
         if world.distributed and world.is_main:
             torch.distributed.barrier()
-    dataset = resolve_dataset(path, config.data.format, config.data.masks)
-    if config.data.on_bad_file == "skip" and dataset.kind != "webdataset":
+    data = config.data
+    dataset = resolve_dataset(path, data.format, data.masks, classes=data.classes)
+    if data.on_bad_file == "skip" and dataset.kind != "webdataset":
         dataset = without_bad_files(dataset, world)
-    val = Path(path) / "val"
-    return dataset, (val if val.is_dir() else None)
+    val = find_monitor_split(path, data.val, data.val_labels)
+    # resolved at start-up: a bad labels file or a class the train split lacks stops the run before training
+    return dataset, (resolve_split(val, train=dataset, labels=data.val_labels, classes=data.classes)
+                     if val is not None else None)
 
 
 def without_bad_files(dataset: DatasetSpec, world: World) -> DatasetSpec:
@@ -83,14 +91,19 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.validator = validator
         self.world: World = init_world(self.plan.torch_device)
-        self.dataset, self.val_root = training_dataset(config, self.world)
+        self.dataset, self.val_dataset = training_dataset(config, self.world)
+        self.mask_coverage = check_saliency_masks(self.dataset, config.views)
+        """Images with a saliency mask when the recipe masks (None when `views.saliency_p` is 0)."""
         self._check_batch()
         self.global_batch = config.train.batch_size
         self.peak_lr = scaled_lr(config.optim.base_lr, self.global_batch)
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank
         self.context = self._build_step_context()
+        self.probe = self._build_probe()
         torch.manual_seed(config.train.seed + self.world.rank)  # then per-rank randomness (negatives)
         self.step = 0
+        self.resumed_from: Path | None = None
+        """The checkpoint `restore` continued from (None for a fresh run)."""
         self.guard = NonFiniteGuard(self.world.device)
         loader_state = self.restore() if resume else None
         self.loader = self._build_loader(loader_state)
@@ -157,6 +170,22 @@ class Trainer:
                                   compile_mode=cfg.train.compile_mode, compile_scope=cfg.train.compile_scope,
                                   lr=self.peak_lr, sync_batchnorm=sync_batchnorm, wrap=wrap)
 
+    def _build_probe(self) -> OnlineProbe | None:
+        """The online probe `eval.online_probe` asks for, on data whose samples all carry a label (else None)."""
+        classes = labelled_classes(self.dataset)
+        if not self.config.eval.online_probe or not classes:
+            return None
+        return OnlineProbe(self.online_module.encoder.feature_dim, classes, lr=self.config.eval.online_probe_lr,
+                           world=self.world)
+
+    def _monitor_plan(self) -> str:
+        """The plan's word on the monitor: the split it scores and what it logs, or why it is off."""
+        probe = ("online probe on" if self.probe is not None else
+                 "online probe off (the training data has no labels)" if self.config.eval.online_probe else
+                 "online probe off")
+        every = self.config.train.knn_every_epochs if self.validator is not None else 0
+        return f"monitor {describe_monitor(self.val_dataset, every)}; {probe}"
+
     def _build_loader(self, state: str | None):
         """This rank's shard of the pretraining pipeline (restored to `state` on resume)."""
         return build_pretrain_loader(self.dataset, self.config.views, self.config.data,
@@ -170,7 +199,17 @@ class Trainer:
         """Run until `last_step`; return a summary (final loss, checkpoint path, throughput).
 
         A stop signal (`run_control`) ends the run at an agreed step: checkpoint, then `RunStopped`.
-        `save_final=False` (profiling) skips the final checkpoint."""
+        `save_final=False` (profiling) skips the final checkpoint. A resumed run already at `last_step` (or
+        past it: `--steps` lower than the checkpoint's step) raises `NothingToDo` before it writes anything."""
+        if self.step >= self.last_step:
+            limit = (f"--steps {self.config.train.max_steps} (train.max_steps)"
+                     if self.config.train.max_steps and self.step >= self.config.train.max_steps
+                     else f"train.epochs = {self.config.train.epochs} ({self.total_steps} steps)")
+            where = f" ({self.resumed_from.name})" if self.resumed_from else ""
+            raise NothingToDo(f"{self.out_dir} is already at step {self.step}{where}, at or past {limit}: no step "
+                              f"trained, no checkpoint written; raise --steps to train on")
+        if self.resumed_from is not None and self.world.is_main:
+            print(f"resumed from {self.resumed_from} (step {self.step})")
         if self.world.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.toml").write_text(to_toml(self.requested_config))
@@ -182,6 +221,8 @@ class Trainer:
         with self.control, RunMonitor(self.out_dir, self.last_step, self.step, enabled=self.world.is_main) as monitor:
             self.monitor = monitor
             monitor.message("plan: " + ", ".join(f"{key} {value}" for key, value in self.plan.rows()))
+            monitor.message(f"saliency masks: {describe_masks(self.mask_coverage)}")
+            monitor.message(self._monitor_plan())
             try:
                 summary.update(self._run_steps())
             except NonFiniteLossError as err:
@@ -215,7 +256,7 @@ class Trainer:
                 if decision.checkpoint:
                     self.save()
             if self.step % self.steps_per_epoch == 0 and not stopped_by:
-                self._validate(epoch + 1)
+                stopped_by = self._validate(epoch + 1)
             if stopped_by or self.step >= self.last_step:
                 break
         return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
@@ -244,6 +285,9 @@ class Trainer:
         tau = ema_tau(self.step, total_steps=self.total_steps, tau_base=self.config.optim.tau_base)
         terms = train_step(self.context, inputs, lr, tau, self.global_batch)
         self.guard.record(terms, self.step + 1)  # on the device; read at the next log or checkpoint
+        if self.probe is not None:
+            with record_function("online_probe"):
+                self.probe.train_on(self.context.large_features, batch.labels)
         if self.step_timing is not None:
             self.step_timing.sync()
             self.step_timing.record(data_wait_s, time.perf_counter() - step_start)
@@ -277,17 +321,42 @@ class Trainer:
                    "images_per_s": steps * self.global_batch / max(elapsed, 1e-9),
                    "data_wait_pct": 100.0 * data_wait / max(elapsed, 1e-9),
                    **self.warmup_report, "recompiles": self.recompiles()}
+        if self.probe is not None:
+            metrics["online_probe_train_top1"] = self.probe.train_top1()
         self.monitor.log(self.step, metrics)
         return metrics
 
-    def _validate(self, epochs_done: int) -> None:
-        """At an epoch's end, when the validator asks: its metrics of the online encoder (rank 0 only)."""
-        if (self.validator is None or self.val_root is None or not self.world.is_main
-                or not self.validator.should_validate(epochs_done)):
-            return
-        metrics = self.validator.validate(self.online_module.encoder, train_dataset=self.dataset,
-                                          val_root=self.val_root, device=self.world.device)
-        self.monitor.log(self.step, {"epoch": float(epochs_done), **metrics})
+    def _validate(self, epochs_done: int) -> str | None:
+        """At an epoch's end, when the validator asks: the monitor's metrics of the online encoder (and of the
+        online probe), every rank taking part. Returns the stop signal that arrived meanwhile (the loop then
+        stops as after a step). An error in the monitor on any rank: every rank checkpoints, then stops with
+        `MonitorError`, so no work is lost to it."""
+        if self.validator is None or self.val_dataset is None or not self.validator.should_validate(epochs_done):
+            return None
+        heads = {}
+        if self.probe is not None:
+            self.probe.sync_statistics()
+            self.probe.eval()
+            heads["online_probe_top1"] = self.probe
+        metrics, error = {}, None
+        try:
+            metrics = self.validator.validate(self.online_module.encoder, train_dataset=self.dataset,
+                                              val_dataset=self.val_dataset, world=self.world, heads=heads,
+                                              should_stop=self.control.stop_received)
+        except MonitorInterrupted:
+            pass
+        except Exception as err:  # noqa: BLE001 - any failure of the monitor: checkpoint first, then stop
+            error = err
+        stop, failed = self.control.agree_between_steps(failed=error is not None)
+        if failed:
+            saved = self.save()
+            where = f"saved {saved}; `--resume` continues" if saved else "checkpoint saved by rank 0"
+            cause = f"{type(error).__name__}: {error}" if error is not None else "on another rank"
+            raise MonitorError(f"the monitor failed after epoch {epochs_done} ({cause}); {where} "
+                               f"(train.knn_every_epochs = 0 turns the monitor off)") from error
+        if stop is None:
+            self.monitor.log(self.step, {"epoch": float(epochs_done), **metrics})
+        return stop
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -303,7 +372,8 @@ class Trainer:
         return {"step": self.step, "config": self.requested_config.to_dict(), "online": self.online_module.state_dict(),
                 "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng,
-                "loader": loader_states, "world_size": self.world.world_size}
+                "loader": loader_states, "world_size": self.world.world_size,
+                "online_probe": self.probe.state() if self.probe is not None else None}
 
     def _check_finite(self) -> None:
         """Raise `NonFiniteLossError` if any rank's loss was not finite since the start (a host sync point)."""
@@ -342,12 +412,13 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if self.probe is not None and state.get("online_probe") is not None:
+            self.probe.restore(state["online_probe"])
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and self.world.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.world.device)
         self.step = state["step"]
-        if self.world.is_main:
-            print(f"resumed from {path} (step {self.step})")
+        self.resumed_from = path  # `train` says so, or that no step is left to train
         return state["loader"][self.world.rank]
 
 
@@ -362,10 +433,15 @@ def pretrain(config: Config, *, out_dir: Path, resume: bool = False,
     lock = RunLock(out_dir).acquire() if rank == 0 else None
     if lock is not None and lock.note:
         print(lock.note)
+    if lock is not None:  # only the lock holder may: a live run's temporary file is a write in progress
+        remove_interrupted_writes(out_dir, report=print)
     try:
         trainer = Trainer(config, out_dir, resume=resume, validator=validator)
         try:
-            return trainer.train()
+            summary = trainer.train()
+            if trainer.world.is_main:
+                summary["curves"] = plot_run(out_dir)  # once, at the end: `relic-fast plot RUN` redraws any time
+            return summary
         finally:
             if world_size > 1:
                 close_world()

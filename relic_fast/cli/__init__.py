@@ -59,9 +59,10 @@ def config_show(path: Annotated[Optional[Path], typer.Argument(help="TOML recipe
 
 @app.command()
 def info(config: Annotated[Optional[Path], typer.Option("--config", help="Also show the run plan of this TOML recipe here: every \"auto\" resolved (device, DALI device, compile, loss and LARS implementation, interpolation, precision).")] = None,
-         overrides: SetOption = None) -> None:
+         overrides: SetOption = None,
+         data: Annotated[Optional[str], typer.Option("--data", help="Also check what a run of the recipe would read from this dataset: images and classes, saliency-mask coverage (images with a mask / images), and the split the monitor scores (or off, and why).")] = None) -> None:
     """Show versions (torch, torchvision, DALI, Triton, apex), devices, which fast paths run here and, with
-    --config, what a run of that recipe would do on this machine."""
+    --config, what a run of that recipe would do on this machine (with --data, on that dataset)."""
     from relic_fast.environment import fast_paths, machine_info
     from relic_fast.run_plan import resolve_plan
 
@@ -83,12 +84,18 @@ def info(config: Annotated[Optional[Path], typer.Option("--config", help="Also s
     for name, (ok, note) in fast_paths().items():
         paths.add_row(name, "[green]yes[/]" if ok else "[yellow]no[/]", note)
     console.print(paths)
-    if config is not None or overrides:
+    if config is not None or overrides or data is not None:
         plan = Table(title=f"run plan of {config or 'the defaults'} here")
         plan.add_column("choice")
         plan.add_column("resolved to")
-        for key, value in resolve_plan(resolve_config(config, overrides)).rows():
+        resolved = resolve_config(config, overrides)
+        for key, value in resolve_plan(resolved).rows():
             plan.add_row(key, value)
+        if data is not None:
+            from relic_fast.data_plan import data_plan_rows
+
+            for key, value in data_plan_rows(resolved, data):
+                plan.add_row(key, value)
         console.print(plan)
 
 
@@ -98,7 +105,9 @@ def pretrain(config: ConfigPath = None,
              out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints/, metrics.jsonl, config.toml, tensorboard/.")] = Path("runs/pretrain"),
              overrides: SetOption = None,
              resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest usable checkpoint in --out.")] = False,
-             steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Stop after this many optimizer steps (schedules still span train.epochs).")] = None) -> None:
+             steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Stop after this many optimizer steps (schedules still span train.epochs).")] = None,
+             val: Annotated[Optional[str], typer.Option("--val", help="The labelled split the monitor (kNN, online probe) scores, as data.val: a class-folder tree, a file list, shards, or a flat folder with its labels CSV. Omitted: val/ inside the data root, else the val beside a data folder named train; the plan printed at the start names it, or says off.")] = None,
+             val_labels: Annotated[Optional[str], typer.Option("--val-labels", help="Labels CSV of a flat --val folder (as data.val_labels; default: LOC_val_solution.csv found by looking up from the folder).")] = None) -> None:
     """Pretrain a ResNet with RELICv2 (single process, or one rank under `torchrun -m relic_fast pretrain`)."""
     import dataclasses
 
@@ -106,8 +115,10 @@ def pretrain(config: ConfigPath = None,
     from relic_fast.trainer import pretrain as run_pretrain
 
     cfg = resolve_config(config, overrides)
-    if data is not None:
-        cfg = cfg.replace(data=dataclasses.replace(cfg.data, path=data))
+    data_changes = {key: value for key, value in (("path", data), ("val", val), ("val_labels", val_labels))
+                    if value is not None}
+    if data_changes:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, **data_changes))
     if steps is not None:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, max_steps=steps))
     summary = run_pretrain(cfg, out_dir=out, resume=resume, validator=KnnValidator.from_config(cfg))
@@ -116,36 +127,69 @@ def pretrain(config: ConfigPath = None,
                       f"checkpoint {summary['checkpoint']}")
 
 
+@app.command("plot")
+def plot_command(run: Annotated[Path, typer.Argument(help="Run folder (pretrain --out) holding metrics.jsonl.")],
+                 out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (default RUN/curves.png).")] = None) -> None:
+    """Draw a run's curves into RUN/curves.png: loss terms, lr and tau, kNN and online-probe top-1, images/s and
+    data wait, against the step. Safe while the run trains (it only reads metrics.jsonl)."""
+    from relic_fast.plot import plot_run
+
+    console.print(f"wrote {plot_run(run, out)}")
+
+
 @app.command("linear-eval")
 def linear_eval_command(
         checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file, or a run folder (its newest checkpoint). Its saved config gives the encoder.")] = None,
-        data: Annotated[Path, typer.Option("--data", help="Dataset root holding train/ and val/ class-folder trees; every other split folder next to them (e.g. val_correlated/) is reported too.")] = ...,
+        data: Annotated[Optional[Path], typer.Option("--data", help="Dataset root holding train/ and val/ (e.g. the demo data, or Kaggle's ImageNet .../ILSVRC/Data/CLS-LOC); every other labelled split folder next to them (e.g. val_correlated/) is reported too, an unlabelled one (Kaggle's test/) skipped with one line. Or give --train and --val.")] = None,
+        train: Annotated[Optional[str], typer.Option("--train", help="The train split (instead of --data): a class-folder tree, a file list (.txt), WebDataset shards, or a flat folder with its labels CSV.")] = None,
+        val: Annotated[Optional[list[str]], typer.Option("--val", help="A validation split (repeatable, with --train), any layout --train takes; each is reported under its folder's (or list's) name. Its labels follow the train split's class names.")] = None,
+        val_labels: Annotated[Optional[Path], typer.Option("--val-labels", help="Labels CSV of a flat val folder (header row, then 'image,class ...'; Kaggle's LOC_val_solution.csv). Default: data.val_labels, else LOC_<folder>_solution.csv in the folder or up to 4 folders above it.")] = None,
         config: ConfigPath = None,
         overrides: SetOption = None,
-        out: Annotated[Optional[Path], typer.Option("--out", help="Report file (.json) or folder for linear_eval.json (default: next to the checkpoint).")] = None,
-        random_init: Annotated[bool, typer.Option("--random-init", help="Evaluate a randomly initialized encoder of the config's model section with torchvision's default init (the baseline; never zero-init residual); no checkpoint needed.")] = False) -> None:
-    """Linear evaluation of a frozen encoder: top-1/top-5 on every validation split, written to linear_eval.json."""
-    from relic_fast.evaluation.runner import linear_eval_table, run_linear_eval
+        out: Annotated[Optional[Path], typer.Option("--out", help="The evaluation's folder: linear_eval.json (the report), head.pt (the trained probe, for `export --head`), metrics.jsonl and checkpoints/ (default: linear_eval/ in the checkpoint's run folder, runs/random_init/ for --random-init). A FILE.json puts the report there and the rest in FILE/.")] = None,
+        random_init: Annotated[bool, typer.Option("--random-init", help="Evaluate a randomly initialized encoder of the config's model section with torchvision's default init (the baseline; never zero-init residual); no checkpoint needed.")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out (written on SIGTERM/SIGINT/SIGUSR1, exit 75, or every eval.checkpoint_minutes): the same result as a run never stopped.")] = False) -> None:
+    """Linear evaluation of a frozen encoder: top-1/top-5 on every validation split, written to linear_eval.json.
+
+    `torchrun --nproc-per-node N -m relic_fast linear-eval ...` runs it on N devices: each reads its shard,
+    rank 0 reports."""
+    from relic_fast.evaluation.runner import EvalSplits, linear_eval_table, run_linear_eval, split_name
 
     cfg = resolve_config(config, overrides)  # validates --config/--set; the whole config of --random-init
     if checkpoint is None and not random_init:
         usage_error("give --checkpoint, or --random-init for the baseline")
-    result, path = run_linear_eval(data_root=data, config=cfg, checkpoint=checkpoint, config_path=config,
-                                   overrides=overrides, random_init=random_init, out=out, log=console.print)
-    console.print(linear_eval_table(result))
-    console.print(f"[bold green]wrote[/] {path}")
+    if (data is None) == (train is None and not val):
+        usage_error("give --data ROOT, or --train SPLIT with one or more --val SPLIT (not both)")
+    if data is None and (train is None or not val):
+        usage_error("--train and --val go together: one train split, one or more validation splits")
+    names = [split_name(v) for v in val or []]
+    if len(set(names)) < len(names):
+        usage_error(f"two --val splits have the same name ({', '.join(names)}); each is reported under its folder's name")
+    splits = EvalSplits(data=data, train=train or "", val=tuple(val or ()), val_labels=str(val_labels or ""))
+    result, path = run_linear_eval(data_root=splits, config=cfg, checkpoint=checkpoint, config_path=config,
+                                   overrides=overrides, random_init=random_init, out=out, log=console.print,
+                                   resume=resume)
+    if launch_rank()[0] == 0:  # one voice under torchrun
+        console.print(linear_eval_table(result))
+        console.print(f"[bold green]wrote[/] {path}")
 
 
 @app.command("export")
 def export_command(
         source: Annotated[Path, typer.Argument(help="Checkpoint file, or a run folder (its newest checkpoint).")],
-        out: Annotated[Path, typer.Option("--out", help="Weights file: *.safetensors (needs the safetensors package) or *.pt; the JSON sidecar goes next to it (same name, .json).")],
-        network: Annotated[str, typer.Option("--network", help="online (what the paper's evaluation probes) or target (the EMA encoder).")] = "online",
-        fmt: Annotated[str, typer.Option("--format", help="torchvision, timm (strict=True loads into their resnetN without the fc) or relic-fast (any width and stem; relic_fast.export.load_encoder).")] = "torchvision") -> None:
+        out: Annotated[Path, typer.Option("--out", help="Weights file: *.safetensors (needs the safetensors package) or *.pt; the JSON sidecar goes next to it (its full name plus .json, e.g. backbone.safetensors.json).")],
+        network: Annotated[str, typer.Option("--network", help="online (what the paper's evaluation probes) or target (the EMA encoder; it carries the online network's BatchNorm statistics, which the sidecar's batchnorm_statistics says).")] = "online",
+        fmt: Annotated[str, typer.Option("--format", help="torchvision, timm (strict=True loads into their resnetN without the fc) or relic-fast (any width and stem; relic_fast.export.load_encoder).")] = "torchvision",
+        head: Annotated[Optional[Path], typer.Option("--head", help="A linear-eval --out folder: write a complete classifier instead, the encoder plus that probe as fc (its standardization folded in), which torchvision's resnetN(num_classes=K) (or timm's, --format timm) loads with strict=True.")] = None) -> None:
     """Export the pretrained encoder as a plain state dict that torchvision / timm ResNets load, plus a JSON sidecar."""
-    from relic_fast.export import export_encoder
+    if head is not None:
+        from relic_fast.evaluation.classifier import export_classifier
 
-    report = export_encoder(source, out, network=network, fmt=fmt)
+        report = export_classifier(source, out, head, network=network, fmt=fmt)
+    else:
+        from relic_fast.export import export_encoder
+
+        report = export_encoder(source, out, network=network, fmt=fmt)
     print_rows("relic-fast export", report.rows())
 
 
@@ -180,9 +224,11 @@ def profile_command(
         loader_repeats: Annotated[int, typer.Option("--loader-repeats", min=1, help="Timed windows per loader measurement (median).")] = 3,
         synthetic_steps: Annotated[int, typer.Option("--synthetic-steps", min=1, help="Timed steps of the model alone on synthetic views.")] = 5,
         ablation: Annotated[bool, typer.Option("--ablation/--no-ablation", help="Cost DALI operator groups by ablation (one loader measurement each).")] = True,
-        out: Annotated[Path, typer.Option("--out", help="Run folder: profile.json, profile_trace.json (Chrome trace), metrics.jsonl, config.toml.")] = Path("runs/profile"),
+        out: Annotated[Path, typer.Option("--out", help="Folder for profile.json and profile_trace.json (Chrome trace); the profiled training's config.toml, plan.toml and metrics.jsonl go to its profiled_run/ subfolder, so a pretraining run's folder keeps its own. Refused (exit code 8) while a run or another profile holds the folder's run.lock.")] = Path("runs/profile"),
         overrides: SetOption = None) -> None:
-    """Run the real training loop for a few steps and report where time goes: input-bound or compute-bound, and what to change."""
+    """Run the real training loop for a few steps and report where time goes: input-bound or compute-bound, and what to change.
+
+    Holds --out's run lock as a run does, and never writes over the files of a run already in that folder."""
     import dataclasses
 
     from relic_fast.profile_report import print_report

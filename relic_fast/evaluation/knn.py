@@ -50,3 +50,32 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     if predicted.numel() == 0:
         return float("nan")
     return 100.0 * (predicted.cpu() == test_labels.cpu().long()).float().mean().item()
+
+
+def knn_neighbours(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, *,
+                   k: int, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, labels) of each test row's k most similar train rows, shaped (num_test, k), best first;
+    rows past the train set's size hold similarity -inf. One rank's share of a sharded kNN: the k best of
+    every rank's k best are the k best overall (`knn_vote` merges them)."""
+    train_n = F.normalize(train_features.float(), dim=1)
+    test_n = F.normalize(test_features.float(), dim=1)
+    labels = train_labels.to(train_n.device).long()
+    similarities = torch.full((test_n.shape[0], k), float("-inf"), device=test_n.device)
+    neighbour_labels = torch.zeros((test_n.shape[0], k), dtype=torch.long, device=test_n.device)
+    found = min(k, train_n.shape[0])
+    for start in range(0, test_n.shape[0], chunk_size) if found else ():
+        top_sim, top_idx = (test_n[start:start + chunk_size] @ train_n.T).topk(found, dim=1)
+        similarities[start:start + chunk_size, :found] = top_sim
+        neighbour_labels[start:start + chunk_size, :found] = labels[top_idx]
+    return similarities, neighbour_labels
+
+
+def knn_vote(similarities: torch.Tensor, labels: torch.Tensor, *, k: int, temperature: float,
+             num_classes: int) -> torch.Tensor:
+    """Predicted labels from candidate neighbours (num_test, C) of any number of shards: the k most similar
+    vote with weight exp(sim / T), as `knn_classify` does over one set."""
+    top_sim, top_idx = similarities.topk(min(k, similarities.shape[1]), dim=1)
+    weights = (top_sim / temperature).exp()  # exp(-inf) = 0: a missing neighbour has no vote
+    votes = torch.zeros(similarities.shape[0], num_classes, device=similarities.device)
+    votes.scatter_add_(1, labels.gather(1, top_idx), weights)
+    return votes.argmax(dim=1)

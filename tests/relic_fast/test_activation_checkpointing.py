@@ -26,8 +26,8 @@ def one_backward(activation_checkpointing: bool, steps: int = 2):
     for step in range(steps):
         inputs = synthetic_inputs(VIEWS, batch_size=4, device="cpu", channels_last=True, seed=step)
         online.zero_grad(set_to_none=True)
-        terms = forward_loss(wrapped, target, inputs.large, inputs.small, inputs.num_large, inputs.num_small,
-                             LossConfig(implementation="reference"))
+        terms, _ = forward_loss(wrapped, target, inputs.large, inputs.small, inputs.num_large, inputs.num_small,
+                                LossConfig(implementation="reference"))
         terms[0].backward()
     grads = {name: p.grad.clone() for name, p in online.named_parameters()}
     buffers = {name: b.clone() for name, b in online.named_buffers()}

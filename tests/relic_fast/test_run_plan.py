@@ -78,6 +78,8 @@ def test_legacy_spellings_are_read_as_todays_with_a_warning(tmp_path):
 
 def test_knn_validator_asks_at_its_epochs_and_scores_the_val_split(tiny_config, tiny_demo):
     from dali_pipelines.dataset import resolve_dataset
+    from relic_fast.distributed import World
+    from relic_fast.evaluation.protocol import knn_eval
     from relic_fast.models import build_encoder
 
     assert KnnValidator.from_config(tiny_config) is None  # knn_every_epochs = 0
@@ -87,9 +89,14 @@ def test_knn_validator_asks_at_its_epochs_and_scores_the_val_split(tiny_config, 
     assert [validator.should_validate(epoch) for epoch in range(5)] == [False, False, True, False, True]
     torch.manual_seed(0)
     encoder = build_encoder(tiny_config.model.encoder, small_stem=True)
-    metrics = validator.validate(encoder, train_dataset=resolve_dataset(str(tiny_demo / "train")),
-                                 val_root=tiny_demo / "val", device=torch.device("cpu"))
+    train, val = resolve_dataset(str(tiny_demo / "train")), resolve_dataset(str(tiny_demo / "val"))
+    world = World(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    metrics = validator.validate(encoder, train_dataset=train, val_dataset=val, world=world)
     assert set(metrics) == {"knn_top1"} and 0.0 <= metrics["knn_top1"] <= 100.0
+    # the same neighbours and votes as the single-set kNN of the linear-eval side
+    expected = knn_eval(encoder, train_dataset=train, val_dataset=val, eval_cfg=config.eval, data_cfg=config.data,
+                        device="cpu", mean=config.views.mean, std=config.views.std)
+    assert metrics["knn_top1"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_info_shows_the_run_plan_of_a_recipe(monkeypatch):

@@ -77,8 +77,8 @@ def test_the_trainer_runs_the_validator_it_is_handed_at_the_epochs_it_asks(tiny_
             self.asked.append(epochs_done)
             return epochs_done == 2
 
-        def validate(self, encoder, *, train_dataset, val_root, device):
-            self.ran.append((type(encoder).__name__, val_root.name, device.type))
+        def validate(self, encoder, *, train_dataset, val_dataset, world, heads=None, should_stop=None):
+            self.ran.append((type(encoder).__name__, val_dataset.root.name, world.device.type))
             return {"knn_top1": 42.0}
 
     validator = RecordingValidator()
@@ -146,8 +146,8 @@ def poison(trainer: Trainer, bad_step: int) -> None:
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
-        terms = honest(*args, **kwargs)
-        return terms * float("nan") if calls["n"] == bad_step else terms
+        terms, features = honest(*args, **kwargs)
+        return (terms * float("nan") if calls["n"] == bad_step else terms), features
 
     trainer.context.forward = poisoned
 
