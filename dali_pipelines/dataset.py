@@ -13,10 +13,17 @@ that tools (`relic-fast index`, `pack`) inspect. Each layout is read in one plac
       #class 1 n01443537
       n01440764/n01440764_10026.JPEG 0
   The first line names the version; `#class <index> <name>` lines follow it in index order (the name is
-  the rest of the line after the one space that follows the index, so it may hold spaces). A list
-  without the header (version 1) still reads, its classes named "0".."N-1"; any other `#` line is a
-  comment. (DALI's own `file_list=` argument does not skip `#` lines; relic-fast's readers pass the
-  files themselves.)
+  the rest of the line after the one space that follows the index, so it may hold spaces). Quoting
+  (version 2): a path or class name that is empty, starts with `#`, `"` or a space, ends with a space, or
+  holds any character `str.isprintable` rejects (tab, line break, a non-ASCII space, a control
+  character) is written as a JSON string literal, ASCII only (`json.dumps`): `"#x/ a.jpg" 0`,
+  `#class 0 " cat"`; every other name is written as it is. So every name the folder reader accepts comes
+  back unchanged; a name that is not valid UTF-8 cannot be written (`relic-fast index` names, counts
+  and skips such files). A list without the header (version 1) still reads, unquoted, its classes named
+  "0".."N-1"; in either version any other `#` line is a comment and blank lines are skipped. A relative
+  path that climbs out of the list's folder (`../imgs/a.jpg`) is read as the absolute path it names,
+  normalized as `os.path.normpath` does. (DALI's own `file_list=` argument does not skip `#` lines;
+  relic-fast's readers pass the files themselves.)
 - flat folder of images with a labels file: ImageNet's validation set as Kaggle ships it,
   `.../CLS-LOC/val/ILSVRC2012_val_00000001.JPEG ...`, labelled by `LOC_val_solution.csv` at the
   download's root. The labels file is the one given (`labels=`: `--val-labels`, `data.val_labels`), else
@@ -30,10 +37,20 @@ that tools (`relic-fast index`, `pack`) inspect. Each layout is read in one plac
 - WebDataset: a folder of `.tar` shards (or one `.tar`), samples `<key>.jpg|.jpeg|.png`, optional
   `<key>.cls` (ASCII label) and `<key>.mask.png` (saliency mask). The class names are in
   `classes.json` beside the shards (`relic-fast pack` writes it: `{"format": "relic-fast classes",
-  "version": 1, "classes": [...]}`); shards without it name their classes "0".."N-1".
+  "version": 1, "classes": [...]}`); shards without it name their classes "0".."N-1". `relic-fast pack`
+  also writes `manifest.json` (`write_shard_manifest`: each shard's name, samples, bytes, mtime and
+  SHA-256, and its `.idx`'s), checked at every resolve (`check_shard_manifest`: a shard missing, one
+  not listed, or a size or sample count that differs is a `DatasetError` naming the shard). A folder
+  without a manifest is read unchecked with one warning (third-party shards), unless its `classes.json`
+  says `relic-fast pack` wrote it: then the manifest was lost and the set is refused.
 A demo-data root (a folder holding `train/`) resolves to its `train/` split. Saliency masks of folder,
-file-list and flat datasets live in a parallel tree: `<mask_root>/<relative image path, suffix .png>`;
-by default `<root>/../masks/<root name>` when that folder exists (the demo-data layout).
+file-list and flat datasets live in a parallel tree (`mask_file`, the one rule the readers and
+`relic-fast masks` share): `<mask_root>/<relative image path, normalized, suffix .png>`, and for an
+absolute entry (what `relic-fast index --out elsewhere` writes, or a `..` entry made absolute)
+`<mask_root>/_abs/<absolute image path without its leading />, suffix .png>`. The rule reads the entry,
+not the disk, so a mask never lands outside the mask root and symlinks in the image tree move no mask; the
+mask root may not be the dataset folder itself (the mask of a PNG image would be the image). By default
+the mask root is `<root>/../masks/<root name>` when that folder exists (the demo-data layout).
 
 Class subsets (`data.classes`): a file of class names, one per line (blank and `#` lines skipped), or the
 name of a list shipped in `class_lists/` (`imagenet100`: CMC's ImageNet-100, the list solo-learn uses).
@@ -49,8 +66,10 @@ import csv
 import dataclasses
 import json
 import os
+import posixpath
 import re
 import tarfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +86,16 @@ WDS_MASK_EXTENSION = "mask.png"
 WDS_CLASSES_FILE = "classes.json"
 """Beside the shards: the shard set's class names (`write_shard_classes`)."""
 
+WDS_CLASSES_FORMAT = "relic-fast classes"
+"""The `format` of a `classes.json` that `relic-fast pack` wrote (which tells its manifest was lost)."""
+
+WDS_MANIFEST_FILE = "manifest.json"
+"""Beside the shards `relic-fast pack` wrote: what the set holds (`write_shard_manifest`)."""
+
+WDS_MANIFEST_FORMAT = "relic-fast shards"
+WDS_MANIFEST_VERSION = 1
+"""The manifest version this module writes (and the newest it reads)."""
+
 FILE_LIST_HEADER = "#relic-fast file-list"
 """First line of a versioned file list, followed by the version number."""
 
@@ -74,6 +103,11 @@ FILE_LIST_VERSION = 2
 """The file-list version this module writes (and the newest it reads)."""
 
 _CLASS_LINE = re.compile(r"#class (\d+) (.+)")
+_JSON_DECODER = json.JSONDecoder()
+
+MASKS_OUTSIDE_ROOT = "_abs"
+"""Folder of a mask tree holding the masks of absolute entries: `<mask_root>/_abs/<path without its
+leading />` (`mask_file`)."""
 
 LABELS_FILE_PATTERN = "LOC_{folder}_solution.csv"
 """Labels file of a flat folder, looked up by the folder's name (Kaggle's `LOC_val_solution.csv`)."""
@@ -121,9 +155,31 @@ class DatasetSpec:
     """Where each class is declared (`file:row` or the class folder), for messages; may be empty."""
 
 
-def mask_file(mask_root: Path, relative_image: str) -> Path:
-    """Where the saliency mask of `relative_image` lives: same relative path, suffix `.png`."""
-    return Path(mask_root) / Path(relative_image).with_suffix(".png")
+def mask_file(mask_root: Path, image: str) -> Path:
+    """Where the saliency mask of the dataset entry `image` lives: the one rule the readers and
+    `relic-fast masks` share (module docstring), so a mask is found where it was written.
+
+    A relative entry (relative to the dataset folder) maps to `<mask_root>/<entry>`, an absolute one to
+    `<mask_root>/_abs/<entry without its leading />`, both normalized (`.`, `..`, doubled slashes) and with
+    the suffix `.png`. The rule reads the entry, never the disk: symlinks in the image tree move no mask,
+    and the result always lies inside `mask_root`. A relative entry that climbs out of the dataset folder
+    (`../x.jpg`) has no place there and is a `DatasetError` (the file-list reader makes such entries
+    absolute)."""
+    key = posixpath.normpath(os.fspath(image))
+    if key.startswith("/"):
+        key = f"{MASKS_OUTSIDE_ROOT}/{key.lstrip('/')}"
+    if key in (".", "..", f"{MASKS_OUTSIDE_ROOT}/") or key.startswith("../"):
+        raise DatasetError(f"image path {image!r} climbs out of its dataset folder: it has no place in a mask "
+                           f"tree (write it as an absolute path)")
+    return Path(mask_root) / Path(key).with_suffix(".png")
+
+
+def check_mask_root(mask_root: Path, root: Path) -> None:
+    """Refuse a mask folder that is the dataset folder itself (symlinks followed): there the mask of a PNG
+    image would be the image, read as its own mask or taken for a mask "already there"."""
+    if os.path.realpath(mask_root) == os.path.realpath(root):
+        raise DatasetError(f"mask folder {mask_root} is the dataset folder {root}: masks need a folder of their "
+                           f"own (e.g. {Path(root).parent / 'masks' / Path(root).name})")
 
 
 def _default_mask_root(root: Path) -> Path | None:
@@ -133,13 +189,17 @@ def _default_mask_root(root: Path) -> Path | None:
 
 
 def _resolve_masks(root: Path, masks: str) -> Path | None:
-    """The explicit mask root (which must exist), or the default one."""
+    """The explicit mask root (which must exist), or the default one; never the dataset folder itself
+    (`check_mask_root`)."""
     if masks:
         path = Path(masks).expanduser()
         if not path.is_dir():
             raise DatasetError(f"saliency mask folder {path} does not exist")
-        return path
-    return _default_mask_root(root)
+    else:
+        path = _default_mask_root(root)
+    if path is not None:
+        check_mask_root(path, root)
+    return path
 
 
 def _is_image(path: Path) -> bool:
@@ -182,37 +242,91 @@ def _list_header(path: Path, lines: list[str]) -> tuple[list[str], list[str], in
         match = _CLASS_LINE.fullmatch(lines[number])
         if match is None or int(match.group(1)) != len(names):
             raise DatasetError(f"{path}:{number + 1}: expected '#class {len(names)} <name>', got {lines[number]!r}")
-        if match.group(2) in names:
-            raise DatasetError(f"{path}:{number + 1}: class {match.group(2)!r} is named twice "
-                               f"(first at {sources[names.index(match.group(2))]})")
-        names.append(match.group(2))
+        name = _class_name(path, number + 1, match.group(2))
+        if name in names:
+            raise DatasetError(f"{path}:{number + 1}: class {name!r} is named twice "
+                               f"(first at {sources[names.index(name)]})")
+        names.append(name)
         sources.append(f"{path}:{number + 1}")
         number += 1
     return names, sources, number
 
 
-def _file_list(path: Path, masks: str) -> DatasetSpec:
-    """A text list of `relative/path label` lines (paths may contain spaces; the label is last), after an
-    optional version-2 header naming the classes (module docstring)."""
+def _class_name(path: Path, row: int, text: str) -> str:
+    """The name a `#class` line records: the rest of the line, or the JSON string literal that is all of it
+    (quoting, module docstring)."""
+    if not text.startswith('"'):
+        return text
     try:
-        lines = path.read_text().splitlines()
+        name, end = _JSON_DECODER.raw_decode(text)
+    except ValueError as err:
+        raise DatasetError(f"{path}:{row}: a class name that opens with '\"' must be a JSON string literal "
+                           f"({err.msg}), got {text!r}") from None
+    if end != len(text) or not name:
+        raise DatasetError(f"{path}:{row}: expected one non-empty JSON string literal after the class index, "
+                           f"got {text!r}")
+    return name
+
+
+_LABEL = re.compile(r"-?[0-9]+")
+
+
+def _list_line(path: Path, number: int, line: str, quoting: bool) -> tuple[str, int]:
+    """(path, label) of one `path label` line; with `quoting` (version 2) a path opening with `"` is a JSON
+    string literal (module docstring), any other path runs up to the whitespace before the label."""
+    if quoting and line.startswith('"'):
+        try:
+            file, end = _JSON_DECODER.raw_decode(line)
+        except ValueError as err:
+            raise DatasetError(f"{path}:{number}: a path that opens with '\"' must be a JSON string literal "
+                               f"({err.msg}), got {line!r}") from None
+        label = line[end:]
+        if not label[:1].isspace():
+            raise DatasetError(f"{path}:{number}: expected '\"quoted path\" label', got {line!r}")
+        label = label.strip()
+    else:
+        parts = line.rstrip().rsplit(maxsplit=1)
+        file, label = (parts[0].strip(), parts[1]) if len(parts) == 2 else ("", "")
+    if not file or not _LABEL.fullmatch(label):
+        raise DatasetError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
+    return file, int(label)
+
+
+def _list_entry(root: Path, entry: str) -> str:
+    """A list entry as the dataset keeps it: as written, except a relative path that climbs out of the
+    list's folder (`../imgs/a.jpg`), which becomes the absolute path it names, normalized, so that it
+    still has a place in a mask tree (`mask_file`). `root` is resolved (`resolve_dataset`), so its `..`
+    is its real parent."""
+    if ".." not in entry or entry.startswith("/"):
+        return entry
+    normalized = posixpath.normpath(entry)
+    if normalized == ".." or normalized.startswith("../"):
+        return posixpath.normpath(posixpath.join(os.fspath(root), entry))
+    return entry
+
+
+def _file_list(path: Path, masks: str) -> DatasetSpec:
+    """A text list of `path label` lines (paths may contain spaces; the label is last), after an optional
+    version-2 header naming the classes; in a version-2 list a path may be quoted (module docstring)."""
+    try:
+        # split at "\n" only: str.splitlines also breaks at \x0b, \x1c or U+2028, which a name may hold
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DatasetError(f"{path}: not a text file list ({err.reason} at byte {err.start})") from None
+        raise DatasetError(f"{path}: not a UTF-8 text file list ({err.reason} at byte {err.start})") from None
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     names, sources, start = _list_header(path, lines)
+    root = path.parent
     files, labels = [], []
     for number, line in enumerate(lines[start:], start=start + 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        parts = line.rstrip().rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise DatasetError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
-        if names and int(parts[1]) >= len(names):
-            raise DatasetError(f"{path}:{number}: label {parts[1]}, but the header names {len(names)} classes")
-        files.append(parts[0].strip())
-        labels.append(int(parts[1]))
+        file, label = _list_line(path, number, line, quoting=start > 0)
+        if names and label >= len(names):
+            raise DatasetError(f"{path}:{number}: label {label}, but the header names {len(names)} classes")
+        files.append(_list_entry(root, file))
+        labels.append(label)
     if not files:
         raise DatasetError(f"{path}: the file list is empty")
-    root = path.parent
     if not names:
         names = _numbered_names(labels)
     return DatasetSpec("file_list", root, files, labels, [], _resolve_masks(root, masks), names, len(files),
@@ -220,15 +334,53 @@ def _file_list(path: Path, masks: str) -> DatasetSpec:
 
 
 def file_list_text(paths: Sequence[str], labels: Sequence[int], class_names: Sequence[str]) -> str:
-    """A version-2 file list (module docstring): the header naming `class_names`, then `path label` lines.
-    What `relic-fast index` writes; `_file_list` reads it back to the same files, labels and names."""
+    """A version-2 file list (module docstring): the header naming `class_names`, then `path label` lines,
+    each path and name quoted where it needs it (`list_field`). What `relic-fast index` writes; `_file_list`
+    reads it back to the same files, labels and names. An empty class name, or a path or name that is not
+    valid UTF-8 (filter those with `can_record`), is a `DatasetError` naming it."""
     for index, name in enumerate(class_names):
-        if not name or "\n" in name or "\r" in name:
-            raise DatasetError(f"class {index} is named {name!r}: a file list cannot record an empty name or a "
-                               f"line break")
+        if not name:
+            raise DatasetError(f"class {index} has an empty name, which a file list cannot record")
     header = [f"{FILE_LIST_HEADER} {FILE_LIST_VERSION}\n"]
-    header += [f"#class {index} {name}\n" for index, name in enumerate(class_names)]
-    return "".join(header) + "".join(f"{path} {label}\n" for path, label in zip(paths, labels))
+    header += [f"#class {index} {list_field(name)}\n" for index, name in enumerate(class_names)]
+    text = "".join(header) + "".join(f"{list_field(path)} {label}\n" for path, label in zip(paths, labels))
+    try:
+        text.encode("utf-8")  # one pass over the whole text; the name at fault is looked for only on failure
+    except UnicodeEncodeError:
+        bad = next(value for value in [*class_names, *paths] if not can_record(value))
+        raise DatasetError(f"{displayed_name(bad)}: the name is not valid UTF-8, which a file list cannot "
+                           f"record") from None
+    return text
+
+
+def list_field(text: str) -> str:
+    """How a version-2 file list writes a path or class name (module docstring, quoting): as it is, or as an
+    ASCII JSON string literal when it is empty, starts with `#`, `"` or a space, ends with a space, or holds
+    a character `str.isprintable` rejects; so a reader never takes it for a comment, trims it, or breaks
+    its line."""
+    if not text or text[0] in '#" ' or text[-1] == " " or not text.isprintable():
+        return json.dumps(text)
+    return text
+
+
+def can_record(name: str) -> bool:
+    """Whether a file list can hold `name`: it must be valid UTF-8. A file name that is not arrives from the
+    OS with surrogate escapes, which neither UTF-8 text nor DALI's path strings carry."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def displayed_name(name: str) -> str:
+    """`name` fit for a message or a UTF-8 report: each byte that is not valid UTF-8 shown as `\\xNN` (what
+    the file system holds), instead of a surrogate that printing it would choke on."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _image_entry(entry: os.DirEntry) -> bool:
@@ -368,7 +520,7 @@ def write_shard_classes(folder: Path, class_names: Sequence[str]) -> Path:
     """Record a shard set's class names in `folder/classes.json` (written via a temporary file and a rename)."""
     path = Path(folder) / WDS_CLASSES_FILE
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"format": "relic-fast classes", "version": 1, "classes": list(class_names)},
+    tmp.write_text(json.dumps({"format": WDS_CLASSES_FORMAT, "version": 1, "classes": list(class_names)},
                               indent=1) + "\n")
     tmp.replace(path)
     return path
@@ -389,13 +541,161 @@ def read_shard_classes(folder: Path) -> list[str] | None:
     return names
 
 
+@dataclass(frozen=True)
+class ShardRecord:
+    """What the manifest records of one shard: enough to tell that the shard (and its `.idx`) is the one
+    `relic-fast pack` wrote. Sizes and sample counts are checked at every resolve (a stat, and the scan
+    that counts the labels anyway); size and mtime also decide whether the `.idx` beside the tar still
+    matches it (`dali_pipelines.readers.wds_index`); the SHA-256s are for a full audit after a copy
+    (`sha256sum`), too slow to recompute at every start of a 140 GB set."""
+
+    name: str
+    """File name of the tar (`shard-000000.tar`), in the manifest's folder."""
+    samples: int
+    """Samples with an image in the tar."""
+    size: int
+    mtime_ns: int
+    sha256: str
+    index_name: str
+    """File name of its DALI index (`shard-000000.idx`)."""
+    index_size: int
+    index_mtime_ns: int
+    index_sha256: str
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """A shard set's `manifest.json`: its shards in order and the file naming its classes."""
+
+    path: Path
+    shards: list[ShardRecord]
+    classes_file: str
+    """File name (in the same folder) of the class names: `classes.json`, the one place they are kept."""
+
+    def record(self, name: str) -> ShardRecord | None:
+        """The record of the tar named `name`, or None when the manifest does not list it."""
+        return next((r for r in self.shards if r.name == name), None)
+
+
+def write_shard_manifest(folder: Path, shards: Sequence[ShardRecord], classes_file: str = WDS_CLASSES_FILE) -> Path:
+    """Write `folder/manifest.json` (via a temporary file and a rename): format, version, the classes file,
+    the total sample count and per shard its record (`ShardRecord`), so a reader can tell a complete set
+    from a partial or altered one."""
+    path = Path(folder) / WDS_MANIFEST_FILE
+    shard_entries = [{"name": r.name, "samples": r.samples, "bytes": r.size, "mtime_ns": r.mtime_ns,
+                      "sha256": r.sha256, "index": {"name": r.index_name, "bytes": r.index_size,
+                                                    "mtime_ns": r.index_mtime_ns, "sha256": r.index_sha256}}
+                     for r in shards]
+    document = {"format": WDS_MANIFEST_FORMAT, "version": WDS_MANIFEST_VERSION, "classes": classes_file,
+                "samples": sum(r.samples for r in shards), "shards": shard_entries}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _manifest_fields_ok(entry, suffix: str) -> bool:
+    """Whether a manifest entry (a shard, or its `index`) is a dict with a plain file name ending in `suffix`
+    (no folder part), non-negative integer sizes and counts, and a SHA-256 string."""
+    if not isinstance(entry, dict):
+        return False
+    name, numbers = entry.get("name"), [entry.get(k) for k in ("bytes", "mtime_ns")]
+    if suffix == ".tar":
+        numbers.append(entry.get("samples"))
+    return (isinstance(name, str) and name.endswith(suffix) and "/" not in name and isinstance(entry.get("sha256"), str)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers))
+
+
+def _shard_record(path: Path, entry) -> ShardRecord:
+    """One manifest entry as a `ShardRecord`; a `DatasetError` naming the manifest when it is malformed."""
+    if not (_manifest_fields_ok(entry, ".tar") and _manifest_fields_ok(entry.get("index"), ".idx")):
+        raise DatasetError(f"{path}: malformed shard entry {json.dumps(entry)[:200]} (expected name, samples, bytes, "
+                           f"mtime_ns, sha256 and index {{name, bytes, mtime_ns, sha256}})")
+    index = entry["index"]
+    return ShardRecord(entry["name"], entry["samples"], entry["bytes"], entry["mtime_ns"], entry["sha256"],
+                       index["name"], index["bytes"], index["mtime_ns"], index["sha256"])
+
+
+def read_shard_manifest(folder: Path) -> ShardManifest | None:
+    """The manifest in `folder/manifest.json`, or None when there is none; a `DatasetError` naming the file
+    when it is not one (unreadable, another format, a newer version, a malformed entry)."""
+    path = Path(folder) / WDS_MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != WDS_MANIFEST_FORMAT:
+        raise DatasetError(f"{path}: not a relic-fast shard manifest (expected \"format\": \"{WDS_MANIFEST_FORMAT}\")")
+    version = data.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise DatasetError(f"{path}: expected a version number, got {version!r}")
+    if version > WDS_MANIFEST_VERSION:
+        raise DatasetError(f"{path}: manifest version {version} is newer than this relic-fast reads "
+                           f"({WDS_MANIFEST_VERSION}); upgrade relic-fast")
+    if not isinstance(data.get("shards"), list) or data.get("classes") != WDS_CLASSES_FILE:  # v1: always classes.json
+        raise DatasetError(f"{path}: expected \"classes\": \"{WDS_CLASSES_FILE}\" and \"shards\": [...]")
+    shards = [_shard_record(path, entry) for entry in data["shards"]]
+    return ShardManifest(path, shards, data["classes"])
+
+
+def _classes_written_by_pack(folder: Path) -> bool:
+    """Whether `folder/classes.json` is one `relic-fast pack` wrote (its `format` says so)."""
+    try:
+        data = json.loads((Path(folder) / WDS_CLASSES_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == WDS_CLASSES_FORMAT
+
+
+def check_shard_manifest(root: Path, tar_paths: Sequence[Path]) -> ShardManifest | None:
+    """Check the shards about to be read against `root/manifest.json` (cheap: names and sizes here, sample
+    counts in `_webdataset`'s scan) and return the manifest, or None for third-party shards without one.
+
+    Refused (`DatasetError`, naming the file): a listed shard missing (when the whole folder is read), a
+    `.tar` the manifest does not list, a size that differs, the classes file gone, or no manifest although
+    `classes.json` says `relic-fast pack` wrote the set (it may be a partial copy). Shards without either
+    file are someone else's WebDataset: read unchecked, with one warning line."""
+    manifest = read_shard_manifest(root)
+    if manifest is None:
+        if _classes_written_by_pack(root):
+            raise DatasetError(f"{root / WDS_MANIFEST_FILE}: missing, although {WDS_CLASSES_FILE} says relic-fast "
+                               f"pack wrote these shards: the set may be incomplete; pack it again (--overwrite)")
+        warnings.warn(f"{root}: no {WDS_MANIFEST_FILE} (not written by relic-fast pack): its {len(tar_paths)} "
+                      f"shards are read unchecked, a missing or truncated shard goes unnoticed", stacklevel=3)
+        return None
+    on_disk = {p.name for p in root.iterdir() if p.suffix == ".tar"}
+    if {p.name for p in tar_paths} == on_disk:  # the whole folder, not one tar of it: every shard must be there
+        missing = [r.name for r in manifest.shards if r.name not in on_disk]
+        if missing:
+            raise DatasetError(f"{root / missing[0]}: listed in {manifest.path} but missing ({len(missing)} of "
+                               f"{len(manifest.shards)} shards missing); copy the set again or pack it again")
+    for path in tar_paths:
+        record = manifest.record(path.name)
+        if record is None:
+            raise DatasetError(f"{path}: not listed in {manifest.path} (a shard of another set?); move it out or "
+                               f"pack the set again")
+        size = path.stat().st_size
+        if size != record.size:
+            raise DatasetError(f"{path}: {size} bytes, but {manifest.path} records {record.size}: the shard was "
+                               f"changed or cut short; copy the set again or pack it again")
+    if not (root / manifest.classes_file).is_file():
+        raise DatasetError(f"{root / manifest.classes_file}: missing, but {manifest.path} names it as the classes "
+                           f"file; copy the set again or pack it again")
+    return manifest
+
+
 def _webdataset(root: Path, tar_paths: list[Path]) -> DatasetSpec:
     """Shards: count the samples that have an image and read their `.cls` labels (-1 when absent); class
-    names from `classes.json` beside the shards (a label beyond them is an error)."""
+    names from `classes.json` beside the shards (a label beyond them is an error). The shards are first
+    checked against the set's manifest (`check_shard_manifest`), their sample counts while counting."""
+    manifest = check_shard_manifest(root, tar_paths)
     named = read_shard_classes(root)
     labels = []
     for path in tar_paths:
         samples = scan_tar(path)
+        counted_before = len(labels)
         with tarfile.open(path) as tar:
             for _, members in samples:
                 if _image_member(members) is None:
@@ -406,6 +706,10 @@ def _webdataset(root: Path, tar_paths: list[Path]) -> DatasetSpec:
                 if named is not None and labels[-1] >= len(named):
                     raise DatasetError(f"{path}: sample {_image_member(members).name} has label {labels[-1]}, but "
                                        f"{root / WDS_CLASSES_FILE} names {len(named)} classes")
+        recorded = manifest.record(path.name).samples if manifest is not None else None
+        if recorded is not None and len(labels) - counted_before != recorded:
+            raise DatasetError(f"{path}: {len(labels) - counted_before} image samples, but {manifest.path} records "
+                               f"{recorded}: the shard was changed; copy the set again or pack it again")
     if not labels:
         raise DatasetError(f"{root}: the WebDataset shards hold no image samples")
     names = named if named is not None else _numbered_names(labels)

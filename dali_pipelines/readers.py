@@ -16,9 +16,16 @@ shuffle mixes samples within the rank's slice.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
+import secrets
+import shutil
+import stat
 import tempfile
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -26,8 +33,9 @@ from typing import NamedTuple
 import numpy as np
 from nvidia.dali import fn, types
 
-from dali_pipelines.dataset import (WDS_IMAGE_EXTENSIONS, WDS_LABEL_EXTENSION, WDS_MASK_EXTENSION, DatasetSpec,
-                                    mask_file, scan_tar)
+from dali_pipelines.dataset import (WDS_IMAGE_EXTENSIONS, WDS_LABEL_EXTENSION, WDS_MANIFEST_FILE,
+                                    WDS_MASK_EXTENSION, DatasetError, DatasetSpec, ShardManifest, mask_file,
+                                    read_shard_manifest, scan_tar)
 
 READER_NAME = "reader"
 """Name of the image reader: the DALI iterator's `reader_name` (epoch size, padding)."""
@@ -104,13 +112,87 @@ def rank_samples(num_samples: int, *, seed: int, epoch: int, shuffle: bool, shar
     return np.concatenate([mine, np.full(count - len(mine), mine[-1])]) if len(mine) < count else mine
 
 
+CACHE_FOLDER = "relic-fast"
+"""Folder under `$XDG_CACHE_HOME` (default `~/.cache`) for the files the readers write for DALI."""
+
+INDEX_FOLDER = "wds-index"
+"""Inside the private cache folder: WebDataset indexes written for shards without a usable `.idx`."""
+
+
+def _cache_home() -> Path | None:
+    """`$XDG_CACHE_HOME` when it is an absolute path (the XDG rule), else `~/.cache`; None without a home."""
+    value = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(value):
+        return Path(value)
+    try:
+        return Path.home() / ".cache"
+    except (RuntimeError, KeyError):
+        return None
+
+
+def _check_private(folder: Path) -> None:
+    """A `DatasetError` unless `folder` is a folder this user owns and no one else can write to (anyone who
+    can write there could plant the files DALI reads)."""
+    try:
+        info = os.stat(folder)
+    except OSError as err:
+        problem = f"cannot be inspected ({err.strerror})"
+    else:
+        problem = ("is not a folder" if not stat.S_ISDIR(info.st_mode)
+                   else f"belongs to user id {info.st_uid}, not to you ({os.getuid()})" if info.st_uid != os.getuid()
+                   else f"can be written by others (mode {stat.S_IMODE(info.st_mode):o})" if info.st_mode & 0o022
+                   else None)
+    if problem:
+        raise DatasetError(f"{folder}: {problem}; relic-fast keeps the files DALI reads there (placeholder mask, "
+                           f"shard indexes) and needs a folder only you can write to: chmod 700 it, remove it, or "
+                           f"set XDG_CACHE_HOME")
+
+
+@functools.cache
+def _process_private_dir() -> Path:
+    """A fresh 0700 folder of this process (`mkdtemp`: an unpredictable name, nothing to plant), removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="relic-fast-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def private_cache_dir() -> Path:
+    """The folder of the files the readers write for DALI to read (the placeholder mask, WebDataset indexes).
+
+    `$XDG_CACHE_HOME/relic-fast` (default `~/.cache/relic-fast`): created 0700 and refused (`DatasetError`)
+    unless this user owns it and no one else can write to it, because a fixed name in the shared /tmp can be
+    planted by another local user. Per user rather than per process, so every rank and worker of a run (and
+    later runs) agree on the paths and reuse the files, which are written under a temporary name and renamed.
+    Where no cache folder can be made (a read-only home in a container), a private `mkdtemp` folder of this
+    process."""
+    home = _cache_home()
+    if home is None:
+        return _process_private_dir()
+    folder = home / CACHE_FOLDER
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # something that is not a folder holds the name: _check_private names it
+    except OSError:
+        return _process_private_dir()
+    _check_private(folder)
+    return folder
+
+
+def _temporary_name(path: Path) -> Path:
+    """A hidden name beside `path` to write to before renaming: unique per process and host (a shared home
+    on NFS may be written by ranks on several nodes at once)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def placeholder_mask() -> Path:
-    """A 1x1 all-foreground PNG (written once to the temp dir) read in place of a missing mask."""
-    path = Path(tempfile.gettempdir()) / "relic-fast-placeholder-mask.png"
+    """A 1x1 all-foreground PNG read in place of a missing mask, written once into the private cache folder
+    (`private_cache_dir`), never under a fixed name in the shared temp dir."""
+    path = private_cache_dir() / "placeholder-mask.png"
     if not path.is_file():
         from PIL import Image
 
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = _temporary_name(path)
         Image.new("L", (1, 1), 255).save(tmp, format="PNG")
         os.replace(tmp, path)
     return path
@@ -150,25 +232,75 @@ def mask_coverage(dataset: DatasetSpec) -> MaskCoverage:
     return MaskCoverage(0 if table is None else int(table.present.sum()), dataset.num_samples)
 
 
-def wds_index(tar: Path) -> Path:
-    """DALI's index of a shard: `shard.idx` beside it (written by `relic-fast pack`), else one we
-    write once into the temp dir (keyed by path, size and mtime) listing the samples with an image."""
-    beside = tar.with_suffix(".idx")
-    if beside.is_file():
-        return beside
-    stat = tar.stat()
-    digest = hashlib.sha1(f"{tar.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
-    path = Path(tempfile.gettempdir()) / "relic-fast-wds-index" / f"{digest}.idx"
+def _index_mismatch(tar: Path, beside: Path, manifest: ShardManifest | None) -> str | None:
+    """Why the `.idx` beside `tar` cannot be trusted to match it, or None when the set's manifest vouches
+    for both: `relic-fast pack` recorded the tar's and the index's size and mtime (a stat each, no read)."""
+    if manifest is None:
+        return f"no {WDS_MANIFEST_FILE} beside it records that it matches {tar.name}"
+    record = manifest.record(tar.name)
+    if record is None or record.index_name != beside.name:
+        return f"{manifest.path.name} does not list it"
+    tar_info, index_info = tar.stat(), beside.stat()
+    if (tar_info.st_size, tar_info.st_mtime_ns) != (record.size, record.mtime_ns):
+        return (f"{tar.name}'s size or mtime differs from {manifest.path.name}'s: the tar was rewritten (or copied "
+                f"without its times) after the index was written")
+    if (index_info.st_size, index_info.st_mtime_ns) != (record.index_size, record.index_mtime_ns):
+        return f"its size or mtime differs from {manifest.path.name}'s: it was rewritten after relic-fast pack"
+    return None
+
+
+def _cached_index(tar: Path, folder: Path) -> Path:
+    """An index of `tar` listing its samples that have an image, written once into `folder` (private) under a
+    name keyed by the tar's path, size and mtime (a rewritten tar gets a new one)."""
+    info = tar.stat()
+    key = hashlib.sha256(f"{tar.resolve()}|{info.st_size}|{info.st_mtime_ns}".encode()).hexdigest()[:32]
+    path = folder / f"{key}.idx"
     if not path.is_file():
         lines = []
         for _, members in scan_tar(tar):
             if any(e in members for e in WDS_IMAGE_EXTENSIONS):
                 lines.append(" ".join(f"{ext} {m.offset_data} {m.size} {m.name}" for ext, m in members.items()))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = _temporary_name(path)
         tmp.write_text(f"v1.2 {len(lines)}\n" + "".join(line + "\n" for line in lines))
         os.replace(tmp, path)
     return path
+
+
+def wds_indexes(tars: Sequence[Path]) -> list[Path]:
+    """DALI's index of each shard (DALI would otherwise scan every tar at start-up).
+
+    The `.idx` beside a tar is used only while the set's `manifest.json` vouches that it still matches the tar
+    (`_index_mismatch`: the sizes and mtimes `relic-fast pack` recorded). Otherwise, as for a tar without one,
+    an index is written into the private cache folder (`private_cache_dir`), and an `.idx` beside the tar that
+    was passed over (stale after the tar was rewritten, or a third-party one nothing vouches for) is named in
+    one warning line: it is never used silently."""
+    folder = private_cache_dir() / INDEX_FOLDER
+    folder.mkdir(mode=0o700, exist_ok=True)
+    manifests: dict[Path, ShardManifest | None] = {}
+    passed_over: dict[Path, str] = {}
+    paths = []
+    for tar in map(Path, tars):
+        beside = tar.with_suffix(".idx")
+        if beside.is_file():
+            if tar.parent not in manifests:
+                manifests[tar.parent] = read_shard_manifest(tar.parent)
+            problem = _index_mismatch(tar, beside, manifests[tar.parent])
+            if problem is None:
+                paths.append(beside)
+                continue
+            passed_over.setdefault(beside, problem)
+        paths.append(_cached_index(tar, folder))
+    if passed_over:
+        beside, problem = next(iter(passed_over.items()))
+        more = f" (and {len(passed_over) - 1} more shards' .idx files)" if len(passed_over) > 1 else ""
+        warnings.warn(f"{beside}: not used, {problem}{more}; reading an index written into {folder} instead",
+                      stacklevel=2)
+    return paths
+
+
+def wds_index(tar: Path) -> Path:
+    """DALI's index of one shard (`wds_indexes`): the `.idx` beside it while it still matches, else a private one."""
+    return wds_indexes([tar])[0]
 
 
 def _sharding(plan: ReadPlan, name: str) -> dict:
@@ -215,7 +347,7 @@ def _read_webdataset(plan: ReadPlan, name: str) -> Encoded:
         ext.append(WDS_MASK_EXTENSION)
     start, end = shard_bounds(ds.num_samples, plan.shard_id, plan.num_shards)
     outputs = fn.readers.webdataset(
-        paths=[str(t) for t in tars], index_paths=[str(wds_index(t)) for t in tars], ext=ext,
+        paths=[str(t) for t in tars], index_paths=[str(p) for p in wds_indexes(tars)], ext=ext,
         missing_component_behavior="empty", dtypes=[types.UINT8] * len(ext),
         random_shuffle=plan.shuffle, initial_fill=max(1, min(WDS_BUFFER, end - start)),
         seed=plan.reader_seed, **_sharding(plan, name))

@@ -109,7 +109,12 @@ class DataConfig:
     """What to do with an unreadable image met during training: `stop` with a message naming the
     file (run `relic-fast index` first), or `skip` it and count it."""
 
+    max_image_mb: float = 64.0
+    """With `on_bad_file = "skip"`: files larger than this many MB are rejected unread (as `relic-fast index
+    --max-image-mb` does): no JPEG of a real dataset comes close, and a huge file named .jpg would fill memory."""
+
     def __post_init__(self) -> None:
+        check(self.max_image_mb > 0, "max_image_mb", f"must be > 0, got {self.max_image_mb}")
         bare_name = self.classes and "/" not in self.classes and "." not in self.classes
         check(not bare_name or self.classes in BUILTIN_CLASS_LISTS, "classes",
               f"{self.classes!r} is neither a built-in class list ({', '.join(BUILTIN_CLASS_LISTS)}) nor a file "

@@ -5,8 +5,10 @@ cannot skip a sample. So files are checked here with PIL first (`Image.open` + `
 fresh open + `load()`: `verify` alone misses truncation). Every format and mode kept here is one
 DALI's decoder turns into 3-channel RGB (JPEG incl. CMYK, grayscale, progressive and EXIF-rotated;
 PNG of any mode, also under a `.jpg` name since DALI sniffs the content; BMP, TIFF, WebP); GIF and
-unknown content are rejected. A reason is a short `category: detail` string; its category (the text
-before the colon) is what summaries group by.
+unknown content are rejected. A file larger than the byte cap (`DEFAULT_MAX_IMAGE_MB`, `index
+--max-image-mb`) is rejected from its size alone and never read: a huge (or sparse) file named
+`x.jpg` would otherwise be read whole into memory. A reason is a short `category: detail` string; its
+category (the text before the colon) is what summaries group by.
 
 `validate_files` checks many files in a process pool with a JSON cache keyed by (path, size,
 mtime_ns), so a re-run over an unchanged tree only stats files. `filter_bad_files` is the trainer's
@@ -32,8 +34,14 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from dali_pipelines.recipe import DataConfig
+
 DEFAULT_MAX_PIXELS = 100_000_000
 """Largest accepted image (width * height): bigger ones cost seconds and gigabytes per decode."""
+
+DEFAULT_MAX_IMAGE_MB = DataConfig.max_image_mb
+"""Largest accepted image file, in MB of 2**20 bytes: a bigger one is rejected from its size, unread (each
+check reads the whole file into memory). Far above what a photo of `DEFAULT_MAX_PIXELS` compresses to."""
 
 CACHE_NAME = ".relic-fast-index-cache.json"
 """File name of the validation cache, kept in the dataset's root folder."""
@@ -126,19 +134,49 @@ def _open_checked(data: bytes, max_pixels: int, min_side: int) -> ImageCheck:
         return info
 
 
-def check_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                min_side: int = 1) -> ImageCheck:
-    """Check one file and say why it is unusable (or None) along with its size, mode and format.
+def _megabytes(size: int) -> str:
+    """`size` bytes in MB (2**20 bytes), rounded up to a tenth so a file just over a cap never reads as
+    equal to it: 300 MB, 3.1 MB."""
+    tenths = -(-size * 10 // 2**20)
+    return str(tenths // 10) if tenths % 10 == 0 else f"{tenths / 10:.1f}"
 
-    Never raises for a bad file: every failure becomes a reason, so a pool of workers can run it
-    over millions of files.
-    """
+
+def oversize_reason(size: int, max_image_mb: float) -> str | None:
+    """The rejection reason of a file of `size` bytes over the cap of `max_image_mb` MB, else None."""
+    if size <= max_image_mb * 2**20:
+        return None
+    return f"too large: file of {_megabytes(size)} MB exceeds the {max_image_mb:g} MB cap"
+
+
+def _read_capped(path: str | os.PathLike, max_image_mb: float) -> bytes | ImageCheck:
+    """The bytes of `path`, or the check rejecting it: missing, unreadable, or over the byte cap (judged
+    from its size before reading, and never reading more than the cap, in case it grows meanwhile)."""
+    limit = int(max_image_mb * 2**20)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if (reason := oversize_reason(size, max_image_mb)) is not None:
+                return ImageCheck(reason)
+            data = handle.read(limit + 1)
     except FileNotFoundError:
         return ImageCheck("missing: no such file")
     except OSError as err:
         return ImageCheck(f"unreadable: {err.strerror or err}")
+    if len(data) > limit:
+        return ImageCheck(oversize_reason(max(size, len(data)), max_image_mb))
+    return data
+
+
+def check_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                min_side: int = 1, max_image_mb: float = DEFAULT_MAX_IMAGE_MB) -> ImageCheck:
+    """Check one file and say why it is unusable (or None) along with its size, mode and format.
+
+    Never raises for a bad file: every failure becomes a reason, so a pool of workers can run it
+    over millions of files. A file over `max_image_mb` MB is rejected without being read.
+    """
+    data = _read_capped(path, max_image_mb)
+    if isinstance(data, ImageCheck):
+        return data
     if not data:
         return ImageCheck("empty: 0 bytes")
     try:
@@ -152,14 +190,14 @@ def check_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def validate_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   min_side: int = 1) -> str | None:
+                   min_side: int = 1, max_image_mb: float = DEFAULT_MAX_IMAGE_MB) -> str | None:
     """A short reason why `path` is not an image DALI can decode to RGB, or None when it is usable.
 
     Reasons look like `"truncated: image file is truncated"`, `"not an image: text content"`,
-    `"too large: 50000x50000 > cap 100000000 pixels"`. The loader calls this on a DALI error to
-    name the bad file.
+    `"too large: 50000x50000 > cap 100000000 pixels"`, `"too large: file of 300 MB exceeds the 64 MB
+    cap"`. The loader calls this on a DALI error to name the bad file.
     """
-    return check_image(path, max_pixels=max_pixels, min_side=min_side).reason
+    return check_image(path, max_pixels=max_pixels, min_side=min_side, max_image_mb=max_image_mb).reason
 
 
 def image_info(path: str | os.PathLike) -> tuple[int, int, str, str]:
@@ -173,9 +211,9 @@ def image_info(path: str | os.PathLike) -> tuple[int, int, str, str]:
             return *_oriented_size(image), image.mode, image.format or ""
 
 
-def _check_many(paths: list[str], max_pixels: int, min_side: int) -> list[ImageCheck]:
+def _check_many(paths: list[str], max_pixels: int, min_side: int, max_image_mb: float) -> list[ImageCheck]:
     """Pool task: check a chunk of files (chunks keep inter-process traffic small)."""
-    return [check_image(p, max_pixels=max_pixels, min_side=min_side) for p in paths]
+    return [check_image(p, max_pixels=max_pixels, min_side=min_side, max_image_mb=max_image_mb) for p in paths]
 
 
 class ValidationCache:
@@ -261,8 +299,8 @@ def _stat(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _checked(paths: list[str], workers: int, max_pixels: int,
-             min_side: int) -> Iterator[tuple[int, ImageCheck]]:
+def _checked(paths: list[str], workers: int, max_pixels: int, min_side: int,
+             max_image_mb: float) -> Iterator[tuple[int, ImageCheck]]:
     """Yield `(position, check)` for every path as results arrive, from a process pool when it pays.
 
     Workers are forked where the platform can (as torch's DataLoader does): they run only PIL code,
@@ -277,7 +315,7 @@ def _checked(paths: list[str], workers: int, max_pixels: int,
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_check_many, paths[s:s + chunk], max_pixels, min_side): s
+                futures = {pool.submit(_check_many, paths[s:s + chunk], max_pixels, min_side, max_image_mb): s
                            for s in range(0, len(paths), chunk)}
                 for future in as_completed(futures):
                     start = futures[future]
@@ -289,19 +327,21 @@ def _checked(paths: list[str], workers: int, max_pixels: int,
                           "process (under spawn, guard your script with `if __name__ == '__main__':`)")
     for position, path in enumerate(paths):
         if not done[position]:
-            yield position, check_image(path, max_pixels=max_pixels, min_side=min_side)
+            yield position, check_image(path, max_pixels=max_pixels, min_side=min_side, max_image_mb=max_image_mb)
 
 
 def validate_files(root: str | os.PathLike, files: Sequence[str], *, workers: int | None = None,
                    cache_path: str | os.PathLike | None | bool = True,
                    max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1,
+                   max_image_mb: float = DEFAULT_MAX_IMAGE_MB,
                    on_progress: Callable[[int], None] | None = None) -> ValidationResult:
     """Check every file of `files` (paths relative to `root`, or absolute) in parallel, with a cache.
 
     `cache_path`: True for `default_cache_path(root)`, False/None for no cache, or a file path.
     `workers`: processes (default: all CPUs). `on_progress(n)` is called as n more files are done.
     Files whose (size, mtime_ns) match the cache are not opened again; an interrupted run keeps
-    what it checked.
+    what it checked. A file over `max_image_mb` MB is rejected from its stat, before the cache is
+    asked (so the cap needs no place in the cache's settings) and without being opened.
     """
     root = Path(root)
     if cache_path is True:
@@ -315,6 +355,8 @@ def validate_files(root: str | os.PathLike, files: Sequence[str], *, workers: in
         stat = _stat(os.path.join(base, name))  # os.path, not pathlib: millions of files
         if stat is None:
             checks[i] = ImageCheck("missing: no such file")
+        elif (oversize := oversize_reason(stat[0], max_image_mb)) is not None:
+            checks[i] = ImageCheck(oversize)
         elif (hit := cache.lookup(name, *stat)) is not None:
             checks[i] = hit
         else:
@@ -323,7 +365,8 @@ def validate_files(root: str | os.PathLike, files: Sequence[str], *, workers: in
         on_progress(len(files) - len(todo))
     try:
         paths = [os.path.join(base, files[i]) for i, _ in todo]
-        for position, check in _checked(paths, workers or os.cpu_count() or 1, max_pixels, min_side):
+        for position, check in _checked(paths, workers or os.cpu_count() or 1, max_pixels, min_side,
+                                        max_image_mb):
             i, stat = todo[position]
             checks[i] = check
             cache.store(files[i], *stat, check)
@@ -334,16 +377,18 @@ def validate_files(root: str | os.PathLike, files: Sequence[str], *, workers: in
     return ValidationResult(checks, validated=len(todo), cached=len(files) - len(todo))  # type: ignore[arg-type]
 
 
-def filter_bad_files(dataset: Any, workers: int | None = None) -> tuple[Any, list[tuple[str, str]]]:
+def filter_bad_files(dataset: Any, workers: int | None = None,
+                     max_image_mb: float = DEFAULT_MAX_IMAGE_MB) -> tuple[Any, list[tuple[str, str]]]:
     """Drop unusable images from a folder or file-list `DatasetSpec`: (clean spec, [(path, reason)]).
 
     The trainer's `data.on_bad_file = "skip"`: DALI cannot skip a sample, so bad files are removed
     before the pipeline is built. Uses the validation cache in the dataset root, so after one run
-    (or after `relic-fast index`) this only stats files. WebDataset specs come back unchanged.
+    (or after `relic-fast index`) this only stats files. WebDataset specs come back unchanged. Files
+    over `max_image_mb` MB are dropped unread, as `index` drops them.
     """
     if dataset.kind == "webdataset" or not dataset.files:
         return dataset, []
-    result = validate_files(dataset.root, dataset.files, workers=workers)
+    result = validate_files(dataset.root, dataset.files, workers=workers, max_image_mb=max_image_mb)
     keep = [i for i, check in enumerate(result.checks) if check.reason is None]
     if len(keep) == len(dataset.files):
         return dataset, []

@@ -22,7 +22,8 @@ def index_command(
         labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels CSV of a flat folder (header row, then 'image,class ...'; Kaggle's LOC_val_solution.csv). Default: LOC_<folder>_solution.csv in the folder or up to 4 folders above it.")] = None,
         workers: Annotated[Optional[int], typer.Option(min=1, help="Validation processes (default: all CPU cores).")] = None,
         max_pixels: Annotated[int, typer.Option(min=1, help="Reject images larger than this many pixels (width*height).")] = 100_000_000,
-        min_side: Annotated[int, typer.Option(min=1, help="Reject images whose shorter side is below this many pixels.")] = 1) -> None:
+        min_side: Annotated[int, typer.Option(min=1, help="Reject images whose shorter side is below this many pixels.")] = 1,
+        max_image_mb: Annotated[int, typer.Option(min=1, help="Reject files larger than this many MB (2**20 bytes) from their size, without reading them.")] = 64) -> None:
     """Check every image decodes (in parallel, cached), write the clean file list and the rejected TSV."""
     from dali_pipelines.dataset import DatasetError
     from relic_fast.dataset_tools.index import index_dataset, summary_rows
@@ -31,8 +32,8 @@ def index_command(
     try:
         with progress_bar("validating", console) as (on_start, on_progress):
             report = index_dataset(source, out=out, labels=str(labels or ""), workers=workers,
-                                   max_pixels=max_pixels, min_side=min_side, on_start=on_start,
-                                   on_progress=on_progress)
+                                   max_pixels=max_pixels, min_side=min_side, max_image_mb=max_image_mb,
+                                   on_start=on_start, on_progress=on_progress)
     except DatasetError:
         raise  # one line, exit code 3 (ErrorReportingGroup)
     except (FileNotFoundError, ValueError) as err:
@@ -42,7 +43,7 @@ def index_command(
 
 def masks_command(
         source: Annotated[Path, typer.Argument(help="Folder tree DIR/<class>/<image>, a demo-data root, or a file list (.txt).")],
-        out: Annotated[Path, typer.Option(help="Mask tree to write: OUT/<relative image path with .png>, 0/255 PNGs (use as data.masks).")],
+        out: Annotated[Path, typer.Option(help="Mask tree to write (not the dataset folder): OUT/<relative image path with .png>, absolute list entries under OUT/_abs/<path>; 0/255 PNGs (use as data.masks).")],
         method: Annotated[str, typer.Option(help="Saliency method: boundary_contrast, frequency_tuned or spectral_residual.")] = "boundary_contrast",
         batch_size: Annotated[int, typer.Option(min=1, help="Images per batch on the device.")] = 64,
         work_size: Annotated[int, typer.Option(min=16, help="Side of the square the saliency is computed at.")] = 64,
@@ -50,6 +51,7 @@ def masks_command(
         device: Annotated[str, typer.Option(help="auto (the GPU when CUDA is available), cpu or gpu.")] = "auto",
         truth: Annotated[Optional[Path], typer.Option(help="Ground-truth mask tree: score the masks (IoU, F-measure, MAE) against it and against a centre prior.")] = None) -> None:
     """Compute an unsupervised saliency mask for every image (resumable: existing masks are kept)."""
+    from dali_pipelines.dataset import DatasetError
     from relic_fast.dataset_tools.masks import compute_masks, evaluate_centre_prior, evaluate_masks
     from relic_fast.dataset_tools.progress import progress_bar
 
@@ -57,6 +59,8 @@ def masks_command(
         with progress_bar("saliency masks", console) as (on_start, on_progress):
             report = compute_masks(source, out, method=method, batch_size=batch_size, work_size=work_size,
                                    threshold=threshold, device=device, on_start=on_start, on_progress=on_progress)
+    except DatasetError:
+        raise  # one line, exit code 3 (ErrorReportingGroup)
     except (FileNotFoundError, ValueError) as err:
         usage_error(str(err))
     rows = [("masks", str(report.mask_root)), ("written", str(report.written)),
@@ -71,16 +75,16 @@ def masks_command(
 
 def pack_command(
         source: Annotated[Path, typer.Argument(help="Folder tree DIR/<class>/<image>, a demo-data root, or a file list (.txt).")],
-        out: Annotated[Path, typer.Option(help="Folder for the WebDataset shards shard-000000.tar (+ .idx for DALI).")],
+        out: Annotated[Path, typer.Option(help="Folder for the WebDataset shards shard-000000.tar (+ .idx for DALI), classes.json and manifest.json; new, empty, or an earlier pack's (replaced whole once the new set is complete).")],
         shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard.")] = 1000,
         masks: Annotated[Optional[Path], typer.Option(help="Saliency-mask tree parallel to the images (default: a demo root's masks/train).")] = None,
         labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels CSV of a flat folder (as for index).")] = None,
         shuffle: Annotated[bool, typer.Option(help="Shuffle samples across shards (seeded) before packing.")] = True,
         seed: Annotated[int, typer.Option(help="Seed of the shuffle.")] = 0,
-        overwrite: Annotated[bool, typer.Option(help="Replace shards already in OUT.")] = False,
+        overwrite: Annotated[bool, typer.Option(help="Replace the shard set already in OUT (kept until the new one is complete).")] = False,
         workers: Annotated[Optional[int], typer.Option(min=1, help="Validation processes (default: all CPU cores).")] = None) -> None:
     """Write usable images (original bytes), labels and masks as WebDataset tar shards with DALI indexes,
-    and the class names in classes.json beside them."""
+    the class names in classes.json and the manifest (shards, sample counts, sizes, SHA-256) beside them."""
     from dali_pipelines.dataset import DatasetError
     from relic_fast.dataset_tools.pack import pack_dataset
     from relic_fast.dataset_tools.progress import progress_bar

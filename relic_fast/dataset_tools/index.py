@@ -6,12 +6,20 @@ tree `DIR/<class>/<image>` with labels from the sorted class-folder names, a dem
 list), checks each file in a process pool (`dali_pipelines.validate`), and writes:
 - the index (default `DIR/index.txt`; for a list `train.txt`, `train.index.txt`): a version-2 file list
   (`dali_pipelines.dataset.file_list_text`), whose header names the classes, then one `path label` per
-  line. Readers resolve a list's paths relative to the list's own folder, so each path is written
-  relative to the index file's folder when the image lies under it, else absolute; an index written
-  elsewhere (`--out`) therefore still points at the right files.
-- `<index stem>.rejected.tsv`: `path<TAB>reason` for every rejected file (paths as in the source).
-A cache in the dataset root (`.relic-fast-index-cache.json`, keyed by path, size and mtime_ns)
-makes a re-run over an unchanged tree only stat files.
+  line, a path or class name quoted where it must be (a leading `#`, a tab, ...: the list's quoting
+  rule), so every file the folder reader lists comes back from the index. Readers resolve a list's
+  paths relative to the list's own folder, so each path is written relative to the index file's folder
+  when the image lies under it, else absolute; an index written elsewhere (`--out`) therefore still
+  points at the right files (their masks then live under the mask tree's `_abs/`).
+- `<index stem>.rejected.tsv`: `path<TAB>reason` for every rejected file (paths as in the source,
+  quoted like the index's; a byte that is not UTF-8 shown as `\\xNN`).
+A file whose path is not valid UTF-8 cannot be written to a list (nor passed to DALI): it is skipped
+unread, counted and named in the summary, and listed in the rejected TSV (reason `UNWRITABLE_NAME`); a
+class folder whose name is not valid UTF-8 stops the run (a `DatasetError`: rename it), since dropping
+a class would change every later class index. Files over the byte cap (`--max-image-mb`) are rejected
+from their size, unread. The index and the TSV are written to temporary files and renamed; nothing
+is left behind on an error. A cache in the dataset root (`.relic-fast-index-cache.json`, keyed by
+path, size and mtime_ns) makes a re-run over an unchanged tree only stat files.
 """
 
 from __future__ import annotations
@@ -23,9 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dali_pipelines.dataset import DatasetError, DatasetSpec, file_list_text, resolve_dataset
-from dali_pipelines.validate import (DEFAULT_MAX_PIXELS, ImageCheck, reason_category,
+from dali_pipelines.dataset import (DatasetError, DatasetSpec, can_record, displayed_name, file_list_text,
+                                    list_field, resolve_dataset)
+from dali_pipelines.validate import (DEFAULT_MAX_IMAGE_MB, DEFAULT_MAX_PIXELS, ImageCheck, reason_category,
                                      validate_files)
+
+UNWRITABLE_NAME = "unwritable name: not valid UTF-8"
+"""Rejection reason of a file whose path a file list cannot hold (`dali_pipelines.dataset.can_record`)."""
 
 
 @dataclass
@@ -44,6 +56,11 @@ class IndexReport:
     def kept(self) -> int:
         """Number of usable images written to the index."""
         return sum(c.reason is None for c in self.checks)
+
+    @property
+    def unwritable(self) -> list[str]:
+        """Source paths skipped because a file list cannot hold them (not valid UTF-8), in source order."""
+        return [f for f, c in zip(self.source.files, self.checks) if c.reason == UNWRITABLE_NAME]
 
     @property
     def rejected(self) -> list[tuple[str, str]]:
@@ -96,39 +113,69 @@ def index_line_paths(root: Path, files: list[str], index_dir: Path) -> list[str]
     return lines
 
 
+def _tsv_path(path: str) -> str:
+    """A path as the rejected TSV shows it: quoted like the index (so a tab or line break in it cannot
+    break the row), or, when it is not valid UTF-8, with each such byte shown as `\\xNN`."""
+    return list_field(path) if can_record(path) else displayed_name(path)
+
+
 def write_index(report: IndexReport) -> None:
-    """Write the index (kept files) and the rejected TSV, each via a temporary file and a rename."""
+    """Write the index (kept files) and the rejected TSV, each via a temporary file and a rename; both texts
+    are built before either file is touched, and a failed write removes its temporary file."""
     source = report.source
     keep = [i for i, check in enumerate(report.checks) if check.reason is None]
     paths = index_line_paths(source.root, [source.files[i] for i in keep], report.index_path.parent)
     kept = file_list_text(paths, [source.labels[i] for i in keep], source.class_names)
-    rejected = "".join(f"{path}\t{reason}\n" for path, reason in report.rejected)
+    rejected = "".join(f"{_tsv_path(path)}\t{reason}\n" for path, reason in report.rejected)
     for path, text in ((report.index_path, kept), (report.rejected_path, rejected)):
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # also on Ctrl-C: no stray temporary beside the dataset
+            raise
+
+
+def _check_names(dataset: DatasetSpec, line_paths: list[str]) -> list[int]:
+    """Positions of the files whose index line a file list cannot hold (not valid UTF-8: skipped, named);
+    a class name it cannot hold is a `DatasetError` naming the class folder."""
+    for name, where in zip(dataset.class_names, dataset.class_sources or dataset.class_names):
+        if not can_record(name):
+            raise DatasetError(f"class folder '{displayed_name(name)}' ({displayed_name(where)}): its name is not "
+                               f"valid UTF-8, which a file list cannot record; rename it")
+    return [i for i, line in enumerate(line_paths) if not can_record(line)]
 
 
 def index_dataset(source: str | os.PathLike, *, out: str | os.PathLike | None = None, labels: str = "",
                   workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  min_side: int = 1, on_start: Callable[[int], None] | None = None,
+                  min_side: int = 1, max_image_mb: float = DEFAULT_MAX_IMAGE_MB,
+                  on_start: Callable[[int], None] | None = None,
                   on_progress: Callable[[int], None] | None = None) -> IndexReport:
     """Validate every image of `source` and write its index and rejected list (see module docstring).
 
     `labels` names a flat folder's labels CSV (default: `LOC_<folder>_solution.csv` found by looking up).
+    `max_image_mb`: files larger than this many MB (2**20 bytes) are rejected unread.
     `on_start(total)` is called once the file count is known, `on_progress(n)` as n more are done.
     """
     start = time.perf_counter()
     dataset = resolve_image_source(source, labels=labels)
     index_path = Path(out) if out else default_index_path(source, dataset)
+    unwritable = set(_check_names(dataset, index_line_paths(dataset.root, dataset.files, index_path.parent)))
     index_path.parent.mkdir(parents=True, exist_ok=True)
     rejected_path = index_path.with_name(f"{index_path.name.removesuffix('.txt')}.rejected.tsv")
     if on_start:
         on_start(len(dataset.files))
-    result = validate_files(dataset.root, dataset.files, workers=workers, max_pixels=max_pixels,
-                            min_side=min_side, on_progress=on_progress)
-    report = IndexReport(dataset, index_path, rejected_path, result.checks, result.validated,
-                         result.cached, 0.0)
+    if on_progress and unwritable:
+        on_progress(len(unwritable))
+    todo = [i for i in range(len(dataset.files)) if i not in unwritable]
+    result = validate_files(dataset.root, [dataset.files[i] for i in todo], workers=workers,
+                            max_pixels=max_pixels, min_side=min_side, max_image_mb=max_image_mb,
+                            on_progress=on_progress)
+    checks = [ImageCheck(UNWRITABLE_NAME)] * len(dataset.files)
+    for i, check in zip(todo, result.checks):
+        checks[i] = check
+    report = IndexReport(dataset, index_path, rejected_path, checks, result.validated, result.cached, 0.0)
     write_index(report)
     report.seconds = time.perf_counter() - start
     return report
@@ -137,14 +184,18 @@ def index_dataset(source: str | os.PathLike, *, out: str | os.PathLike | None = 
 def summary_rows(report: IndexReport) -> list[tuple[str, str]]:
     """(item, value) rows for the summary table: kept, rejected per reason, shapes, work and time."""
     kept = [c for c in report.checks if c.reason is None]
-    rows = [("source", str(report.source.root)), ("index", str(report.index_path)),
+    rows = [("source", displayed_name(str(report.source.root))), ("index", displayed_name(str(report.index_path))),
             ("kept", str(len(kept)))]
     if report.source.class_names:
         rows.append(("classes", str(len(report.source.class_names))))
+    unwritable_category = reason_category(UNWRITABLE_NAME)
     for category, count in sorted(report.rejected_by_category().items()):
-        rows.append((f"rejected: {category}", str(count)))
+        if category != unwritable_category:
+            rows.append((f"rejected: {category}", str(count)))
+    if unwritable := report.unwritable:
+        rows.append(("skipped: name not valid UTF-8", f"{len(unwritable)}, e.g. {displayed_name(unwritable[0])}"))
     if report.rejected:
-        rows.append(("rejected list", str(report.rejected_path)))
+        rows.append(("rejected list", displayed_name(str(report.rejected_path))))
     if kept:
         formats = Counter(f"{c.format} {c.mode}" for c in kept)
         rows.append(("formats", ", ".join(f"{k}: {v}" for k, v in formats.most_common(6))))

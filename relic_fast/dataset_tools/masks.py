@@ -3,9 +3,12 @@
 For each image of a folder tree / demo root / file list (the sources `relic-fast index` reads) it
 computes a saliency map with a method of `saliency.METHODS` (batched torch, on the GPU when present),
 binarizes it and writes a 0/255 grayscale PNG at the image's decoded size (EXIF orientation applied,
-as DALI decodes it) to `MASK_DIR/<relative image path with .png>`, the layout the readers expect.
-Masks already written are skipped, so an interrupted run resumes; each mask is written to a
-temporary name and renamed, so no half-written mask is ever mistaken for a finished one.
+as DALI decodes it) where the readers look for it: `dali_pipelines.dataset.mask_file`, i.e.
+`MASK_DIR/<relative image path with .png>` (absolute entries under `MASK_DIR/_abs/`). Masks already
+written are skipped, so an interrupted run resumes; each mask is written to a temporary name and
+renamed, so no half-written mask is ever mistaken for a finished one. No mask is written outside
+`MASK_DIR` or over an image: `MASK_DIR` may not be the dataset folder, and an image whose mask path
+leads out of `MASK_DIR` through a symlink (or onto the image itself) gets no mask and is reported.
 
 `evaluate_masks(pred_dir, truth_dir)` scores masks against ground truth (IoU, F-measure with
 beta^2 = 0.3, MAE) and `evaluate_centre_prior` scores the centred-ellipse baseline the same way.
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from dali_pipelines.dataset import check_mask_root, mask_file
 from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.saliency import METHODS, centre_prior_mask, thresholds
 from relic_fast.devices import torch_device_for
@@ -49,18 +53,27 @@ class MaskReport:
     skipped: int = 0
     """Masks that already existed (resumed run)."""
     failed: list[tuple[str, str]] = field(default_factory=list)
-    """(image path, error) for images that could not be read; they get no mask."""
+    """(image path, error) for images that could not be read, or whose mask path leads out of the mask
+    folder through a symlink; they get no mask."""
     seconds: float = 0.0
 
 
 def mask_path(mask_root: Path, image: str) -> Path:
-    """Where the mask of `image` (relative to the dataset root) lives: same relative path, `.png`
-    (`dali_pipelines.dataset.mask_file`). An absolute list entry goes under `mask_root` too, without
-    its leading `/` (the readers only look up masks of relative entries)."""
-    relative = Path(image)
-    if relative.is_absolute():
-        relative = relative.relative_to(relative.anchor)
-    return Path(mask_root) / relative.with_suffix(".png")
+    """Where the mask of the dataset entry `image` lives: `dali_pipelines.dataset.mask_file`, the rule the
+    readers look masks up by (kept under this name for `pack`)."""
+    return mask_file(mask_root, image)
+
+
+def _escape_reason(mask_root_real: str, target: Path, image: Path) -> str | None:
+    """Why writing `target` would leave the mask folder (whose real path is `mask_root_real`) or land on
+    the image itself, following symlinks; None when it is safe. `mask_file` keeps the path inside the
+    folder as written; only a symlink inside the mask tree can still lead elsewhere."""
+    real = os.path.realpath(target)
+    if not real.startswith(mask_root_real.rstrip(os.sep) + os.sep):
+        return f"mask path {target} leads outside the mask folder (to {real}) through a symlink"
+    if real == os.path.realpath(image):
+        return f"mask path {target} is the image itself (through a symlink)"
+    return None
 
 
 def load_for_saliency(path: Path, work_size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -144,10 +157,15 @@ def compute_masks(source: str | os.PathLike, out: str | os.PathLike, *,
     dataset = resolve_image_source(source)
     torch_device = torch_device_for(device or "auto")
     report = MaskReport(Path(out))
+    check_mask_root(report.mask_root, dataset.root)
+    mask_root_real = os.path.realpath(report.mask_root)
     todo = []
     for image in dataset.files:
         target = mask_path(report.mask_root, image)
-        if target.is_file() and target.stat().st_size > 0:
+        escape = _escape_reason(mask_root_real, target, dataset.root / image)
+        if escape is not None:
+            report.failed.append((image, escape))  # checked first: an image must not count as its own mask
+        elif target.is_file() and target.stat().st_size > 0:
             report.skipped += 1
         else:
             todo.append((image, dataset.root / image, target))

@@ -14,15 +14,26 @@ Images are validated first (cached, see `dali_pipelines.validate`) and bad ones 
 file in a shard would stop training. Next to each shard goes `shard-000000.idx`, the index DALI's
 `fn.readers.webdataset(index_paths=...)` reads (the `wds2idx` v1.2 format); without it DALI must
 scan every tar at start-up. Beside the shards goes `classes.json`, the source's class names
-(`dali_pipelines.dataset.write_shard_classes`; the reader names the `.cls` labels by it).
+(`dali_pipelines.dataset.write_shard_classes`; the reader names the `.cls` labels by it), and last
+`manifest.json` (`dali_pipelines.dataset.write_shard_manifest`): per shard its sample count, size, mtime
+and SHA-256 and its index's, which the reader checks at every resolve.
+
+A set is written whole or not at all: everything goes into a hidden folder beside OUT
+(`.OUT.packing-*`), which replaces OUT only once complete (renames; the old set is removed after). A
+pack that fails leaves the old set as it was and removes its folder; one killed outright (SIGKILL,
+power loss) leaves the hidden folder behind, never a partial set at OUT. Since OUT is replaced as a
+whole, it must be new, empty or hold only an earlier pack's files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
 import re
+import secrets
+import shutil
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -32,7 +43,8 @@ from typing import Callable
 from PIL import Image
 
 from dali_pipelines.validate import validate_files
-from dali_pipelines.dataset import WDS_CLASSES_FILE, DatasetSpec, write_shard_classes
+from dali_pipelines.dataset import (WDS_CLASSES_FILE, WDS_MANIFEST_FILE, DatasetSpec, ShardRecord, write_shard_classes,
+                                    write_shard_manifest)
 from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.masks import mask_path
 
@@ -133,44 +145,107 @@ def _write_shard(target: Path, samples: list[tuple[str, Path, int, Path | None]]
     return masks
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (recorded in the manifest for audits after a copy)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def shard_record(tar: Path, samples: int) -> ShardRecord:
+    """The manifest's record of a finished shard and its `.idx`: sizes, mtimes (the reader's cheap check
+    that the index still matches the tar) and SHA-256s (a re-read of what was just written, from the
+    page cache: minutes for 140 GB, next to the hours the validation and copying take)."""
+    index = tar.with_suffix(".idx")
+    tar_info, index_info = tar.stat(), index.stat()
+    return ShardRecord(tar.name, samples, tar_info.st_size, tar_info.st_mtime_ns, file_sha256(tar), index.name,
+                       index_info.st_size, index_info.st_mtime_ns, file_sha256(index))
+
+
+def _is_pack_output(name: str) -> bool:
+    """Whether a file name in OUT is one `pack_dataset` writes (shards, indexes, classes, manifest)."""
+    return bool(SHARD_PATTERN.match(name)) or name in (WDS_CLASSES_FILE, WDS_MANIFEST_FILE)
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """FileExistsError unless OUT can be replaced by a new set: absent, empty, or holding only an earlier
+    pack's files (and `overwrite`). Other files would be lost with the folder, so they are refused."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in entries if not _is_pack_output(name)]
+    if foreign:
+        raise FileExistsError(f"{out} holds {foreign[0]} ({len(foreign)} files relic-fast pack did not write); "
+                              f"pack into a new or empty folder, since the folder is replaced as a whole")
+    if entries and not overwrite:
+        raise FileExistsError(f"{out} already holds {len(entries)} shard files; pass overwrite to replace them")
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the complete set in `staging` at `out`: one rename when `out` is new, else the old folder is
+    renamed aside, the new one into place, and only then the old one removed (between the two renames
+    `out` is briefly absent, which a reader reports; never a mix of old and new shards)."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = out.with_name(f".{out.name}.replaced-{secrets.token_hex(4)}")
+    os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(old, out)  # put the old set back rather than leave no set
+        raise
+    shutil.rmtree(old)
+
+
 def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_size: int = 1000,
                  masks: str | os.PathLike | None = None, labels: str = "", shuffle: bool = True, seed: int = 0,
                  overwrite: bool = False, workers: int | None = None,
                  on_start: Callable[[int], None] | None = None,
                  on_progress: Callable[[int], None] | None = None) -> PackReport:
     """Pack the usable images of `source` (folder tree, demo root, flat folder with its labels CSV `labels`
-    or the one found by looking up, or file list) into shards under `out`, with their `classes.json`.
+    or the one found by looking up, or file list) into shards under `out`, with `classes.json` and `manifest.json`.
 
     `masks`: mask tree parallel to the images (default: the readers' default, e.g. a demo root's
-    `masks/train`). Existing shards in `out` raise FileExistsError unless `overwrite` (then they
-    are removed first, so no stale shard of an earlier run is read with the new ones).
+    `masks/train`). Existing shards in `out` raise FileExistsError unless `overwrite`; so do files
+    `pack` does not write. The new set is written into a hidden folder beside `out` and replaces `out`
+    only when complete (module docstring): a pack that stops half-way leaves the old set readable, and
+    no stale shard of an earlier run is ever read with the new ones.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     start = time.perf_counter()
     dataset = resolve_image_source(source, masks=str(masks or ""), labels=labels)
     mask_root = dataset.mask_root
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stale = [p for p in out.iterdir() if SHARD_PATTERN.match(p.name) or p.name == WDS_CLASSES_FILE]
-    if stale and not overwrite:
-        raise FileExistsError(f"{out} already holds {len(stale)} shard files; pass overwrite to replace them")
-    for path in stale:
-        path.unlink()
+    out = Path(out).expanduser().resolve()  # a symlinked OUT: replace the folder it points to, not the link
+    _check_replaceable(out, overwrite)
     report = PackReport()
     order = _usable(dataset, workers, report)
     if shuffle:
         random.Random(seed).shuffle(order)
     if on_start:
         on_start(len(order))
-    for number, begin in enumerate(range(0, len(order), shard_size)):
-        chunk = order[begin:begin + shard_size]
-        samples = [(sample_key(begin + j, dataset.files[i]), dataset.root / dataset.files[i],
-                    dataset.labels[i], mask_path(mask_root, dataset.files[i]) if mask_root else None)
-                   for j, i in enumerate(chunk)]
-        report.masks += _write_shard(shard_path(out, number), samples, on_progress)
-        report.shards.append(shard_path(out, number))
-        report.samples += len(chunk)
-    write_shard_classes(out, dataset.class_names)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.packing-{secrets.token_hex(4)}")  # same file system: renames work
+    staging.mkdir()
+    try:
+        records = []
+        for number, begin in enumerate(range(0, len(order), shard_size)):
+            chunk = order[begin:begin + shard_size]
+            samples = [(sample_key(begin + j, dataset.files[i]), dataset.root / dataset.files[i],
+                        dataset.labels[i], mask_path(mask_root, dataset.files[i]) if mask_root else None)
+                       for j, i in enumerate(chunk)]
+            report.masks += _write_shard(shard_path(staging, number), samples, on_progress)
+            records.append(shard_record(shard_path(staging, number), len(chunk)))
+            report.shards.append(shard_path(out, number))
+            report.samples += len(chunk)
+        write_shard_classes(staging, dataset.class_names)
+        write_shard_manifest(staging, records)  # last: a folder with a manifest is complete
+        _check_replaceable(out, overwrite)  # again: another process may have written into OUT meanwhile
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     report.seconds = time.perf_counter() - start
     return report

@@ -126,8 +126,12 @@ def test_shuffle_is_seeded_and_existing_shards_need_overwrite(source, tmp_path):
     with pytest.raises(FileExistsError):
         pack_dataset(root, tmp_path / "a", shard_size=2, workers=1)
     replaced = pack_dataset(root, tmp_path / "a", shard_size=100, overwrite=True, workers=1)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["classes.json", "shard-000000.idx",
-                                                                 "shard-000000.tar"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["classes.json", "manifest.json",
+                                                                 "shard-000000.idx", "shard-000000.tar"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    (tmp_path / "a" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):  # the folder is replaced whole: not over others' files
+        pack_dataset(root, tmp_path / "a", shard_size=100, overwrite=True, workers=1)
     assert replaced.samples == first.samples
 
 
@@ -212,6 +216,9 @@ def test_manifest_that_disagrees_is_refused_naming_the_shard(tmp_path):
     shard.rename(tmp_path / "aside.tar")  # a shard missing
     with pytest.raises(DatasetError, match=r"shard-000001\.tar"):
         resolve_dataset(str(out))
+    refused = CliRunner().invoke(app, ["info", "--data", str(out)])
+    last_line = refused.output.strip().splitlines()[-1]
+    assert refused.exit_code == 3 and last_line.startswith("dataset error:") and "shard-000001.tar" in last_line
     (tmp_path / "aside.tar").rename(shard)
     shutil.copyfile(shard, out / "shard-000007.tar")  # an extra shard
     with pytest.raises(DatasetError, match=r"shard-000007\.tar"):
