@@ -100,7 +100,7 @@ class _EpochLoader:
 
     def __init__(self, dataset: DatasetSpec, data: DataConfig, *, batch_size: int, seed: int, shard_id: int,
                  num_shards: int, device_id: int | None, shuffle: bool, drop_last: bool, chunked: bool,
-                 masks: bool, checkpoint: str | None = None):
+                 masks: bool, checkpoint: str | None = None, start_step: int = 0):
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} outside [0, {num_shards})")
         self.dataset, self.data = dataset, data
@@ -121,9 +121,20 @@ class _EpochLoader:
         state = None
         if checkpoint:
             state = self._restore(checkpoint)
+        elif start_step:
+            self._start_at(start_step)
         self._iterator = self._open(self._chunk_start, state)
         if not self._chunked:
             self._steps = len(self._iterator)
+
+    def _start_at(self, start_step: int) -> None:
+        """Position a loader without a saved state after `start_step` steps: a fresh pipeline over the order of
+        the epoch that step falls in, its first batches counted as done (a resume whose data or data order
+        changed on purpose goes on like this: the saved position belongs to the old order)."""
+        if not self._chunked:  # WebDataset: DALI's reader knows the steps per epoch
+            self._steps = len(self._open(0, None))
+        self._epoch, self._step = divmod(start_step, self._steps)
+        self._chunk_start = self._epoch
 
     @property
     def device(self) -> str:
@@ -212,7 +223,8 @@ class _EpochLoader:
             f"{len(bad)} unreadable image file(s) stopped the DALI pipeline (rank {self.shard_id}, "
             f"epoch {self._epoch}):\n{lines}\nDALI cannot skip a sample. Run `relic-fast index "
             f"{self.dataset.root}` to validate the dataset and train on its clean list "
-            f"(or set data.on_bad_file = \"skip\").")
+            f"(or set data.on_bad_file = \"skip\"); a run with checkpoints then resumes with "
+            f"`--resume --accept-change dataset`, its data order restarting at the current epoch.")
 
     def _fingerprint(self) -> dict:
         return {"samples": self.dataset.num_samples, "batch_size": self.batch_size, "seed": self.seed,
@@ -306,7 +318,8 @@ class EvalLoader(_EpochLoader):
         return eval_pipeline(plan, self.image_size, self.train, self.device, self.mean, self.std,
                              batch_size=self.batch_size, num_threads=self.data.num_threads,
                              device_id=self.device_id, seed=seed,
-                             prefetch_queue_depth=self.data.prefetch_queue_depth)
+                             prefetch_queue_depth=self.data.prefetch_queue_depth,
+                             enable_checkpointing=True, checkpoint=checkpoint)
 
     def _convert(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return outputs["images"].permute(0, 3, 1, 2), outputs["labels"].reshape(-1).to(torch.int64)
@@ -314,18 +327,22 @@ class EvalLoader(_EpochLoader):
 
 def build_pretrain_loader(dataset: DatasetSpec, views: ViewsConfig, data: DataConfig, *, batch_size: int,
                           seed: int, shard_id: int = 0, num_shards: int = 1, device_id: int | None = None,
-                          checkpoint: str | None = None, debug: bool = False) -> PretrainLoader:
+                          checkpoint: str | None = None, start_step: int = 0, debug: bool = False) -> PretrainLoader:
     """The pretraining loader of one rank (`batch_size` per rank). `device_id=None`: CPU pipeline;
     an int: GPU pipeline (mixed decoder) on that device. `checkpoint`: a `loader.checkpoint()` string
-    to continue from. `debug=True` adds per-view crop windows and decisions (`ViewBatch.stats`)."""
+    to continue from; else `start_step`: begin as if that many steps were done, at the start of the order of
+    the epoch it falls in (no saved position). `debug=True` adds per-view crop windows and decisions
+    (`ViewBatch.stats`)."""
     return PretrainLoader(dataset, views, data, debug=debug, batch_size=batch_size, seed=seed,
-                          shard_id=shard_id, num_shards=num_shards, device_id=device_id, checkpoint=checkpoint)
+                          shard_id=shard_id, num_shards=num_shards, device_id=device_id, checkpoint=checkpoint,
+                          start_step=start_step)
 
 
 def build_eval_loader(dataset: DatasetSpec, *, image_size: int, batch_size: int, train: bool, data: DataConfig,
                       seed: int = 0, shard_id: int = 0, num_shards: int = 1, device_id: int | None = None,
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EvalLoader:
-    """The linear-eval loader (`train=True`: random-resized-crop + flip; else resize + centre crop)."""
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD, checkpoint: str | None = None) -> EvalLoader:
+    """The linear-eval loader (`train=True`: random-resized-crop + flip; else resize + centre crop).
+    `checkpoint`: a `loader.checkpoint()` string to continue from (the same next batches, crops included)."""
     return EvalLoader(dataset, data, image_size=image_size, train=train, mean=mean, std=std,
                       batch_size=batch_size, seed=seed, shard_id=shard_id, num_shards=num_shards,
-                      device_id=device_id)
+                      device_id=device_id, checkpoint=checkpoint)

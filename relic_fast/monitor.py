@@ -1,4 +1,5 @@
-"""What a running pretraining shows and records: the live display, metrics.jsonl and TensorBoard.
+"""What a running pretraining (or linear evaluation) shows and records: the live display, metrics.jsonl and
+TensorBoard.
 
 Only rank 0 creates a `RunMonitor`; other ranks get a silent one. Metrics arrive here already read
 from the device (the trainer reads them at its log interval), so nothing in this module syncs.
@@ -44,7 +45,7 @@ class RunMonitor:
     """Rich progress display, `metrics.jsonl` lines and optional TensorBoard scalars for one run."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True,
-                 console: Console | None = None):
+                 console: Console | None = None, label: str = "pretrain", tensorboard: bool = True):
         self.enabled = enabled
         self.console = console or Console()
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
@@ -53,10 +54,11 @@ class RunMonitor:
         self.total_steps = total_steps
         if not enabled:
             return
-        self._open_tensorboard(run_dir)
+        if tensorboard:
+            self._open_tensorboard(run_dir)
         if not self.console.is_terminal:
             return  # logs, CI, pipes: one plain line per logging step instead of a live display
-        self._progress = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+        self._progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                   TextColumn("{task.fields[metrics]}"), console=self.console,
                                   transient=False)
@@ -93,6 +95,18 @@ class RunMonitor:
             self._progress.update(self._task, completed=step, metrics=format_metrics(metrics))
         else:
             self.console.print(f"step {step}/{self.total_steps} | {format_metrics(metrics)}", soft_wrap=True)
+
+    def record(self, step: int, fields: dict[str, Any]) -> None:
+        """Write one metrics.jsonl line that is no metric (e.g. the changes a resume accepted): nothing is
+        displayed or sent to TensorBoard, and plots skip it (it holds no number they draw)."""
+        if self.enabled:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps({"step": step, "time": time.time(), **fields}) + "\n")
+
+    def advance(self, step: int) -> None:
+        """Move the live display to `step` (no record written: for steps between logs)."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
 
     def message(self, text: str) -> None:
         """Print a line above the live display."""

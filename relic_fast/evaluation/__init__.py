@@ -5,6 +5,8 @@
 - `linear`: the linear-probe fitting (SGD) and top-k accuracy;
 - `logistic`: the strong probe, standardized features + L-BFGS logistic regression (`eval.linear_mode = "logistic"`);
 - `protocol`: dataset-level `linear_eval` and `knn_eval` over the DALI eval loaders;
+- `session`: one linear evaluation as a job: ranks, stop signals, checkpoints and `--resume`, progress, cost;
+- `classifier`: the trained head's file (`head.pt`) and encoder + head as one classifier (`export --head`);
 - `runner`: what `relic-fast linear-eval` does (splits of a data root, checkpoint config, JSON report);
 - `experiment`: the demo experiment (the default-init random baseline vs RELICv2 with/without saliency masking);
 - `peer`: the experiment's peer row, lightly's SimCLR on the same encoder and budget (optional);

@@ -8,7 +8,7 @@ so the trainer's kNN monitor can call this in the middle of pretraining.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -50,17 +50,23 @@ def encode(encoder: nn.Module, images: torch.Tensor, device: torch.device | str,
 
 def extract_features(encoder: nn.Module, loader: Iterable, device: torch.device | str, *,
                      precision: str = "fp32", storage_device: torch.device | str = "cpu",
+                     start: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+                     on_batch: Callable[[list[torch.Tensor], list[torch.Tensor]], None] | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, F) float32 and labels (N,) int64 of one pass over `loader`'s (images, labels).
 
     Encoder frozen (eval mode, no grad); results gathered on `storage_device` (CPU by default, so
-    a large dataset's features do not take accelerator memory).
+    a large dataset's features do not take accelerator memory). `start`: (features, labels) lists
+    of the batches a stopped pass already did (the loader restored to go on after them);
+    `on_batch(features, labels)` is called with the lists so far after every batch.
     """
-    features, labels = [], []
+    features, labels = (list(start[0]), list(start[1])) if start else ([], [])
     with frozen(encoder):
         for images, batch_labels in loader:
             features.append(encode(encoder, images, device, precision).to(storage_device))
             labels.append(torch.as_tensor(batch_labels).flatten().long().to(storage_device))
+            if on_batch is not None:
+                on_batch(features, labels)
     if not features:
         raise ValueError("the loader yielded no batches")
     return torch.cat(features), torch.cat(labels)

@@ -14,6 +14,8 @@ The result is a `LinearProbe` whose BatchNorm holds the standardization: still o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -73,22 +75,35 @@ def accuracy(probe: LinearProbe, features: torch.Tensor, labels: torch.Tensor) -
         return 100.0 * (probe(features).argmax(1) == labels).float().mean().item()
 
 
+def grid_fits(l2_grid: tuple[float, ...]) -> int:
+    """How many L-BFGS fits `fit_logistic_on_features` makes: one per penalty on the holdout (when there is a
+    choice), then the refit on the whole train split."""
+    return (len(l2_grid) if len(l2_grid) > 1 else 0) + 1
+
+
 def fit_logistic_on_features(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                              l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1), holdout: float = 0.2,
-                             seed: int = 0, device: torch.device | str = "cpu") -> tuple[LinearProbe, dict]:
+                             seed: int = 0, device: torch.device | str = "cpu", resume: dict | None = None,
+                             on_fit: Callable[[Callable[[], dict]], None] | None = None) -> tuple[LinearProbe, dict]:
     """The logistic probe on cached train features; returns it and {"l2", "holdout_top1": {l2: %}}.
 
     With one value in `l2_grid` no holdout is made. Ties in held-out accuracy go to the larger l2.
+    `on_fit(state)` is called after each holdout fit (a fit runs to its end: a stop waits for it);
+    `resume` (such a `state()`) skips the fits done, warm-starting from the saved weights.
     """
     features = features.to(device).float()
     labels = labels.to(device).long()
-    scores: dict[float, float] = {}
+    scores: dict[float, float] = {float(k): v for k, v in (resume or {}).get("scores", {}).items()}
     if len(l2_grid) > 1:
         fit_rows, held_rows = stratified_holdout(labels, holdout, seed)
         probe = standardized_probe(features[fit_rows], num_classes)
-        for l2 in sorted(l2_grid, reverse=True):  # strongest penalty first: each fit warm-starts the next
+        if resume is not None:
+            probe.linear.load_state_dict(resume["linear"])
+        for l2 in sorted(l2_grid, reverse=True)[len(scores):]:  # strongest penalty first: each warm-starts the next
             fit_lbfgs(probe, features[fit_rows], labels[fit_rows], l2=l2)
             scores[l2] = accuracy(probe, features[held_rows], labels[held_rows])
+            if on_fit is not None:
+                on_fit(lambda: {"scores": dict(scores), "linear": probe.linear.state_dict()})
     best = max(sorted(l2_grid, reverse=True), key=lambda l2: scores.get(l2, 0.0))
     probe = fit_lbfgs(standardized_probe(features, num_classes), features, labels, l2=best)
     return probe, {"l2": best, "holdout_top1": scores}

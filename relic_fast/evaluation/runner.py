@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ from torch import nn
 
 from relic_fast.config import Config, config_from_dict, parse_overrides
 from relic_fast.evaluation.protocol import linear_eval
-from dali_pipelines.dataset import DatasetError, resolve_dataset
+from dali_pipelines.dataset import (DatasetError, DatasetSpec, align_split, is_labelled, resolve_dataset,
+                                    resolve_split, unlabelled_reason)
 from relic_fast.models import build_encoder
-from relic_fast.checkpoint import encoder_from_checkpoint, resolve_checkpoint_file
+from relic_fast.checkpoint import encoder_from_checkpoint, resolve_checkpoint_file, write_atomically
+from relic_fast.evaluation.session import EvalSession, eval_folder, start_session
 from relic_fast.environment import machine_info
 from relic_fast.run_plan import resolve_plan
 
@@ -26,14 +30,66 @@ SKIPPED_FOLDERS = ("train", "masks")
 """Folders of a dataset root that are not validation splits."""
 
 
-def split_datasets(data_root: Path) -> tuple[Any, dict[str, Any]]:
-    """The `train/` split and every validation split of `data_root` (`val/` first, then the other folders).
+@dataclass(frozen=True)
+class EvalSplits:
+    """Where linear evaluation reads its splits: a dataset root (`--data ROOT`: its `train/` and every
+    labelled folder beside it) or explicit splits (`--train SPLIT --val SPLIT ...`); `val_labels`
+    (`--val-labels`) labels a flat val split (in ROOT mode: the folder named `val`)."""
 
-    A validation split is any sibling folder of `train/` except `masks/` and hidden ones, e.g. the
-    demo data's `val/` and `val_correlated/`; each is read as a folder tree of class folders.
+    data: Path | None = None
+    train: str = ""
+    val: tuple[str, ...] = ()
+    val_labels: str = ""
+
+    def __str__(self) -> str:
+        """The dataset root, or `train=... val=...` (the report's "data" entry)."""
+        if self.data is not None:
+            return str(self.data)
+        return f"train={self.train} val={','.join(self.val)}"
+
+
+def split_name(path: str | Path) -> str:
+    """The name a split is reported under: its folder's name (a list's or a shard's without the suffix)."""
+    path = Path(path).expanduser()
+    return path.stem if path.suffix in (".txt", ".tar") else path.resolve().name
+
+
+def labelled_train_split(path: str | Path, classes: str = "") -> DatasetSpec:
+    """The train split at `path` (any layout, `classes`: `data.classes`), which must be labelled."""
+    train = resolve_dataset(str(path), classes=classes)
+    if not is_labelled(train):
+        raise DatasetError(f"{train.root}: {unlabelled_reason(train)}; linear evaluation needs a labelled "
+                           f"train split")
+    return train
+
+
+def split_datasets(source: Path | EvalSplits, *, classes: str = "", val_labels: str = "",
+                   log: Callable[[str], None] | None = None) -> tuple[DatasetSpec, dict[str, DatasetSpec]]:
+    """The train split and the validation splits ({name: spec}, reported in that order) of `source`.
+
+    A root (a `Path`, or `EvalSplits.data`): `train/` and every folder beside it except `masks/` and
+    hidden ones (`val/` first, then alphabetical), e.g. the demo's `val/` and `val_correlated/`, or
+    Kaggle's `CLS-LOC/` (`val/` flat, labelled by `LOC_val_solution.csv`); an unlabelled folder (Kaggle's
+    `test/`) is skipped with one `log` line. Explicit splits: `train` and each of `val`, named by
+    `split_name`. Each split may be a class-folder tree, a file list, shards or a flat folder with its
+    labels CSV (`EvalSplits.val_labels`, else `val_labels`: `data.val_labels`, else found by looking up).
+    `classes` (`data.classes`) keeps those classes in every split. Validation labels follow the train
+    split's class NAMES (`dali_pipelines.dataset.align_split`); a disagreement is a `DatasetError`.
     """
-
-    root = Path(data_root)
+    splits = source if isinstance(source, EvalSplits) else EvalSplits(data=Path(source))
+    labels = splits.val_labels or val_labels
+    if splits.data is None:
+        if not splits.train or not splits.val:
+            raise DatasetError("give the train split and at least one validation split (--train SPLIT --val SPLIT)")
+        names = [split_name(path) for path in splits.val]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DatasetError(f"two validation splits would both be reported as {repeated[0]!r}: "
+                               f"{', '.join(v for v, n in zip(splits.val, names) if n == repeated[0])}")
+        train = labelled_train_split(splits.train, classes)
+        return train, {name: resolve_split(path, train=train, labels=labels, classes=classes)
+                       for name, path in zip(names, splits.val)}
+    root = Path(splits.data)
     if not (root / "train").is_dir():
         raise DatasetError(f"{root}: expected a train/ folder (and val/) of class folders")
     names = sorted(p.name for p in root.iterdir()
@@ -41,8 +97,18 @@ def split_datasets(data_root: Path) -> tuple[Any, dict[str, Any]]:
     if "val" not in names:
         raise DatasetError(f"{root}: expected a val/ folder next to train/")
     names.sort(key=lambda name: name != "val")  # stable: val first, the rest alphabetical
-    return (resolve_dataset(str(root / "train"), "folder"),
-            {name: resolve_dataset(str(root / name), "folder") for name in names})
+    train = labelled_train_split(root / "train", classes)
+    val_datasets = {}
+    for name in names:
+        spec = resolve_dataset(str(root / name), labels=labels if name == "val" else "")
+        if not is_labelled(spec):
+            if log is not None:
+                log(f"skipping split {name}: {unlabelled_reason(spec, brief=True)}")
+            continue
+        val_datasets[name] = align_split(spec, train=train, classes=classes)
+    if not val_datasets:
+        raise DatasetError(f"{root}: no labelled split beside train/ to report")
+    return train, val_datasets
 
 
 def checkpoint_eval_config(saved: Config, config_path: Path | None, overrides: list[str] | None) -> Config:
@@ -73,30 +139,17 @@ def random_init_encoder(config: Config, zero_init_residual: bool = False) -> nn.
                              zero_init_residual=zero_init_residual)
 
 
-def default_output(checkpoint: Path | None) -> Path:
-    """linear_eval.json next to the checkpoint (inside a run folder), or under runs/random_init/."""
-    if checkpoint is None:
-        return Path("runs/random_init/linear_eval.json")
-    checkpoint = Path(checkpoint)
-    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "linear_eval.json"
-
-
-def output_file(out: Path | None, checkpoint: Path | None) -> Path:
-    """`--out` as a .json file, or a folder to hold linear_eval.json; the default when None."""
-    if out is None:
-        return default_output(checkpoint)
-    out = Path(out)
-    return out if out.suffix == ".json" else out / "linear_eval.json"
-
-
-def evaluate_encoder(encoder: nn.Module, config: Config, data_root: Path, log=None) -> dict[str, Any]:
-    """Linear evaluation of `encoder` on `data_root`'s splits under `config`; adds the background gap."""
-    train_dataset, val_datasets = split_datasets(data_root)
-    device = resolve_plan(config).torch_device
+def evaluate_encoder(encoder: nn.Module, config: Config, data_root: Path | EvalSplits, log=None,
+                     session: EvalSession | None = None) -> dict[str, Any]:
+    """Linear evaluation of `encoder` on `data_root`'s splits under `config`; adds the background gap.
+    `session`: the CLI's (ranks, signals, checkpoints, head file: `start_session`); None: in-process."""
+    train_dataset, val_datasets = split_datasets(data_root, classes=config.data.classes,
+                                                 val_labels=config.data.val_labels, log=log)
+    device = session.world.device if session is not None else resolve_plan(config).torch_device
     precision = config.train.precision if device.type == "cuda" else "fp32"
     result = linear_eval(encoder, train_dataset=train_dataset, val_datasets=val_datasets, eval_cfg=config.eval,
                          data_cfg=config.data, device=device, seed=config.train.seed, precision=precision,
-                         mean=config.views.mean, std=config.views.std, log=log)
+                         mean=config.views.mean, std=config.views.std, log=log, session=session)
     gap = background_gap(result["splits"])
     if gap is not None:
         result["background_gap"] = gap
@@ -129,14 +182,17 @@ def linear_eval_table(result: dict[str, Any]):
     return table
 
 
-def run_linear_eval(*, data_root: Path, config: Config, checkpoint: Path | None = None,
+def run_linear_eval(*, data_root: Path | EvalSplits, config: Config, checkpoint: Path | None = None,
                     config_path: Path | None = None, overrides: list[str] | None = None,
-                    random_init: bool = False, out: Path | None = None, log=None) -> tuple[dict[str, Any], Path]:
+                    random_init: bool = False, out: Path | None = None, log=None,
+                    resume: bool = False) -> tuple[dict[str, Any], Path]:
     """Evaluate a checkpoint's encoder or, with `random_init`, a random encoder of `config.model`.
 
     For a checkpoint the config is its saved one merged by `checkpoint_eval_config` (`config_path`'s
-    [eval], then `overrides`); for `random_init` it is `config`. Writes the JSON report (see
-    `output_file`) and returns it with its path.
+    [eval], then `overrides`); for `random_init` it is `config`. Runs as one rank of many under torchrun.
+    Rank 0 writes the folder (`session.eval_folder`: the JSON report, `head.pt`, `checkpoints/`); a stop
+    signal checkpoints and raises `RunStopped`, `resume` continues from the folder's newest checkpoint.
+    Returns the report and its path.
     """
 
     source = None
@@ -146,11 +202,17 @@ def run_linear_eval(*, data_root: Path, config: Config, checkpoint: Path | None 
         source = resolve_checkpoint_file(checkpoint)
         encoder, saved = encoder_from_checkpoint(source)
         config = checkpoint_eval_config(saved, config_path, overrides)
-    result = evaluate_encoder(encoder, config, data_root, log=log)
-    result.update({"checkpoint": str(source) if source else None, "random_init": random_init,
-                   "data": str(data_root), "model": dataclasses.asdict(config.model),
-                   "eval": dataclasses.asdict(config.eval), "machine": machine_info()})
-    path = output_file(out, None if random_init else checkpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    folder, path = eval_folder(out, None if random_init else checkpoint)
+    session = start_session(config, folder=folder, resume=resume, source=source, log=log)
+    try:
+        result = evaluate_encoder(encoder, config, data_root, log=session.log, session=session)
+        result.update({"checkpoint": str(source) if source else None, "random_init": random_init,
+                       "data": str(data_root), "model": dataclasses.asdict(config.model),
+                       "eval": dataclasses.asdict(config.eval), "machine": machine_info()})
+        if session.world.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(result, indent=2, default=str) + "\n"
+            write_atomically(path, lambda handle: handle.write(text.encode()))
+    finally:
+        session.close()
     return result, path

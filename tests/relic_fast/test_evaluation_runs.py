@@ -78,7 +78,7 @@ def test_linear_eval_cli_random_init_writes_report(tiny_demo, tmp_path, mode):
     assert "val_correlated" in result.output
 
 
-def test_linear_eval_cli_reads_a_checkpoint_and_writes_next_to_it(tiny_demo, tmp_path):
+def test_linear_eval_cli_reads_a_checkpoint_and_writes_into_its_run_folder(tiny_demo, tmp_path):
     import json
 
     from typer.testing import CliRunner
@@ -96,7 +96,7 @@ def test_linear_eval_cli_reads_a_checkpoint_and_writes_next_to_it(tiny_demo, tmp
     result = CliRunner().invoke(app, ["linear-eval", "--checkpoint", str(run), "--data", str(tiny_demo),
                                       "--set", "eval.linear_epochs=1"])
     assert result.exit_code == 0, result.output
-    report = json.loads((run / "linear_eval.json").read_text())
+    report = json.loads((run / "linear_eval" / "linear_eval.json").read_text())  # the default --out folder
     assert report["random_init"] is False and report["checkpoint"].endswith(".pt")
     assert report["epochs"] == 1 and report["mode"] == "cached_features" and report["image_size"] == 16
 
