@@ -1,6 +1,6 @@
-"""Script entry of `relic_fast.bench.suite` (what `relic-fast bench` runs): All throughput benchmarks into one folder: loader, training step and loss (JSON + PNG each), and a summary."""
+"""`python -m benchmarks.bench_all [options]` runs `relic-fast bench all` (`relic_fast.bench.registry`)."""
 
-from relic_fast.bench.suite import main
+from relic_fast.bench.registry import script_main
 
 if __name__ == "__main__":
-    main()
+    script_main("all")

@@ -1,6 +1,6 @@
-"""Script entry of `relic_fast.bench.loader` (what `relic-fast bench` runs): Loader throughput: the DALI RELICv2 pipeline against torchvision + PIL and against the decode ceiling."""
+"""`python -m benchmarks.bench_loader [options]` runs `relic-fast bench loader` (`relic_fast.bench.registry`)."""
 
-from relic_fast.bench.loader import main
+from relic_fast.bench.registry import script_main
 
 if __name__ == "__main__":
-    main()
+    script_main("loader")

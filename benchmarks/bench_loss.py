@@ -1,6 +1,6 @@
-"""Script entry of `relic_fast.bench.loss` (what `relic-fast bench` runs): Loss benchmark: the RELICv2 multi-view loss, forward + backward, per implementation and batch."""
+"""`python -m benchmarks.bench_loss [options]` runs `relic-fast bench loss` (`relic_fast.bench.registry`)."""
 
-from relic_fast.bench.loss import main
+from relic_fast.bench.registry import script_main
 
 if __name__ == "__main__":
-    main()
+    script_main("loss")

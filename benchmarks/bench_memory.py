@@ -1,6 +1,6 @@
-"""Script entry of `relic_fast.bench.memory` (what `relic-fast bench` runs): Peak memory of one training step, with and without activation checkpointing, per batch size."""
+"""`python -m benchmarks.bench_memory [options]` runs `relic-fast bench memory` (`relic_fast.bench.registry`)."""
 
-from relic_fast.bench.memory import main
+from relic_fast.bench.registry import script_main
 
 if __name__ == "__main__":
-    main()
+    script_main("memory")

@@ -1,6 +1,6 @@
-"""Script entry of `relic_fast.bench.step` (what `relic-fast bench` runs): Training-step throughput: eager vs compiled, channels-last vs contiguous, fp32 vs bf16 autocast."""
+"""`python -m benchmarks.bench_step [options]` runs `relic-fast bench step` (`relic_fast.bench.registry`)."""
 
-from relic_fast.bench.step import main
+from relic_fast.bench.registry import script_main
 
 if __name__ == "__main__":
-    main()
+    script_main("step")

@@ -1,6 +1,6 @@
-"""Script entry of `relic_fast.bench.train` (what `relic-fast bench` runs): End-to-end training throughput: the real trainer (`relic-fast pretrain`'s loop) fed three ways."""
+"""`python -m benchmarks.bench_train [options]` runs `relic-fast bench train` (`relic_fast.bench.registry`)."""
 
-from relic_fast.bench.train import main
+from relic_fast.bench.registry import script_main
 
 if __name__ == "__main__":
-    main()
+    script_main("train")

@@ -1,6 +1,9 @@
 """What this machine offers: library versions, devices and which fast paths can run.
 
-One report used by `relic-fast info`, by every benchmark's JSON (`machine`) and by the profiler.
+One report used by `relic-fast info`, by every benchmark's JSON (`machine`) and by the profiler; and the
+three primitives every measurement here shares, defined once so that the profiler and the benchmarks time
+and size things the same way: `synchronize` (where a timed window ends), `reset_peak_memory` /
+`peak_memory_gib` (device memory high-water mark) and `endless` (batches across epoch boundaries).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 _IMPORTED_AT = time.time()
 """Fallback process start where /proc is missing: when this module was first imported."""
@@ -143,3 +147,45 @@ def fast_paths() -> dict[str, tuple[bool, str]]:
         "bf16 autocast": (True, "CUDA" if cuda else "CPU (slower than fp32 on most CPUs)"),
         "apex LARS": (apex_available(), "apex importable" if apex_available() else "not installed: native LARS is used"),
     }
+
+
+def is_cuda(device) -> bool:
+    """Whether `device` (a torch.device or a string such as "cuda", "cuda:1", "cpu") is a CUDA device."""
+    return str(device).startswith("cuda")
+
+
+def synchronize(device) -> None:
+    """Wait until `device` has finished its queued work (CUDA); return at once on CPU.
+
+    Timings must end where the device is done, not where the host queued the last kernel, or a window's
+    device work is counted in the next one. The one definition for the profiler and every benchmark.
+    """
+    if is_cuda(device):
+        import torch
+
+        torch.cuda.synchronize(device)  # note: a host-device sync point, on purpose: timing boundaries
+
+
+def reset_peak_memory(device) -> None:
+    """Start a fresh peak-memory window on a CUDA `device` (CPU peaks are measured otherwise: no-op)."""
+    if is_cuda(device):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device) -> float | None:
+    """Peak memory allocated on a CUDA `device` since the last reset (or process start), in GiB; None on
+    CPU, where torch keeps no such counter (the memory benchmarks read the allocator's events instead)."""
+    if not is_cuda(device):
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def endless(loader: Iterable) -> Iterator:
+    """Batches from `loader` across epoch boundaries (each `iter()` of a loader is one epoch): a
+    measurement takes as many batches as it needs without caring where an epoch ends."""
+    while True:
+        yield from loader

@@ -35,6 +35,7 @@ import torch
 
 from relic_fast.config import Config, DataConfig, ViewsConfig
 from relic_fast.devices import dali_device_for
+from relic_fast.environment import endless, synchronize
 from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.step import train_step
 from relic_fast.synthetic import synthetic_inputs
@@ -80,12 +81,6 @@ class ProfileSettings:
         for name in ("steps", "warmup", "loader_batches", "loader_repeats", "synthetic_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"profile {name} must be >= 1, got {getattr(self, name)}")
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); nothing to wait for on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # note: a host-device sync point, on purpose: timing boundaries
 
 
 def profiled_config(config: Config, settings: ProfileSettings) -> Config:
@@ -141,12 +136,6 @@ def build_loader(dataset, views: ViewsConfig, data: DataConfig, config: Config, 
 
     return build_pretrain_loader(dataset, views, data, batch_size=config.train.batch_size,
                                  seed=config.train.seed + 1, device_id=dali_device_for(config.data.device, device))
-
-
-def endless(loader):
-    """Batches across epoch boundaries (each `iter()` of a loader is one epoch)."""
-    while True:
-        yield from loader
 
 
 def loader_rate(dataset, views: ViewsConfig, data: DataConfig, config: Config, device: torch.device,

@@ -7,9 +7,10 @@ the spread (interquartile range), never a single lucky run. Rows are printed wit
 saved with `write_json` (which records the machine, library versions, git commit and date next to
 the numbers) and drawn with `plot_images_per_s`.
 
-Adding a benchmark (a step benchmark, say) is: build the callable, pick `sync`
-(`device_sync(device)`), call `measure(bench="step", pipeline=..., fn=..., items=batch_size, ...)`
-for each configuration, optionally `add_ratios(rows, baseline=...)`, then print / write / plot.
+Inside a benchmark's `run` (see `relic_fast.bench.benchmark`): build the callable, call
+`measure(bench="step", pipeline=..., fn=..., items=batch_size, device=device, ...)` for each
+configuration, optionally `add_ratios(rows, baseline=...)`, and return the rows; the one `main`
+prints, writes and plots them.
 """
 
 from __future__ import annotations
@@ -21,11 +22,28 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable, Iterable, Sequence
-from relic_fast.environment import machine_info
 
-__all__ = ["Timing", "Result", "time_it", "measure", "add_ratios", "device_sync", "reset_peak_memory",
-           "peak_memory_gib", "print_table", "write_json", "plot_images_per_s"]
+from relic_fast.environment import machine_info, synchronize
+
+__all__ = ["Timing", "Result", "quartiles", "time_it", "measure", "add_ratios", "print_table", "write_json",
+           "plot_images_per_s"]
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """(first, third) quartile of `values`: the one spread rule of every benchmark row.
+
+    Linear interpolation between order statistics (`statistics.quantiles(method="inclusive")`, numpy's
+    default), so that spreads from any benchmark are comparable and never reach outside the measured
+    values; a single value is its own quartiles.
+    """
+    if not values:
+        raise ValueError("quartiles of no values")
+    if len(values) == 1:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
 
 
 @dataclass(frozen=True)
@@ -55,11 +73,8 @@ class Timing:
 
     @property
     def quartiles(self) -> tuple[float, float]:
-        """(first, third) quartile of the repeats; (min, max) when there are fewer than 4."""
-        if len(self.seconds) < 4:
-            return self.min, self.max
-        q1, _, q3 = statistics.quantiles(self.seconds, n=4, method="inclusive")
-        return q1, q3
+        """(first, third) quartile of the repeats (`quartiles`)."""
+        return quartiles(self.seconds)
 
     @property
     def iqr(self) -> float:
@@ -193,14 +208,15 @@ class Result:
 
 
 def measure(*, bench: str, pipeline: str, fn: Callable[[], Any], items: int | None, warmup: int,
-            repeats: int, sync: Callable[[], Any] | None = None, count_cpu: bool = False,
-            **fields: Any) -> Result:
+            repeats: int, device: str | None = None, count_cpu: bool = False, **fields: Any) -> Result:
     """Time `fn` with `time_it` and turn the timing into a `Result` row.
 
-    `items` is how many images one call of `fn` processes (None: report milliseconds only);
-    `count_cpu` adds the CPU milliseconds per image. Other keyword arguments fill the row's fields
-    (`recipe`, `threads`, `batch_size`, `peak_gib`, `extra`).
+    `items` is how many images one call of `fn` processes (None: report milliseconds only); `device`
+    (e.g. "cuda") is where `fn` queues work: each repeat ends when that device is done
+    (`relic_fast.environment.synchronize`); `count_cpu` adds the CPU milliseconds per image. Other
+    keyword arguments fill the row's fields (`recipe`, `threads`, `batch_size`, `peak_gib`, `extra`).
     """
+    sync = partial(synchronize, device) if device is not None else None
     timing = time_it(fn, warmup=warmup, repeats=repeats, sync=sync, count_cpu=count_cpu)
     q1, q3 = timing.quartiles
     rates = {}
@@ -234,32 +250,6 @@ def add_ratios(results: Sequence[Result], *, baseline: str, match: Iterable[str]
                 ratio, key = base.cpu_ms_per_image / row.cpu_ms_per_image, f"{baseline} cpu"
         out.append(row if ratio is None else replace(row, ratios={**row.ratios, key: ratio}))
     return out
-
-
-def device_sync(device: str) -> Callable[[], None] | None:
-    """The sync function for `time_it` on `device`: `torch.cuda.synchronize` on CUDA, else None."""
-    if not str(device).startswith("cuda"):
-        return None
-    import torch
-
-    return torch.cuda.synchronize
-
-
-def reset_peak_memory(device: str) -> None:
-    """Start a fresh peak-memory window on a CUDA `device` (nothing to reset on CPU)."""
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_gib(device: str) -> float | None:
-    """Peak allocated memory since the last reset on a CUDA `device`, in GiB; None on CPU."""
-    import torch
-
-    if not str(device).startswith("cuda"):
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**30
 
 
 def format_rate(row: Result) -> str:

@@ -10,8 +10,8 @@ and the CPU milliseconds per image (all threads and worker processes) with its r
 ("x torchvision cpu"): on a machine shared with other work, wall-clock rates drop with the load
 while the CPU cost per image does not, so that column is the steadier judge of efficiency.
 
-    python -m relic_fast.bench.loader --data DIR --json loader.json --png loader.png
-    relic-fast bench loader --data DIR            (the same options; without --data, a 400-image
+    relic-fast bench loader --data DIR --json loader.json --png loader.png
+    python -m benchmarks.bench_loader --data DIR   (the same options; without --data, a 400-image
                                                     photo corpus is generated once in the temp dir)
 """
 
@@ -21,15 +21,15 @@ import argparse
 import gc
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
-from relic_fast.bench.harness import Result, add_ratios, command_line, measure, print_table, save_outputs
+from relic_fast.bench.benchmark import Benchmark, Report, UsageError
+from relic_fast.bench.harness import Result, add_ratios, measure
 from dali_pipelines.recipe import DataConfig, ViewsConfig
-from relic_fast.bench.harness import device_sync
+from relic_fast.environment import endless
 from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.bench.torchvision_recipe import build_torchvision_loader
 from relic_fast.bench.decode_only import build_decode_pipeline, decode_step
@@ -95,12 +95,6 @@ def views_for(recipe: str, bench: LoaderBench) -> ViewsConfig:
     return ViewsConfig(**changes)
 
 
-def endless(loader) -> Iterator:
-    """Batches from `loader` across epoch boundaries (each `iter()` of a loader is one epoch)."""
-    while True:
-        yield from loader
-
-
 def consume(batches: Iterator, count: int, to_device: Callable | None = None) -> Callable[[], None]:
     """A function that takes `count` batches from `batches` (the unit `time_it` times)."""
 
@@ -123,11 +117,11 @@ def cuda_copy(batch) -> None:
 def timed(bench: LoaderBench, pipeline: str, step: Callable[[], None], **fields) -> Result:
     """Measure `step` (which consumes `bench.batches` batches) into a loader `Result` row."""
 
-    sync = device_sync("cuda") if bench.device == "gpu" else None
     warmup_calls = -(-bench.warmup // bench.batches)  # ceil: at least `warmup` batches untimed
     extra = {"device": bench.device, "batches_per_repeat": bench.batches, **fields.pop("extra", {})}
     return measure(bench="loader", pipeline=pipeline, fn=step, items=bench.batches * bench.batch_size,
-                   warmup=warmup_calls, repeats=bench.repeats, sync=sync, count_cpu=True,
+                   warmup=warmup_calls, repeats=bench.repeats, device="cuda" if bench.device == "gpu" else None,
+                   count_cpu=True,
                    batch_size=bench.batch_size, extra=extra, **fields)
 
 
@@ -219,9 +213,8 @@ def default_corpus(count: int = 400) -> Path:
     return out
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options (shared by `python -m relic_fast.bench.loader` and `relic-fast bench loader`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The loader benchmark's options (the fields of `LoaderBench`)."""
     add = parser.add_argument
     add("--data", help="folder tree or file list of JPEGs (default: a generated 400-photo corpus)")
     add("--recipe", dest="recipes", nargs="+", default=list(DEFAULT_RECIPES), help="view recipes, e.g. 4L+2S 2L")
@@ -243,23 +236,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--masks", default="", help="saliency-mask tree of --data (from `relic-fast masks`)")
     add("--interpolation", choices=("auto", "linear", "cubic"), default="auto",
         help="crop resampling of the DALI pipeline (auto: cubic on GPU, linear on CPU)")
-    add("--json", type=Path, help="write the rows, machine and command as JSON here")
-    add("--png", type=Path, help="write a bar chart of images/s here")
-    return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.loader") -> list[Result]:
-    """Parse `argv`, run the benchmark, print the table, write the JSON and chart when asked."""
-    from rich.console import Console
-
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
+def run_from_args(args: argparse.Namespace, console) -> Report:
+    """`relic-fast bench loader`: every configuration the options describe, on `--data` or the default corpus."""
     for recipe in args.recipes:
         try:
             parse_recipe(recipe)  # fail before any measurement on a typo
         except ValueError as err:
-            parser.error(str(err))
-    console = Console(width=None if sys.stdout.isatty() else 140)  # logs and READMEs: no wrapped cells
+            raise UsageError(str(err)) from err
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
         console.print(f"[yellow]warning:[/] load average {load:.1f} on {os.cpu_count()} CPUs: "
@@ -272,12 +257,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.be
                         large_size=args.large_size, small_size=args.small_size,
                         baseline_blur=args.baseline_blur, seed=args.seed, saliency_p=args.saliency_p,
                         masks=args.masks, interpolation=args.interpolation)
-    rows = run(bench, console=console)
-    print_table(rows, f"loader throughput: {data}, batch {bench.batch_size}, {bench.device}", console=console)
-    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, png_path=args.png,
-                 chart_title="loader images/s", console=console)
-    return rows
+    return Report(run(bench, console=console), f"loader throughput: {data}, batch {bench.batch_size}, {bench.device}")
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(description=__doc__, add_arguments=add_arguments, run=run_from_args,
+                      chart_title="loader images/s")

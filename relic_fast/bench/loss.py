@@ -16,8 +16,8 @@ implementation can skip (three B x N x D matmuls per view pair: z, z' and the gr
 kernel does five, recomputing z and z' in backward) and the bytes it must move (read the three
 normalized inputs once, write the gradient once).
 
-    python -m relic_fast.bench.loss --json loss.json            (CPU: B in {256, 1024}, no fused rows)
-    python -m relic_fast.bench.loss --batch-sizes 4096 --matmul-precision high
+    relic-fast bench loss --json loss.json            (CPU: B in {256, 1024}, no fused rows)
+    python -m benchmarks.bench_loss --batch-sizes 4096 --matmul-precision high
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from __future__ import annotations
 import argparse
 import ctypes
 import re
-import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from relic_fast.bench.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
-                                print_table, reset_peak_memory, save_outputs)
+from relic_fast.bench.benchmark import Benchmark, Report
+from relic_fast.bench.harness import Result, add_ratios, measure
+from relic_fast.environment import peak_memory_gib, reset_peak_memory, synchronize
 from relic_fast.loss import draw_negative_offsets, relicv2_loss
 from relic_fast.devices import torch_device_for
 
@@ -132,11 +132,11 @@ def _return_freed_memory() -> None:
 def peak_extra_gib(step: Callable[[], None], device: str) -> tuple[float | None, str]:
     """Peak memory one call of `step` needs beyond what is allocated before it, and how it was measured."""
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
         reset_peak_memory(device)
         step()
-        torch.cuda.synchronize()
+        synchronize(device)
         return peak_memory_gib(device) - before / 2**30, "cuda max_memory_allocated"
     try:
         _return_freed_memory()
@@ -163,7 +163,7 @@ def run(problems: Sequence[LossProblem], implementations: Sequence[str], device:
         for implementation in implementations:
             step = make_step(implementation, problem, device)
             row = measure(bench="loss", pipeline=implementation, fn=step, items=problem.batch,
-                          warmup=warmup, repeats=repeats, sync=device_sync(device),
+                          warmup=warmup, repeats=repeats, device=device,
                           recipe=f"{problem.recipe} B={problem.batch}", batch_size=problem.batch)
             console.print(f"  {implementation:>18} B={problem.batch}: {row.ms:.2f} ms")
             timed.append((problem, implementation, step, row))
@@ -197,9 +197,8 @@ def print_floor(problems: Sequence[LossProblem], console) -> None:
     console.print(table)
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The loss benchmark's options: problem size, implementations, device and matmul precision."""
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help="B values (default: 256 1024 4096 on CUDA, 256 1024 on CPU)")
     parser.add_argument("--dim", type=int, default=256, help="embedding size D")
@@ -213,28 +212,19 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help="torch.set_float32_matmul_precision: 'high' lets fp32 matmuls use TF32")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls (compilation, autotuning)")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls")
-    parser.add_argument("--json", default=None, help="write the rows and the machine to this JSON file")
-    return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.loss") -> list[Result]:
-    """Parse `argv`, run the benchmark, print the floor and the table, write the JSON when asked."""
-    from rich.console import Console
-
-    args = build_parser(prog).parse_args(argv)
+def run_from_args(args: argparse.Namespace, console) -> Report:
+    """`relic-fast bench loss`: the floor table first, then every implementation on every batch size."""
     device = str(torch_device_for(args.device))
     torch.set_float32_matmul_precision(args.matmul_precision)
     batches = args.batch_sizes or ([256, 1024, 4096] if device.startswith("cuda") else [256, 1024])
     problems = [LossProblem(args.large, args.small, b, args.dim, args.num_negatives) for b in batches]
-    console = Console(width=None if sys.stdout.isatty() else 140)
     print_floor(problems, console)
     rows = run(problems, args.implementations, device, warmup=args.warmup, repeats=args.repeats,
                console=console)
-    print_table(rows, f"RELICv2 loss forward + backward, {device}, D={args.dim}, "
-                      f"matmul precision {args.matmul_precision}", console=console)
-    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, console=console)
-    return rows
+    return Report(rows, f"RELICv2 loss forward + backward, {device}, D={args.dim}, "
+                        f"matmul precision {args.matmul_precision}")
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(description=__doc__, add_arguments=add_arguments, run=run_from_args)

@@ -18,8 +18,8 @@ gradients, LARS momentum and (on CUDA) compiled graphs exist, then measures a se
 and `ratio` the checkpointed slope over the plain one: the fraction of activation memory that
 checkpointing keeps, the number the README's GPU estimate scales by.
 
-    python -m relic_fast.bench.memory --device cpu --batch-sizes 2 4 --json memory.json
-    relic-fast bench memory ...   (the same options)
+    relic-fast bench memory --device cpu --batch-sizes 2 4 --json memory.json
+    python -m benchmarks.bench_memory ...   (the same options)
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from relic_fast.bench.benchmark import Benchmark, Report
 from relic_fast.bench.step import StepBench, configs_for, view_sizes
 from relic_fast.devices import torch_device_for
-from relic_fast.bench.harness import Result, command_line, print_table, save_outputs
+from relic_fast.bench.harness import Result
+from relic_fast.environment import peak_memory_gib, reset_peak_memory, synchronize
 from relic_fast.step import train_step
 from relic_fast.synthetic import standalone_context, synthetic_inputs
 
@@ -102,27 +102,25 @@ def measure_row(bench: StepBench, variant: str, batch_size: int, precision: str,
 
     step()  # allocates gradients and LARS momentum, compiles: never measured
     cuda = bench.device == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        static = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        static = live_bytes(static_tensors(context, inputs))
+    gib = 2.0**30
+    synchronize(bench.device)
+    # what lives across steps: CUDA's allocator counts it; on CPU, the storages of weights, state and views
+    static = (torch.cuda.memory_allocated() if cuda else live_bytes(static_tensors(context, inputs))) / gib
+    reset_peak_memory(bench.device)
     start = time.perf_counter()
     if cuda:
         step()
-        torch.cuda.synchronize()
-        total = torch.cuda.max_memory_allocated()
+        synchronize(bench.device)
+        total = peak_memory_gib(bench.device)
     else:
-        total = static + cpu_step_peak_bytes(step)
+        total = static + cpu_step_peak_bytes(step) / gib
     seconds = time.perf_counter() - start
     del context, inputs
     gc.collect()
-    gib = 2.0**30
     return Result(bench="memory", pipeline=variant, recipe=view_sizes(bench), batch_size=batch_size,
-                  ms=seconds * 1e3, repeats=1, peak_gib=total / gib, threads=torch.get_num_threads(),
+                  ms=seconds * 1e3, repeats=1, peak_gib=total, threads=torch.get_num_threads(),
                   extra={"device": bench.device, "encoder": f"{bench.encoder}x{bench.width}", "precision": precision,
-                         "compiled": compiled, "static_gib": static / gib, "step_gib": (total - static) / gib,
+                         "compiled": compiled, "static_gib": static, "step_gib": total - static,
                          "method": "torch.cuda.max_memory_allocated" if cuda else "profiler allocation events",
                          "profiled_step": not cuda})
 
@@ -150,9 +148,8 @@ def add_slopes(rows: Sequence[Result]) -> list[Result]:
     return out
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options (shared by `python -m relic_fast.bench.memory` and `relic-fast bench memory`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The memory benchmark's options: the network and views, batch sizes, variants, precision, compile."""
     add = parser.add_argument
     add("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the step runs (default auto)")
     add("--encoder", default="resnet50", help="resnet18 ... resnet200 (default resnet50)")
@@ -166,16 +163,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--compile", choices=("on", "off"), help="torch.compile the step (default: on for CUDA, off on CPU)")
     add("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     add("--seed", type=int, default=0)
-    add("--json", type=Path, help="write the rows, machine and command as JSON here")
-    return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.memory") -> list[Result]:
-    """Parse `argv`, measure every (batch size, variant), print the table, write the JSON when asked."""
+def run_from_args(args: argparse.Namespace, console) -> Report:
+    """`relic-fast bench memory`: every (batch size, variant) the options name, with the per-image slopes."""
     import torch
-    from rich.console import Console
 
-    args = build_parser(prog).parse_args(argv)
     device = torch_device_for(args.device).type
     cuda = device == "cuda"
     bench = StepBench(device=device, encoder=args.encoder, width=args.width, views=args.views,
@@ -185,28 +178,26 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.be
         torch.set_num_threads(args.threads)
     precision = args.precision or ("bf16" if cuda else "fp32")
     compiled = (args.compile or ("on" if cuda else "off")) == "on"
-    console = Console(width=None if sys.stdout.isatty() else 140)
     rows = []
     for batch_size in args.batch_sizes or ((64, 128, 256) if cuda else (2, 4)):
         for variant in args.variants:
             rows.append(measure_row(bench, variant, batch_size, precision, compiled))
             console.log(f"batch {batch_size} {variant}: peak {rows[-1].peak_gib:.2f} GiB "
                         f"(step {rows[-1].extra['step_gib']:.2f} GiB), {rows[-1].ms / 1e3:.1f} s")
-    rows = add_slopes(rows)
-    print_memory_table(rows, bench, precision, compiled, console)
-    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, console=console)
-    return rows
+    title = (f"peak memory of one training step: {bench.encoder}x{bench.width}, {view_sizes(bench)}, "
+             f"{bench.device}, {precision}, {'compiled' if compiled else 'eager'}")
+    return Report(add_slopes(rows), title)
 
 
-def print_memory_table(rows: Sequence[Result], bench: StepBench, precision: str, compiled: bool, console) -> None:
-    """The rows as a table: batch, variant, static / step / total GiB, per-image slope, step time."""
+def print_memory_table(report: Report, console) -> None:
+    """The rows as a table: batch, variant, static / step / total GiB, per-image slope, step time (the
+    harness table has no static / step split)."""
     from rich.table import Table
 
-    table = Table(title=f"peak memory of one training step: {bench.encoder}x{bench.width}, {view_sizes(bench)}, "
-                        f"{bench.device}, {precision}, {'compiled' if compiled else 'eager'}")
+    table = Table(title=report.title)
     for header in ("batch", "variant", "static GiB", "step GiB", "total GiB", "MiB / image", "ckpt / plain", "step s"):
         table.add_column(header, justify="left" if header == "variant" else "right")
-    for row in rows:
+    for row in report.rows:
         slope, ratio = row.extra.get("per_image_mib"), row.extra.get("ratio")
         table.add_row(str(row.batch_size), row.pipeline, f"{row.extra['static_gib']:.2f}",
                       f"{row.extra['step_gib']:.2f}", f"{row.peak_gib:.2f}", "" if slope is None else f"{slope:.0f}",
@@ -214,5 +205,4 @@ def print_memory_table(rows: Sequence[Result], bench: StepBench, precision: str,
     console.print(table)
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(description=__doc__, add_arguments=add_arguments, run=run_from_args, show=print_memory_table)

@@ -8,23 +8,21 @@ baseline, the first step's seconds (the compile warm-up of compiled variants) an
 memory. Defaults: on CUDA the GPU target (ResNet50, 4x224 + 2x96, B = 128); on CPU a small
 configuration (ResNet18, 2x64 + 2x32, B = 16) that finishes in a few minutes on two cores.
 
-    python -m relic_fast.bench.step --json step.json --png step.png
-    relic-fast bench step --encoder resnet50 --views 4L+2S --batch-size 64   (the same options)
+    relic-fast bench step --json step.json --png step.png
+    python -m benchmarks.bench_step --encoder resnet50 --views 4L+2S --batch-size 64   (the same options)
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Sequence
 
-from relic_fast.bench.harness import (Result, add_ratios, command_line, device_sync, measure, peak_memory_gib,
-                                print_table, reset_peak_memory, save_outputs)
+from relic_fast.bench.benchmark import Benchmark, Report
+from relic_fast.bench.harness import Result, add_ratios, measure
 from relic_fast.bench.loader import parse_recipe
+from relic_fast.environment import peak_memory_gib, reset_peak_memory, synchronize
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 from relic_fast.step import train_step
 from relic_fast.synthetic import standalone_context, synthetic_inputs
@@ -111,18 +109,16 @@ def measure_variant(bench: StepBench, variant: str) -> Result:
     context = standalone_context(model, loss, optim, device=bench.device, precision=precision,
                                  channels_last=channels_last, compiled=compiled, seed=bench.seed)
     inputs = synthetic_inputs(views, bench.batch_size, bench.device, channels_last=channels_last, seed=bench.seed)
-    sync = device_sync(bench.device)
 
     def step() -> None:
         train_step(context, inputs, 1e-3, 0.99, bench.batch_size)
 
     start = time.perf_counter()
     step()  # the first step compiles (compiled variants) and allocates: timed apart, never in the median
-    if sync is not None:
-        sync()
+    synchronize(bench.device)
     first_step_s = time.perf_counter() - start
     row = measure(bench="step", pipeline=variant, fn=step, items=bench.batch_size, warmup=max(bench.warmup - 1, 0),
-                  repeats=bench.repeats, sync=sync, recipe=view_sizes(bench), batch_size=bench.batch_size,
+                  repeats=bench.repeats, device=bench.device, recipe=view_sizes(bench), batch_size=bench.batch_size,
                   threads=torch.get_num_threads(),
                   extra={"device": bench.device, "encoder": f"{bench.encoder}x{bench.width}", "compiled": compiled,
                          "precision": precision, "channels_last": channels_last,
@@ -148,9 +144,8 @@ def run(bench: StepBench, *, console=None) -> list[Result]:
     return add_ratios(rows, baseline=BASELINE, match=("recipe", "threads"))
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options (shared by `python -m relic_fast.bench.step` and `relic-fast bench step`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The step benchmark's options; left unset, each takes the device's default (`defaults_for`)."""
     add = parser.add_argument
     add("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the step runs (default auto)")
     add("--encoder", help="resnet18 ... resnet200 (default: resnet50 on CUDA, resnet18 on CPU)")
@@ -169,9 +164,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="loss implementation (default auto: fused on CUDA, reference on CPU)")
     add("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     add("--seed", type=int)
-    add("--json", type=Path, help="write the rows, machine and command as JSON here")
-    add("--png", type=Path, help="write a bar chart of images/s here")
-    return parser
 
 
 def bench_from_args(args: argparse.Namespace) -> StepBench:
@@ -193,21 +185,13 @@ def bench_from_args(args: argparse.Namespace) -> StepBench:
     return bench
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.step") -> list[Result]:
-    """Parse `argv`, run the benchmark, print the table, write the JSON and chart when asked."""
-    from rich.console import Console
-
-    args = build_parser(prog).parse_args(argv)
-    bench = bench_from_args(args)
-    console = Console(width=None if sys.stdout.isatty() else 140)  # full variant names in logs and CI
-    rows = run(bench, console=console)
+def run_from_args(args: argparse.Namespace, console) -> Report:
+    """`relic-fast bench step`: every variant of the benchmark the options describe."""
+    bench = bench_from_args(args)  # a bad recipe, variant or encoder fails here, before any measurement
     title = (f"training step: {bench.encoder}x{bench.width}, {view_sizes(bench)}, batch {bench.batch_size}, "
              f"{bench.device} (synthetic views on the device)")
-    print_table(rows, title, console=console)
-    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, png_path=args.png,
-                 chart_title="training step images/s", console=console)
-    return rows
+    return Report(run(bench, console=console), title)
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(description=__doc__, add_arguments=add_arguments, run=run_from_args,
+                      chart_title="training step images/s")

@@ -5,8 +5,8 @@ numbers that decide a training run side by side: images/s the DALI pipeline deli
 the step consumes (`relic-fast profile` measures the same balance inside a real run). Defaults are
 each benchmark's own for the device: the GPU target on CUDA, small configurations on CPU.
 
-    python -m relic_fast.bench.suite --out benchmarks/results/cpu
     relic-fast bench all --out DIR [--device cpu] [--data JPEG_DIR]
+    python -m benchmarks.bench_all --out benchmarks/results/cpu
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from relic_fast.bench.harness import Result, command_line, plot_images_per_s
-from relic_fast.bench import loader as bench_loader, loss as bench_loss, step as bench_step
+from relic_fast.bench import registry
+from relic_fast.bench.benchmark import Benchmark, Report
+from relic_fast.bench.harness import Result, plot_images_per_s
+from relic_fast.bench.step import defaults_for
 from relic_fast.devices import torch_device_for
 
 
@@ -47,41 +49,46 @@ def summary(loader_rows: Sequence[Result], step_rows: Sequence[Result], loss_row
     return head
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.suite") -> dict:
-    """Run loader, step and loss benchmarks with their device defaults into `--out`; returns the summary."""
-    from rich.console import Console
-
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The suite's options: where the files go, the device, the loader's data and the torch threads."""
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"), help="folder for the files")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument("--data", help="JPEG folder tree for the loader (default: the generated photo corpus)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads of the step and loss benchmarks "
                                                      "(default: torch's choice; 1 on a shared, busy CPU)")
-    args = parser.parse_args(argv)
-    console = Console()
+
+
+def run_from_args(args: argparse.Namespace, console) -> Report:
+    """Run the registered step, loader and loss benchmarks into `--out` (each prints its own table and writes
+    its files), then the loss chart and summary.json; the report's rows are theirs, in that order."""
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     device = torch_device_for(args.device).type
-    step_bench = bench_step.defaults_for(device)
     console.rule(f"training step ({device})")
     threads = ["--threads", str(args.threads)] if args.threads else []  # bench_step sets them for the loss too
-    step_rows = bench_step.main(["--device", device, *threads, "--json", str(out / "step.json"),
-                                 "--png", str(out / "step.png")], prog="relic-fast bench step")
+    step_rows = registry.run("step", ["--device", device, *threads, "--json", str(out / "step.json"),
+                                      "--png", str(out / "step.png")], prog="relic-fast bench step")
     console.rule("loader")
-    loader_rows = bench_loader.main(loader_args(step_bench, args.data, out), prog="relic-fast bench loader")
+    loader_rows = registry.run("loader", loader_args(defaults_for(device), args.data, out),
+                               prog="relic-fast bench loader")
     console.rule("loss")
-    loss_rows = bench_loss.main(["--device", device, "--json", str(out / "loss.json")], prog="relic-fast bench loss")
+    loss_rows = registry.run("loss", ["--device", device, "--json", str(out / "loss.json")],
+                             prog="relic-fast bench loss")
     plot_images_per_s(loss_rows, out / "loss.png", title="RELICv2 loss forward + backward, samples/s")
     head = summary(loader_rows, step_rows, loss_rows)
-    head["command"] = command_line(prog, argv)
+    head["command"] = args.command_line
     (out / "summary.json").write_text(json.dumps(head, indent=2) + "\n")
     if "bound" in head:
         console.print(f"[bold]{head['bound']}-bound on this machine:[/] the DALI loader delivers "
                       f"{head['loader']['images_per_s']:,.1f} img/s ({head['loader']['pipeline']}), the step consumes "
                       f"{head['step']['images_per_s']:,.1f} img/s ({head['step']['pipeline']})")
     console.print(f"wrote {out}/: step, loader, loss (.json, .png) and summary.json")
-    return head
+    return Report([*step_rows, *loader_rows, *loss_rows], title=f"all benchmarks into {out}")
 
 
-if __name__ == "__main__":
-    main()
+def tables_already_printed(report: Report, console) -> None:
+    """The suite's presentation: nothing more, each benchmark printed its own table as it ran."""
+
+
+BENCHMARK = Benchmark(description=__doc__, add_arguments=add_arguments, run=run_from_args, json_option=False,
+                      show=tables_already_printed)

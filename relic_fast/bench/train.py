@@ -22,13 +22,14 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from relic_fast.bench.benchmark import Benchmark, Report, UsageError
 from relic_fast.bench.loader import view_sizes
-from relic_fast.bench.harness import Result, add_ratios, command_line, print_table, save_outputs
+from relic_fast.bench.harness import Result, add_ratios, quartiles
+from relic_fast.environment import peak_memory_gib
 from relic_fast.profiler import synthetic_rate
 from relic_fast.bench.torchvision_recipe import build_torchvision_loader
 from relic_fast.trainer import Trainer
@@ -57,12 +58,10 @@ def run_windows(trainer, loader, *, window: int, windows: int) -> list[dict[str,
 
 
 def rate_row(pipeline: str, rates: Sequence[float], batch: int, recipe: str, extra: dict[str, Any]) -> Result:
-    """A row of several images/s measurements: the median, its quartile spread and ms per batch."""
-    rates = sorted(rates)
-    quartiles = statistics.quantiles(rates, n=4) if len(rates) > 1 else [rates[0]] * 3
+    """A row of several images/s measurements: the median, its quartile spread (`quartiles`) and ms per batch."""
     median = statistics.median(rates)
     return Result(bench="train", pipeline=pipeline, recipe=recipe, batch_size=batch, images_per_s=median,
-                  images_per_s_spread=(quartiles[0], quartiles[2]), ms=1e3 * batch / median, repeats=len(rates),
+                  images_per_s_spread=quartiles(rates), ms=1e3 * batch / median, repeats=len(rates),
                   extra=extra)
 
 
@@ -94,13 +93,6 @@ def torchvision_loader(trainer, workers: int):
                                     pin_memory=trainer.world.device.type == "cuda")
 
 
-def peak_gib(device) -> float | None:
-    """Peak GPU memory allocated so far in GiB (None on CPU)."""
-    import torch
-
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
 FEEDS = ("dali", "synthetic", "torchvision")
 
 
@@ -128,7 +120,7 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
         name = f"trainer + dali-{'gpu' if trainer.plan.dali_device_id is not None else 'cpu'}"
         say(f"{name}: {windows + 1} windows of {window} steps (the first one absorbs compilation)")
         records = run_windows(trainer, trainer.loader, window=window, windows=windows)
-        rows.append(loop_row(name, records, batch, recipe, peak_gib=peak_gib(device),
+        rows.append(loop_row(name, records, batch, recipe, peak_gib=peak_memory_gib(device),
                              threads=config.data.num_threads))
     if "synthetic" in feeds:
         say(f"{BASELINE} views: {synthetic_repeats} x {synthetic_steps} steps")
@@ -152,9 +144,8 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
     return [dataclasses.replace(r, extra={**common, **r.extra}) for r in rows]
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command-line options (shared by `python -m relic_fast.bench.train` and `relic-fast bench train`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train benchmark's options: the recipe as for pretrain, the feeds, and how long each is timed."""
     add = parser.add_argument
     add("--config", "-c", type=Path, help="TOML recipe (see configs/); defaults apply to what it leaves out")
     add("--data", help="dataset, as for pretrain (default: the recipe's data.path, else the demo dataset)")
@@ -171,37 +162,27 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--torchvision-window", type=int, default=0,
         help="steps per window of the torchvision feed (default 0: as many as workers, one wave of batches)")
     add("--out", type=Path, help="run folder for metrics.jsonl (default: a temporary folder)")
-    add("--json", type=Path, help="write the rows, machine and command as JSON here")
-    return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m relic_fast.bench.train") -> list[Result]:
-    """Parse `argv`, run the benchmark, print the table and write the JSON when asked."""
-    from rich.console import Console
-
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
+def run_from_args(args: argparse.Namespace, console) -> Report:
+    """`relic-fast bench train`: the recipe's trainer fed by each of `--feeds`, in a run folder of its own."""
     for name in ("window", "windows", "synthetic_steps", "synthetic_repeats"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
-        parser.error(f"config error: {err}")
+        raise UsageError(f"config error: {err}") from err
     if args.data:
         config = config.replace(data=dataclasses.replace(config.data, path=args.data))
     workers = args.torchvision_workers if args.torchvision_workers > 0 else (os.cpu_count() or 1)
-    console = Console(width=None if sys.stdout.isatty() else 140)
     with tempfile.TemporaryDirectory(prefix="relic-fast-bench-train-") as scratch:
         out_dir = args.out or Path(scratch)
         rows = run(config, out_dir, feeds=tuple(args.feeds), window=args.window, windows=args.windows,
                    synthetic_steps=args.synthetic_steps, synthetic_repeats=args.synthetic_repeats,
                    torchvision_workers=workers, torchvision_window=args.torchvision_window or None,
                    console=console)
-    print_table(rows, f"training throughput: {config.model.encoder}, batch {config.train.batch_size}", console=console)
-    save_outputs(rows, command=command_line(prog, argv), json_path=args.json, console=console)
-    return rows
+    return Report(rows, f"training throughput: {config.model.encoder}, batch {config.train.batch_size}")
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(description=__doc__, add_arguments=add_arguments, run=run_from_args)

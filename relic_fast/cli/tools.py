@@ -1,19 +1,20 @@
 """The dataset tools and the benchmarks on the command line: `index`, `masks`, `pack`, `demo-data`, `bench ...`.
 
 Each dataset command wraps one `relic_fast.dataset_tools` (or `demo_data`) function with a progress bar and a
-summary table; each `bench` command forwards its arguments untouched to a `relic_fast.bench` module, so
-`python -m benchmarks.X` and `relic-fast bench X` are one implementation.
+summary table; the `bench` commands are the benchmarks of `relic_fast.bench.registry`, each forwarding its
+arguments untouched to the one harness main (`Benchmark.main`), so `python -m benchmarks.bench_X` and
+`relic-fast bench X` are one implementation.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from relic_fast.bench.registry import REGISTRY, run as run_benchmark
 from relic_fast.cli.common import console, print_rows, usage_error
 
 def index_command(
@@ -154,28 +155,18 @@ def add_dataset_commands(app: typer.Typer) -> None:
 bench_app = typer.Typer(help="Throughput benchmarks: print a table, write JSON (machine, versions, commit) and a chart.",
                         no_args_is_help=True)
 
-BENCHMARKS: dict[str, tuple[str, str]] = {
-    "loader": ("loader", "Loader images/s: DALI pipeline vs torchvision + PIL vs DALI decode-only, per recipe and thread count (--help for options)."),
-    "step": ("step", "Training-step images/s on synthetic views: eager vs compiled, channels-last vs contiguous, fp32 vs bf16 (--help for options)."),
-    "train": ("train", "The real trainer's images/s fed by its DALI pipeline, by synthetic views and by torchvision, plus compile warm-up (--help for options)."),
-    "memory": ("memory", "Peak memory of a training step with and without activation checkpointing, per batch size (--help for options)."),
-    "loss": ("loss", "RELICv2 loss forward + backward: reference vs compiled vs fused Triton kernel, per batch size (--help for options)."),
-    "all": ("suite", "Loader, step and loss benchmarks with the device's defaults into one folder (--out DIR; --help for options)."),
-}
-"""`relic-fast bench NAME` runs `relic_fast.bench.<module>.main`: NAME -> (module, help line)."""
 
-
-def forward_to_benchmark(name: str, module: str):
-    """The `bench NAME` command: import `relic_fast.bench.<module>` when it runs (so the CLI starts without
-    torch) and hand it the arguments as they came (the module owns its options, argparse)."""
+def forward_to_benchmark(name: str):
+    """The `bench NAME` command: the registry imports the benchmark when it runs (so the CLI starts without
+    torch) and hands it the arguments as they came (the benchmark owns its options, argparse)."""
 
     def command(ctx: typer.Context) -> None:
-        importlib.import_module(f"relic_fast.bench.{module}").main(ctx.args, prog=f"relic-fast bench {name}")
+        run_benchmark(name, ctx.args, prog=f"relic-fast bench {name}")
 
     return command
 
 
-for _name, (_module, _help) in BENCHMARKS.items():
-    bench_app.command(_name, help=_help, add_help_option=False,
+for _entry in REGISTRY:
+    bench_app.command(_entry.name, help=_entry.summary, add_help_option=False,
                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-        forward_to_benchmark(_name, _module))
+        forward_to_benchmark(_entry.name))

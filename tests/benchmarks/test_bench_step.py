@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from relic_fast.bench.step import (ALL_VARIANTS, BASELINE, DEFAULT_VARIANTS, bench_from_args, build_parser,
+from relic_fast.bench.step import (ALL_VARIANTS, BASELINE, BENCHMARK, DEFAULT_VARIANTS, bench_from_args,
                                    defaults_for, parse_variant)
 from relic_fast.cli import app
 
@@ -30,11 +30,11 @@ def test_device_defaults_and_overrides():
     cpu = defaults_for("cpu")
     assert (cpu.encoder, cpu.views, cpu.large_size, cpu.small_size, cpu.batch_size) == ("resnet18", "2L+2S", 64, 32, 16)
     assert "compiled-bf16-channels-last" in gpu.variants and "compiled-fp32-channels-last" in cpu.variants
-    args = build_parser("test").parse_args(["--device", "cpu", "--batch-size", "4", "--variants", "all"])
+    args = BENCHMARK.build_parser("test").parse_args(["--device", "cpu", "--batch-size", "4", "--variants", "all"])
     bench = bench_from_args(args)
     assert bench.batch_size == 4 and bench.encoder == "resnet18" and bench.variants == ALL_VARIANTS
     with pytest.raises(ValueError, match="recipe"):
-        bench_from_args(build_parser("test").parse_args(["--device", "cpu", "--views", "4X"]))
+        bench_from_args(BENCHMARK.build_parser("test").parse_args(["--device", "cpu", "--views", "4X"]))
 
 
 def test_tiny_step_benchmark_writes_json_and_chart(tmp_path, one_thread):

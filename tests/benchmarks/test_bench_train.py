@@ -17,7 +17,7 @@ from relic_fast.cli import app
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.toml"
 TINY = ["model.encoder=resnet18", "model.small_stem=true", "model.projector_hidden=64", "model.embedding_dim=32",
         "model.predictor_hidden=64", "views.num_large=2", "views.num_small=1", "views.large_size=32",
-        "views.small_size=16", "data.device=cpu", "data.num_threads=1", "train.batch_size=4", "train.device=cpu",
+        "views.small_size=16", "views.saliency_p=0", "data.device=cpu", "data.num_threads=1", "train.batch_size=4", "train.device=cpu",
         "train.compile=off", "train.precision=fp32", "loss.implementation=reference"]
 
 

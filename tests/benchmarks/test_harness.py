@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from relic_fast.bench.harness import (Result, Timing, add_ratios, measure, plot_images_per_s, print_table,
-                                time_it, write_json)
+                                      quartiles, time_it, write_json)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -26,6 +26,29 @@ def test_timing_statistics_on_known_seconds():
     timing = Timing((4.0, 1.0, 3.0, 2.0, 100.0))
     assert timing.median == 3.0 and timing.min == 1.0 and timing.max == 100.0
     assert timing.quartiles == (2.0, 4.0)  # the slow outlier moves neither median nor IQR
+
+
+def test_quartiles_interpolate_linearly_between_order_statistics():
+    """One rule for every spread: numpy's default (linear) = statistics' "inclusive" method."""
+    np = pytest.importorskip("numpy")
+    sample = [4.0, 1.0, 3.0, 2.0, 100.0]
+    assert quartiles(sample) == (2.0, 4.0)  # the "exclusive" method would give (1.5, 52.0)
+    assert quartiles([1.0, 3.0]) == (1.5, 2.5)
+    assert quartiles([10.0, 20.0, 40.0]) == (15.0, 30.0)
+    assert quartiles([7.0]) == (7.0, 7.0)
+    for values in (sample, [1.0, 3.0], [10.0, 20.0, 40.0], [0.5, 9.0, 2.0, 2.5, 7.0, 3.0]):
+        assert quartiles(values) == pytest.approx(tuple(np.percentile(values, [25, 75])))
+    with pytest.raises(ValueError):
+        quartiles([])
+
+
+def test_every_benchmark_row_spreads_by_the_same_rule():
+    """The timed rows (`measure`, via `Timing`) and the train benchmark's rate rows agree on one sample."""
+    from relic_fast.bench.train import rate_row
+
+    rates = [10.0, 40.0, 20.0, 30.0]
+    assert rate_row("x", rates, batch=1, recipe="", extra={}).images_per_s_spread == quartiles(rates) == (17.5, 32.5)
+    assert Timing(tuple(rates)).quartiles == quartiles(rates)
 
 
 def test_time_it_rejects_no_repeats():

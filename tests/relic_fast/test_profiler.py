@@ -116,7 +116,7 @@ def test_verdict_input_bound_when_loader_throttled(tmp_path, one_thread):
     data = throttled_dataset(tmp_path / "huge")
     config = load_config(None, CPU_RUN + [
         f"data.path={data}", "data.num_threads=1", "data.prefetch_queue_depth=1",
-        "train.batch_size=4", "views.num_large=1", "views.num_small=0", "views.large_size=16",
+        "train.batch_size=4", "views.saliency_p=0", "views.num_large=1", "views.num_small=0", "views.large_size=16",
         "views.large_area=[0.9, 1.0]", "model.encoder=resnet18", "model.projector_hidden=16",
         "model.predictor_hidden=16", "model.embedding_dim=16"])
     report = profile_run(config, tmp_path / "run", QUICK)
