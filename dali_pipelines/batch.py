@@ -25,7 +25,8 @@ class ViewBatch:
     labels: torch.Tensor
     normalized: bool
     stats: torch.Tensor | None = None
-    """Debug pipelines only: (B, L+S, 11) per-view crop windows and decisions (`pretrain.STATS_FIELDS`)."""
+    """Debug pipelines only: (B, L+S, F) per view, each augmentation's own columns: crop window, decisions,
+    drawn parameters (the F names: `pretrain.STATS_FIELDS`)."""
 
 
 def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],

@@ -128,7 +128,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ViewsConfig:
-    """The RELICv2 multi-view augmentation recipe (`[views]`), defaults from RELICV2.md."""
+    """The RELICv2 multi-view augmentation recipe (`[views]`), defaults from RELICV2.md.
+
+    Each key belongs to the view layout (`num_large`, `num_small`, and the normalization `mean`, `std`) or
+    to one augmentation unit, which names it in `Augmentation.settings` (`dali_pipelines.augmentations`)."""
 
     num_large: int = 4
     """L: standard-size views per image; they go through the online and the target network."""
@@ -245,18 +248,13 @@ class ViewsConfig:
 
     def view_setting(self, view_index: int) -> tuple[float, float]:
         """(blur_p, solarize_p) of view `view_index` (large views first, then small ones)."""
-        return (self.blur_p[view_index % len(self.blur_p)],
-                self.solarize_p[view_index % len(self.solarize_p)])
+        return view_entry(self.blur_p, view_index), view_entry(self.solarize_p, view_index)
 
     def view_specs(self) -> list["ViewSpec"]:
         """Every view's fixed settings, large views first (the pipeline's output order)."""
-        specs = []
-        for index in range(self.num_views):
-            large = index < self.num_large
-            blur_p, solarize_p = self.view_setting(index)
-            specs.append(ViewSpec(large=large, size=self.large_size if large else self.small_size,
-                                  blur_p=blur_p, solarize_p=solarize_p))
-        return specs
+        return [ViewSpec(index=index, large=index < self.num_large,
+                         size=self.large_size if index < self.num_large else self.small_size)
+                for index in range(self.num_views)]
 
     def replace(self, **changes) -> "ViewsConfig":
         """A copy with `changes` applied (validated again)."""
@@ -265,8 +263,12 @@ class ViewsConfig:
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """One view's settings, fixed when the pipeline's graph is built (the per-sample draws are the
-    pipeline's `draws.ViewDraws`): a Python `if` on these chooses which operators the graph holds."""
+    """One view's place in the recipe, fixed when the pipeline's graph is built (its per-sample draws are
+    the pipeline's `draws.ViewDraws`). An augmentation reads its own per-view settings from the `ViewsConfig`
+    with `index` (`view_entry`); a Python `if` on them chooses which operators the graph holds."""
+
+    index: int
+    """Position of the view in the output order: large views first, then small ones."""
 
     large: bool
     """A large view: seen by both networks and the only kind that can be saliency-blended."""
@@ -274,8 +276,8 @@ class ViewSpec:
     size: int
     """Side of the view in pixels."""
 
-    blur_p: float
-    """Probability of the Gaussian blur (0: never in the graph; 1: always, no conditional)."""
 
-    solarize_p: float
-    """Probability of solarization (0: never in the graph)."""
+def view_entry(values: tuple[float, ...], view_index: int) -> float:
+    """View `view_index`'s entry of a per-view setting such as `blur_p`: entry k mod len, so the settings
+    alternate over the views (small views continue the alternation)."""
+    return values[view_index % len(values)]

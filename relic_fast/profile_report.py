@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from dali_pipelines.augmentations import ablation_advice
 from relic_fast.environment import machine_info
 
 WAIT_SHARE_LIMIT = 0.25
@@ -48,17 +50,6 @@ def verdict(measurements: dict[str, Any]) -> dict[str, Any]:
                                         f"waits for data {100 * wait:.0f}% of its time"}
 
 
-GROUP_ADVICE = {
-    "colour jitter + grayscale": "colour jitter costs most: views.jitter_order = \"fixed\" (one fused pass instead "
-                                 "of four in random order) if a documented approximation is acceptable",
-    "gaussian blur": "blur costs most: its taps grow with the view size (int(size / 20)); it runs on every view "
-                     "whose blur_p is 1.0, so check views.blur_p",
-    "solarize": "solarize costs most (unusual): check views.solarize_p",
-    "saliency masking": "saliency masking costs most: it decodes a mask per image; lower views.saliency_p or "
-                        "store masks smaller",
-}
-
-
 def input_suggestions(config, measurements: dict[str, Any]) -> list[str]:
     """What to change when the loop waits for data."""
     import torch
@@ -77,8 +68,9 @@ def input_suggestions(config, measurements: dict[str, Any]) -> list[str]:
         tips.append("decode and augment on the GPU: data.device = \"gpu\" (nvJPEG + CUDA operators"
                     + ("" if torch.cuda.is_available() else ", on a machine with a GPU") + ")")
     slowest = slowest_group(measurements.get("ablation"))
-    if slowest is not None and slowest["group"] in GROUP_ADVICE:
-        tips.append(GROUP_ADVICE[slowest["group"]])
+    advice = ablation_advice(slowest["group"]) if slowest is not None else ""
+    if advice:
+        tips.append(advice)
     bare = [row for row in (measurements.get("ablation") or {}).get("groups", []) if row["kept_only"]]
     if bare and bare[0]["share"] > 0.5:
         tips.append(f"decoding and cropping alone take {100 * bare[0]['share']:.0f}% of the loader's time: store "

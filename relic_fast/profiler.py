@@ -36,6 +36,7 @@ import torch
 from relic_fast.config import Config, DataConfig, ViewsConfig
 from relic_fast.devices import dali_device_for
 from relic_fast.environment import endless, synchronize
+from dali_pipelines.augmentations import ablations as augmentation_ablations, without_augmentations
 from dali_pipelines.loader import build_pretrain_loader
 from relic_fast.step import train_step
 from relic_fast.synthetic import synthetic_inputs
@@ -159,19 +160,10 @@ def loader_rate(dataset, views: ViewsConfig, data: DataConfig, config: Config, d
 
 
 def ablations(views: ViewsConfig, data: DataConfig) -> list[tuple[str, ViewsConfig, DataConfig]]:
-    """(group, views, data) with one group of DALI operators switched off; groups already off are left out."""
-    groups: list[tuple[str, ViewsConfig, DataConfig]] = []
-    if views.jitter_p > 0 or views.grayscale_p > 0:
-        groups.append(("colour jitter + grayscale", views.replace(jitter_p=0.0, grayscale_p=0.0), data))
-    if any(p > 0 for p in views.blur_p):
-        groups.append(("gaussian blur", views.replace(blur_p=(0.0,)), data))
-    if any(p > 0 for p in views.solarize_p):
-        groups.append(("solarize", views.replace(solarize_p=(0.0,)), data))
-    if views.saliency_p > 0:
-        groups.append(("saliency masking", views.replace(saliency_p=0.0), data))
-    bare = views.replace(jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.0,
-                         flip_p=0.0)
-    groups.append(("decode + crops (everything else off)", bare, data))
+    """(group, views, data) with one augmentation switched off (`Augmentation.off`) for each augmentation the
+    recipe uses, then everything off but decode and crops."""
+    groups = [(group, ablated, data) for group, ablated in augmentation_ablations(views)]
+    groups.append(("decode + crops (everything else off)", without_augmentations(views), data))
     return groups
 
 

@@ -5,18 +5,30 @@ view keeps its foreground and gets a new background: `view * a + fill * (1 - a)`
 mask (0..255 -> 0..1) cut with the view's own crop window (same relative ROI, same flip, so image
 and mask stay aligned whatever their resolutions). Fills: the dataset mean colour, Gaussian noise
 with the dataset's per-channel mean and std (normalizes to N(0, 1)), or the same view of another
-image of the batch. The mask is decoded only for samples where some large view blends.
+image of the batch. The mask is decoded only for samples where some large view blends. It acts on
+the cut view, before BYOL's colour changes (`Stage.BACKGROUND`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from dali_pipelines.augment import crop
-from dali_pipelines.draws import flags
+from dali_pipelines.augmentations.crop import Crop, crop
+from dali_pipelines.augmentations.flip import Flip
+from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, Stage, StatsColumns, StatsGroup, View
+from dali_pipelines.draws import drawn, flags
 from dali_pipelines.recipe import ViewsConfig
+
+
+class SaliencyDraws(NamedTuple):
+    """The unit's part of one image: (V,) 0/1 blend flags, and the decoded mask (None: no masks read)."""
+
+    blend: object
+    masks: object
 
 
 def draw_blends(views: ViewsConfig, has_mask):
@@ -58,3 +70,44 @@ def blend(view, masks, window, size: int, views: ViewsConfig, other=None):
     alpha = fn.cast(crop(masks, window, size, types.INTERP_LINEAR), dtype=types.FLOAT) * (1.0 / 255.0)
     mixed = fn.cast(view, dtype=types.FLOAT) * alpha + _fill(view, views, other) * (1.0 - alpha)
     return fn.cast(mixed, dtype=types.UINT8)
+
+
+class Saliency(Augmentation):
+    """The blend coins of the large views, the masks they need, and the blend of a view."""
+
+    name = "saliency"
+    settings = ("saliency_p", "saliency_fill")
+    stage = Stage.BACKGROUND
+    off = {"saliency_p": 0.0}
+    ablation_group = "saliency masking"
+    ablation_advice = ("saliency masking costs most: it decodes a mask per image; lower views.saliency_p or "
+                       "store masks smaller")
+    stats_columns = (StatsColumns(("saliency",), StatsGroup.DECISION),)
+
+    def is_on(self, views: ViewsConfig) -> bool:
+        """Blending at all."""
+        return views.saliency_p > 0
+
+    def draw(self, image: ImageInputs, views: ViewsConfig, earlier) -> SaliencyDraws:
+        """The blend flags and the masks they need; without masks (or at p = 0), zero flags and no mask."""
+        if image.mask_bytes is None or views.saliency_p <= 0:
+            return SaliencyDraws(0.0 * earlier[Flip.name], None)  # zeros for the debug column
+        blends = draw_blends(views, image.has_mask)
+        return SaliencyDraws(blends, decode_masks(image.mask_bytes, blends, image.device))
+
+    def per_view(self, draws: SaliencyDraws, views: ViewsConfig) -> list[SaliencyDraws]:
+        """Each view's flag, and the image's mask."""
+        return [SaliencyDraws(draws.blend[k], draws.masks) for k in range(views.num_views)]
+
+    def apply(self, x, view: View):
+        """The blend where drawn, on large views of images with a mask."""
+        record = view.draws[self.name]
+        if record.masks is not None and view.spec.large:
+            other = other_images(x) if view.views.saliency_fill == "other_image" else None
+            if drawn(record.blend):
+                x = blend(x, record.masks, view.draws[Crop.name], view.spec.size, view.views, other)
+        return x
+
+    def stats(self, draws: SaliencyDraws) -> tuple:
+        """The blend flags."""
+        return (draws.blend,)

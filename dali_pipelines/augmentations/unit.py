@@ -1,0 +1,122 @@
+"""What one augmentation of the view recipe is: the `Augmentation` unit that the multi-view graph loops over.
+
+A unit owns its augmentation end to end, so that adding one is its own file plus a line in
+`AUGMENTATIONS`:
+- `settings`: the `[views]` keys it reads (declared, documented and checked in `recipe.ViewsConfig`, the
+  typed config section);
+- `draw`: its per-sample random draws of one image, (V,) vectors for all V views at once;
+- `per_view`: each view's part of those draws, with what is derived from them once per image;
+- `apply`: its DALI operators on one view;
+- `is_on`, `off`, `ablation_group`, `ablation_advice`: the profiler's ablation of it;
+- `stats_columns`, `stats`: its debug columns (`ViewBatch.stats`).
+
+`stage` places it on a view's path (cut, then background, then pixels); within a stage, and for the
+draws and the debug columns, the order is `AUGMENTATIONS`'.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Mapping, NamedTuple
+
+from dali_pipelines.recipe import ViewsConfig, ViewSpec
+
+
+class Stage(enum.IntEnum):
+    """Where on a view's path a unit's operators act: the path runs the stages in this order."""
+
+    CUT = 0
+    """Makes the view from the decoded image (the crop; the flip shapes its window)."""
+    BACKGROUND = 1
+    """Changes what lies behind the object, on the cut view before any colour change (saliency)."""
+    PIXELS = 2
+    """Changes the view's pixels (BYOL's colour jitter, grayscale, blur, solarize)."""
+
+
+class StatsGroup(enum.IntEnum):
+    """The part of a debug row a column sits in: rows list the groups in this order."""
+
+    WINDOW = 0
+    """Where the view was cut: the crop window (y0, x0, y1, x1)."""
+    DECISION = 1
+    """A per-sample 0/1 decision: the augmentation applied to this view or not."""
+    PARAMETER = 2
+    """A value drawn for every view (the blur's sigma), used where its decision is 1."""
+
+
+class StatsColumns(NamedTuple):
+    """Names of a block of debug columns and the group they sit in. The block's values (`Augmentation.stats`)
+    are a (V,) vector for one name, a (V, n) matrix for n names."""
+
+    names: tuple[str, ...]
+    group: StatsGroup
+
+
+class ImageInputs(NamedTuple):
+    """What the graph hands the units when they draw for an image (DALI nodes, per sample)."""
+
+    shape: Any
+    """(H, W, C) of the encoded image, on the CPU (`fn.peek_image_shape`)."""
+    mask_bytes: Any
+    """The image's encoded saliency mask; None when the pipeline reads no masks."""
+    has_mask: Any
+    """1 where the image has a saliency mask (None with `mask_bytes`)."""
+    device: str
+    """Where the pixels are processed: "cpu" or "gpu"."""
+
+
+class View(NamedTuple):
+    """One view on its path through the units: its place in the recipe, its draws and the recipe."""
+
+    spec: ViewSpec
+    draws: Mapping[str, Any]
+    """The view's `draws.ViewDraws`: each unit's record of this view, by unit name."""
+    views: ViewsConfig
+    device: str
+    """Where the view's pixels are processed: "cpu" or "gpu"."""
+
+
+class Augmentation:
+    """One augmentation of the view recipe (see the module docstring). The defaults describe a unit
+    that draws nothing, has no operators and reports no column; a unit overrides what it owns."""
+
+    name: str = ""
+    """Key of the unit's draws in `ImageDraws` and `ViewDraws`."""
+
+    settings: tuple[str, ...] = ()
+    """The `ViewsConfig` keys the unit reads (each key belongs to one unit, or to the view layout)."""
+
+    stage: Stage = Stage.PIXELS
+
+    off: Mapping[str, Any] = {}
+    """`ViewsConfig` changes that take the augmentation out of the recipe (empty: it cannot be off)."""
+
+    ablation_group: str = ""
+    """The profiler's name for the unit's operators, measured by switching them `off`; empty: not measured
+    alone (still off in the profiler's bare recipe)."""
+
+    ablation_advice: str = ""
+    """What the profile report suggests when this group costs most."""
+
+    stats_columns: tuple[StatsColumns, ...] = ()
+
+    def is_on(self, views: ViewsConfig) -> bool:
+        """Whether `views` uses the augmentation (an ablation leaves out units already off)."""
+        return True
+
+    def draw(self, image: ImageInputs, views: ViewsConfig, earlier: Mapping[str, Any]) -> Any:
+        """The unit's per-sample draws of one image, for all views at once (`earlier`: the draws of the
+        units before it in `AUGMENTATIONS`)."""
+        return None
+
+    def per_view(self, draws: Any, views: ViewsConfig) -> list:
+        """Each view's record of the unit's `draws` (V entries, large views first)."""
+        return [None] * views.num_views
+
+    def apply(self, x, view: View):
+        """The unit's operators on one view `x` (uint8 HWC; the decoded image at `Stage.CUT`)."""
+        return x
+
+    def stats(self, draws: Any) -> tuple:
+        """One (V,) or (V, n) float node per entry of `stats_columns`, from the unit's `draws`."""
+        return ()
