@@ -2,8 +2,9 @@
 
 A checkpoint is one `torch.save` file `RUN_DIR/checkpoints/step-<step>.pt` holding everything a run
 needs to continue as if it had not stopped: online and target weights, optimizer and grad-scaler
-state, step and epoch, RNG states, the data loader's position (a string), and the resolved config
-(plain values). Only tensors and plain values, so it loads with `torch.load(weights_only=True)`; a
+state, step and epoch, every rank's RNG state and data loader position (a string), and what the resume
+rule compares (`resume_rule.RunIdentity`: the config as asked and as resolved, the dataset's fingerprint,
+the rank count; plain values). Only tensors and plain values, so it loads with `torch.load(weights_only=True)`; a
 file that needs pickled code to load is refused, never executed, and on a torch older than 2.6, whose
 weights-only loading a crafted file can defeat (CVE-2025-32434), nothing is loaded at all
 (`load_weights_only`, which every load of a file a user hands us goes through). It is written to a
@@ -27,13 +28,14 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Collection, Iterator
 
 import torch
 
 from relic_fast.errors import NO_SPACE_ERRNOS, CheckpointError, NoSpaceError, ResumeMismatchError, UnsafeTorchError
 from relic_fast.config import config_from_dict
 from relic_fast.models import build_encoder
+from relic_fast.resume_rule import Change, RunIdentity, refusal, resume_changes
 
 __all__ = ["CheckpointError", "UnreadableCheckpointError", "checkpoint_dir", "checkpoint_path", "list_checkpoints",
            "save_checkpoint", "read_checkpoint", "latest_checkpoint", "check_resumable", "resolve_checkpoint_file",
@@ -306,33 +308,18 @@ def latest_checkpoint(run_dir: Path, warn=print, required: str = "online") -> tu
     return None
 
 
-RESUME_FIXED = ("model", "train.batch_size")
-"""Config sections and keys a resumed run must keep: the weights' shapes and the data position per sample."""
+def check_resumable(path: Path, state: dict[str, Any], now: RunIdentity,
+                    accepted: Collection[str] = ()) -> list[Change]:
+    """The changes `--resume` goes on with from the run saved in `state` (read from `path`) to the run `now`:
+    those the rule lets change, and refused ones that `accepted` (`--accept-change`) names.
 
-
-def check_resumable(path: Path, state: dict[str, Any], config: dict[str, dict[str, Any]], world_size: int) -> None:
-    """Raise `ResumeMismatchError` naming every key of `RESUME_FIXED` (and the rank count) that `config`
-    changes from the run saved in `state` (read from `path`)."""
-    saved = state["config"]
-    changed = []
-    for item in RESUME_FIXED:
-        section, _, key = item.partition(".")
-        old, new = saved.get(section, {}), config.get(section, {})
-        for name in ([key] if key else sorted(set(old) | set(new))):
-            if _plain(old.get(name)) != _plain(new.get(name)):
-                changed.append(f"{section}.{name} = {old.get(name)!r} in the checkpoint, {new.get(name)!r} now")
-    if state["world_size"] != world_size:
-        changed.append(f"{state['world_size']} rank(s) in the checkpoint, {world_size} now (the data position "
-                       f"is saved per rank)")
-    if changed:
-        raise ResumeMismatchError(f"{path}: --resume cannot continue this run with the given config: "
-                                  f"{'; '.join(changed)}. Resume with the saved config (config.toml in the run "
-                                  f"folder), or start a new run in another --out folder")
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, so a config read back from a checkpoint compares equal to a fresh one."""
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+    Raises `ResumeMismatchError` naming every other refused change in one line, with the ways on
+    (`relic_fast.resume_rule`: one rule for every config key, the images and the rank count)."""
+    changes = resume_changes(RunIdentity.from_state(state), now)
+    blocked = [c for c in changes if c.refused and not (c.key in accepted and c.rule.acceptable)]
+    if blocked:
+        raise ResumeMismatchError(refusal(path, blocked))
+    return changes
 
 
 def resolve_checkpoint_file(path: Path) -> Path:

@@ -27,7 +27,8 @@ class ExitCode(IntEnum):
     CHECKPOINT = 5
     """A checkpoint is unreadable, not relic-fast's, or would run pickled code when loaded."""
     RESUME_MISMATCH = 6
-    """`--resume` with a config that changes the model, the global batch or the number of ranks."""
+    """`--resume` with a change the resume rule refuses (`relic_fast.resume_rule`: the data, views, model, loss,
+    optimizer, schedules, seed, batch, rank count); `--accept-change KEY` goes on with it on purpose."""
     NO_SPACE = 7
     """The disk filled up (the folder, the bytes needed and the bytes free are named)."""
     RUN_IN_USE = 8
@@ -35,7 +36,8 @@ class ExitCode(IntEnum):
     NON_FINITE = 9
     """The loss became NaN or infinite; the newest checkpoint is the last good state."""
     STOPPED = 75
-    """Stopped early by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint: `--resume` continues.
+    """Stopped early by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint (or before the first step, with
+    nothing to write): `--resume` continues.
     (75 is EX_TEMPFAIL of sysexits.h: "a temporary failure; retry".)"""
     INTERRUPTED = 130
     """A second Ctrl-C (SIGINT): stopped at once, no checkpoint written (128 + SIGINT, the shell's code)."""

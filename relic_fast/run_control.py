@@ -11,6 +11,11 @@ last checkpoint: torchrun answers a rank's non-zero exit by sending SIGTERM to t
 same reason, once a stop is decided the handlers stay installed until the process exits (a further
 SIGTERM is redundant; a further SIGINT still stops at once).
 
+The handlers themselves (`stop_signals.StopSignals`) are installed when `pretrain` starts, long before the
+first step, and handed to `RunControl`: a signal that lands while the trainer is still being built
+(dataset validation, restore, the pipeline's start) is recorded too, and the trainer acts on it at the next
+boundary of its start-up (exit 75, nothing written).
+
 Under torchrun a signal may reach one rank, or every rank at different steps, and `train.checkpoint_minutes`
 is measured by rank 0's clock, yet every rank must checkpoint and stop at the same step (checkpointing
 is collective). The ranks agree through one 2-element all-reduce (max) per step on a separate gloo
@@ -24,7 +29,6 @@ stop `log_every` steps late (20 steps of the ImageNet recipes), past torchrun's 
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -32,9 +36,9 @@ from typing import Callable
 import torch
 
 from relic_fast.distributed import all_reduce_max_async, wait_for_all
+from relic_fast.stop_signals import STOP_SIGNALS, StopSignals, torchrun_signal_warning
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-
+__all__ = ["Decision", "RunControl", "STOP_SIGNALS", "StopSignals", "torchrun_signal_warning"]
 
 @dataclass(frozen=True)
 class Decision:
@@ -48,47 +52,50 @@ class RunControl:
     """Signal handlers plus the checkpoint schedule, as a context manager around the step loop."""
 
     def __init__(self, *, checkpoint_every: int, checkpoint_minutes: float, is_main: bool, group=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, signals: StopSignals | None = None):
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = 60.0 * checkpoint_minutes
         self.is_main = is_main
         self.group = group
         """`distributed.control_group()`: the ranks agree through it; None decides locally, at once."""
         self.clock = clock
-        self.received: int | None = None
-        """The first stop signal this process received (a number), until the run acts on it."""
+        self.signals = signals or StopSignals()
+        """The stop handlers: shared with whoever installed them earlier (`pretrain`), else this run's own,
+        installed by `with` and removed after it."""
+        self._owns_signals = signals is None
+        self._on_signal = self.signals.on_signal
         self._last_checkpoint = clock()
         self._pending: tuple[object, torch.Tensor] | None = None
-        self._previous: dict[int, object] = {}
-        self.stopping = False
-        """A stop was decided: the process is on its way out."""
+
+    @property
+    def received(self) -> int | None:
+        """The first stop signal this process received (a number), until the run acts on it."""
+        return self.signals.received
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was decided: the process is on its way out (its stop handlers stay installed)."""
+        return self.signals.stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self.signals.stopping = value
 
     # ---------------------------------------------------------------- signals
     def __enter__(self) -> "RunControl":
         self._last_checkpoint = self.clock()
-        if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
-            for number in STOP_SIGNALS:
-                self._previous[number] = signal.signal(number, self._on_signal)
+        if self._owns_signals:
+            self.signals.__enter__()
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        if not self.stopping:
-            for number, handler in self._previous.items():
-                signal.signal(number, handler)
-            self._previous.clear()
+        if self._owns_signals:
+            self.signals.__exit__(exc_type, *exc)
         if self.group is not None and exc_type is None:
             if self._pending is not None:
                 self._pending[0].wait()  # every rank started the same reductions; finish them before the group goes
             wait_for_all(self.group)  # rank 0 has written the last checkpoint when this returns
         self._pending = None
-
-    def _on_signal(self, number: int, frame) -> None:
-        """Record the request; the loop acts on it at the next agreed step boundary. A SIGINT after
-        any stop signal means "now": KeyboardInterrupt, no checkpoint."""
-        if self.received is not None and number == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.received is None:
-            self.received = number
 
     # ---------------------------------------------------------------- decisions
     def after_step(self, step: int) -> Decision:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import torch
 from rich.markup import escape
@@ -36,10 +37,12 @@ from relic_fast.loop import LoggingWindow, MonitorInterrupted, StepTiming, Valid
 from relic_fast.monitor import RunMonitor
 from relic_fast.online_probe import OnlineProbe, labelled_classes
 from relic_fast.plot import plot_run
+from relic_fast.resume_rule import Change, RunIdentity, check_accept_keys, dataset_fingerprint
 from relic_fast.run_control import RunControl
 from relic_fast.run_plan import RunPlan, planned_config, resolve_plan
 from relic_fast.runlock import RunLock
 from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
+from relic_fast.stop_signals import StopSignals, torchrun_signal_warning
 from relic_fast.step import (NonFiniteGuard, NonFiniteLossError, StepContext, build_step_context, prepare_views,
                              train_step)
 
@@ -57,19 +60,19 @@ def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, Dataset
     data = config.data
     dataset = resolve_dataset(path, data.format, data.masks, classes=data.classes)
     if data.on_bad_file == "skip" and dataset.kind != "webdataset":
-        dataset = without_bad_files(dataset, world)
+        dataset = without_bad_files(dataset, world, data.max_image_mb)
     val = find_monitor_split(path, data.val, data.val_labels)
     # resolved at start-up: a bad labels file or a class the train split lacks stops the run before training
     return dataset, (resolve_split(val, train=dataset, labels=data.val_labels, classes=data.classes)
                      if val is not None else None)
 
 
-def without_bad_files(dataset: DatasetSpec, world: World) -> DatasetSpec:
+def without_bad_files(dataset: DatasetSpec, world: World, max_image_mb: float) -> DatasetSpec:
     """`data.on_bad_file = "skip"`: the dataset less its unreadable images (validated once, cached on disk)."""
 
     if world.distributed and not world.is_main:
         torch.distributed.barrier()  # rank 0 validates with a process pool; the others then hit its cache
-    dataset, rejected = filter_bad_files(dataset)
+    dataset, rejected = filter_bad_files(dataset, max_image_mb=max_image_mb)
     if world.distributed and world.is_main:
         torch.distributed.barrier()
     if rejected and world.is_main:
@@ -82,7 +85,11 @@ def without_bad_files(dataset: DatasetSpec, world: World) -> DatasetSpec:
 class Trainer:
     """A RELICv2 pretraining run in `out_dir`, single-process or one rank of a `torchrun` job."""
 
-    def __init__(self, config: Config, out_dir: Path, resume: bool = False, validator: Validator | None = None):
+    def __init__(self, config: Config, out_dir: Path, resume: bool = False, validator: Validator | None = None,
+                 accept_changes: Collection[str] = (), signals: StopSignals | None = None):
+        """Build the run: `resume` continues from `out_dir`'s newest checkpoint, going on with the refused changes
+        `accept_changes` names (`relic_fast.resume_rule`); `signals`, the stop handlers `pretrain` installed at
+        its start (None: the run installs its own in `train`), are acted on between the phases of the build."""
         self.requested_config = config
         """The config as given ("auto" included): what `config.toml` records and `--resume` compares."""
         self.plan: RunPlan = resolve_plan(config)
@@ -91,9 +98,22 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.validator = validator
         self.world: World = init_world(self.plan.torch_device)
+        self.resumed_from: Path | None = None
+        """The checkpoint `restore` continued from (None for a fresh run)."""
+        cadence = config.train
+        self.control = RunControl(checkpoint_every=cadence.checkpoint_every,
+                                  checkpoint_minutes=cadence.checkpoint_minutes, is_main=self.world.is_main,
+                                  group=control_group(), signals=signals)
+        """Stop signals and off-schedule checkpoints (`run_control`), agreed by every rank."""
+        self._stop_if_signalled("while the ranks joined")
         self.dataset, self.val_dataset = training_dataset(config, self.world)
         self.mask_coverage = check_saliency_masks(self.dataset, config.views)
         """Images with a saliency mask when the recipe masks (None when `views.saliency_p` is 0)."""
+        self._stop_if_signalled("while the dataset was resolved")
+        self.identity = RunIdentity(config=config.to_dict(), resolved=self._resolved_config(),
+                                    dataset=dataset_fingerprint(self.dataset, self.mask_coverage),
+                                    ranks=self.world.world_size)
+        """What a checkpoint records of this run and `--resume` compares (`relic_fast.resume_rule`)."""
         self._check_batch()
         self.global_batch = config.train.batch_size
         self.peak_lr = scaled_lr(config.optim.base_lr, self.global_batch)
@@ -102,12 +122,21 @@ class Trainer:
         self.probe = self._build_probe()
         torch.manual_seed(config.train.seed + self.world.rank)  # then per-rank randomness (negatives)
         self.step = 0
-        self.resumed_from: Path | None = None
-        """The checkpoint `restore` continued from (None for a fresh run)."""
+        self.accepted_changes: list[Change] = []
+        """The refused changes this resume goes on with (`--accept-change`), recorded at the start of `train`."""
+        self.resume_notes: list[str] = []
+        """What the resume says at the start of `train`: accepted changes, an online probe that restarts."""
         self.guard = NonFiniteGuard(self.world.device)
-        loader_state = self.restore() if resume else None
+        loader_state = self.restore(accept_changes) if resume else None
+        self._stop_if_signalled("while the checkpoint was restored" if resume else "while the networks were built")
         self.loader = self._build_loader(loader_state)
+        self._stop_if_signalled("while the data pipeline started")
         self.steps_per_epoch = len(self.loader)
+        if self.accepted_changes:
+            restart = "" if loader_state is not None else (f"; the data order restarts (epoch "
+                                                           f"{self.step // self.steps_per_epoch} from its start)")
+            self.resume_notes.insert(0, f"--resume: accepted changes at step {self.step}: "
+                                        + ", ".join(change.short() for change in self.accepted_changes) + restart)
         self.total_steps = config.train.epochs * self.steps_per_epoch
         self.last_step = min(self.total_steps, config.train.max_steps or self.total_steps)
         self.warmup_steps = round(config.optim.warmup_epochs * self.steps_per_epoch)
@@ -187,12 +216,43 @@ class Trainer:
         return f"monitor {describe_monitor(self.val_dataset, every)}; {probe}"
 
     def _build_loader(self, state: str | None):
-        """This rank's shard of the pretraining pipeline (restored to `state` on resume)."""
-        return build_pretrain_loader(self.dataset, self.config.views, self.config.data,
-                                     batch_size=self.config.train.batch_size // self.world.world_size,
-                                     seed=self.config.train.seed, shard_id=self.world.rank,
-                                     num_shards=self.world.world_size, device_id=self.plan.dali_device_id,
-                                     checkpoint=state)
+        """This rank's shard of the pretraining pipeline: restored to `state` on resume, or, when a resume
+        accepted a change of the data or its order (no `state` then), started at the saved step.
+
+        The resume rule has compared everything the loader's own check compares, so its refusal (a ValueError)
+        cannot normally happen; should it, it is the same refusal, one line, not a traceback."""
+        try:
+            return build_pretrain_loader(self.dataset, self.config.views, self.config.data,
+                                         batch_size=self.config.train.batch_size // self.world.world_size,
+                                         seed=self.config.train.seed, shard_id=self.world.rank,
+                                         num_shards=self.world.world_size, device_id=self.plan.dali_device_id,
+                                         checkpoint=state, start_step=self.step if state is None else 0)
+        except ValueError as err:
+            if state is None:
+                raise
+            raise ResumeMismatchError(f"{self.resumed_from}: --resume cannot restore the data position: {err}; "
+                                      f"resume with the saved config (config.toml in the run folder), or start a "
+                                      f"new run in another --out folder") from None
+
+    def _resolved_config(self) -> dict[str, dict[str, Any]]:
+        """The config as it runs on this machine, every "auto" the resume rule compares resolved (views'
+        interpolation, the loss and LARS implementation, the pipeline's device)."""
+        resolved = self.config.to_dict()
+        resolved["data"]["device"] = "cpu" if self.plan.dali_device_id is None else "gpu"
+        return resolved
+
+    def _stop_if_signalled(self, during: str) -> None:
+        """Before the first step: raise `RunStopped` (exit 75) if any rank received a stop signal, every rank at
+        this same point (a collective on the control group). Nothing was trained or written yet."""
+        stop, _ = self.control.agree_between_steps(failed=False)
+        if stop is None:
+            return
+        if self.resumed_from is not None:
+            again = f"`--resume` continues from {self.resumed_from.name} (step {self.step})"
+        else:
+            again = "run the same command again to start"
+        raise RunStopped(f"{stop} received before the first step ({during}): no step trained, nothing written; "
+                         f"{again}")
 
     # ---------------------------------------------------------------- the loop
     def train(self, save_final: bool = True) -> dict[str, Any]:
@@ -208,6 +268,7 @@ class Trainer:
             where = f" ({self.resumed_from.name})" if self.resumed_from else ""
             raise NothingToDo(f"{self.out_dir} is already at step {self.step}{where}, at or past {limit}: no step "
                               f"trained, no checkpoint written; raise --steps to train on")
+        self._stop_if_signalled("as training began")
         if self.resumed_from is not None and self.world.is_main:
             print(f"resumed from {self.resumed_from} (step {self.step})")
         if self.world.is_main:
@@ -215,14 +276,15 @@ class Trainer:
             (self.out_dir / "config.toml").write_text(to_toml(self.requested_config))
             (self.out_dir / "plan.toml").write_text(self.plan.to_toml())
         summary: dict[str, Any] = {"start_step": self.step}
-        cfg = self.config.train
-        self.control = RunControl(checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
-                                  is_main=self.world.is_main, group=control_group())
         with self.control, RunMonitor(self.out_dir, self.last_step, self.step, enabled=self.world.is_main) as monitor:
             self.monitor = monitor
             monitor.message("plan: " + ", ".join(f"{key} {value}" for key, value in self.plan.rows()))
             monitor.message(f"saliency masks: {describe_masks(self.mask_coverage)}")
             monitor.message(self._monitor_plan())
+            for note in self.resume_notes:
+                monitor.message(escape(note))
+            if self.accepted_changes:  # the run's record says where it stopped being the run it was
+                monitor.record(self.step, {"accepted_changes": {c.key: c.record() for c in self.accepted_changes}})
             try:
                 summary.update(self._run_steps())
             except NonFiniteLossError as err:
@@ -360,19 +422,20 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
-        """Everything `restore` needs to continue exactly (loader positions of every rank included)."""
-        loader_states = [self.loader.checkpoint()]
-        if self.world.distributed:
-            gathered: list[Any] = [None] * self.world.world_size
-            torch.distributed.all_gather_object(gathered, loader_states[0])
-            loader_states = gathered
+        """Everything `restore` needs to continue exactly: every rank's loader position and random state (each
+        rank draws its own sampled negatives), gathered in one collective, and what the resume rule compares."""
         rng = {"cpu": torch.get_rng_state()}
         if self.world.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
-        return {"step": self.step, "config": self.requested_config.to_dict(), "online": self.online_module.state_dict(),
+        per_rank: list[Any] = [(self.loader.checkpoint(), rng)]
+        if self.world.distributed:
+            gathered: list[Any] = [None] * self.world.world_size
+            torch.distributed.all_gather_object(gathered, per_rank[0])
+            per_rank = gathered
+        return {"step": self.step, **self.identity.to_state(), "online": self.online_module.state_dict(),
                 "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng,
-                "loader": loader_states, "world_size": self.world.world_size,
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": [rank_rng for _, rank_rng in per_rank], "loader": [loader for loader, _ in per_rank],
                 "online_probe": self.probe.state() if self.probe is not None else None}
 
     def _check_finite(self) -> None:
@@ -395,8 +458,13 @@ class Trainer:
             return None
         return save_checkpoint(state, self.out_dir, self.step, self.config.train.keep_checkpoints)
 
-    def restore(self) -> str | None:
-        """Load the newest usable checkpoint of `out_dir` (skipping corrupt ones); returns this rank's loader state."""
+    def restore(self, accept_changes: Collection[str] = ()) -> str | None:
+        """Load the newest usable checkpoint of `out_dir` (skipping corrupt ones); returns this rank's loader state,
+        or None when there is none or the data must restart at the saved step (an accepted change of the data or
+        its order: the saved position belongs to the old order).
+
+        The resume rule (`relic_fast.resume_rule`) decides first, before anything is loaded or the loader is
+        built: a refused change not in `accept_changes` stops here, every one named (`ResumeMismatchError`)."""
         found = latest_checkpoint(self.out_dir, warn=lambda text: print(text) if self.world.is_main else None)
         if not same_on_every_rank(found[0].name if found else None):
             raise ResumeMismatchError(f"--resume: the ranks found different checkpoints in {self.out_dir}; with "
@@ -406,45 +474,95 @@ class Trainer:
                 print(f"--resume: no checkpoint in {self.out_dir}, starting from scratch")
             return None
         path, state = found
-        check_resumable(path, state, self.requested_config.to_dict(), self.world.world_size)
+        changes = check_resumable(path, state, self.identity, accept_changes)
         self.online_module.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._restore_optimizer(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
-        if self.probe is not None and state.get("online_probe") is not None:
-            self.probe.restore(state["online_probe"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"] and self.world.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.world.device)
+        self._restore_probe(state.get("online_probe"), changes)
+        self._restore_rng(state["rng"])
         self.step = state["step"]
         self.resumed_from = path  # `train` says so, or that no step is left to train
+        self.accepted_changes = [change for change in changes if change.refused]
+        if any(change.rule.restarts_data for change in self.accepted_changes):
+            return None  # `_build_loader` starts the new order at the saved step
         return state["loader"][self.world.rank]
 
+    def _restore_optimizer(self, saved: dict[str, Any]) -> None:
+        """The saved optimizer state (momentum buffers) under the config's hyper-parameters: a loaded state
+        dict brings its own weight decay, momentum and trust coefficient, which a resume that accepted new ones
+        must not silently keep (with no accepted change the two agree; the lr is set every step)."""
+        configured = [{key: value for key, value in group.items() if key != "params"}
+                      for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(saved)
+        for group, settings in zip(self.optimizer.param_groups, configured):
+            group.update(settings)
 
-def pretrain(config: Config, *, out_dir: Path, resume: bool = False,
-             validator: Validator | None = None) -> dict[str, Any]:
+    def _restore_probe(self, saved: dict[str, Any] | None, changes: list[Change]) -> None:
+        """Continue the online probe from the checkpoint, or restart it from zero when its settings or the
+        classes changed (its head would not be the one trained so far), and say so."""
+        if self.probe is None:
+            return
+        changed = [change.short() for change in changes if change.key.startswith("eval.online_probe")]
+        if saved is None:
+            why = "it was off in the checkpoint"
+        elif changed:
+            why = ", ".join(changed)
+        elif saved["module"]["linear.weight"].shape != self.probe.linear.weight.shape:
+            why = "the number of classes changed"
+        else:
+            self.probe.restore(saved)
+            return
+        self.resume_notes.append(f"online probe restarts from zero: {why}")
+
+    def _restore_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """This rank's random state (each rank draws its own sampled negatives). An older checkpoint holds rank
+        0's alone, which every rank then takes; a rank the checkpoint did not have (more ranks, accepted) keeps
+        its fresh per-rank seed."""
+        if isinstance(saved, list):
+            saved = saved[self.world.rank] if self.world.rank < len(saved) else None
+        if saved is None:
+            return
+        torch.set_rng_state(saved["cpu"])
+        if "cuda" in saved and self.world.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda"], self.world.device)
+
+
+def pretrain(config: Config, *, out_dir: Path, resume: bool = False, validator: Validator | None = None,
+             accept_changes: Collection[str] = (), signals: StopSignals | None = None) -> dict[str, Any]:
     """Run (or resume) RELICv2 pretraining as `config` says, writing into `out_dir`; returns a summary.
 
     `validator` (e.g. the kNN monitor, `KnnValidator.from_config`) runs at epoch ends when it asks to.
+    `accept_changes` (`--accept-change`): the refused changes a resume goes on with (`relic_fast.resume_rule`).
 
-    Rank 0 holds `out_dir`'s lock (`runlock`) for the whole run: a second run into the same folder fails."""
-    rank, world_size = launch_rank()
-    lock = RunLock(out_dir).acquire() if rank == 0 else None
-    if lock is not None and lock.note:
-        print(lock.note)
-    if lock is not None:  # only the lock holder may: a live run's temporary file is a write in progress
-        remove_interrupted_writes(out_dir, report=print)
-    try:
-        trainer = Trainer(config, out_dir, resume=resume, validator=validator)
+    The stop handlers are installed first (or were, by the caller: `signals`), so that SIGTERM, SIGINT or
+    SIGUSR1 before the first step (dataset validation, restore, the pipeline's start) ends the run with
+    `RunStopped` (exit 75) at the next boundary of the build, nothing written, instead of killing it. Rank 0
+    holds `out_dir`'s lock (`runlock`) for the whole run: a second run into the same folder fails."""
+    with nullcontext(signals) if signals is not None else StopSignals() as signals:
+        accepted = check_accept_keys(accept_changes)
+        if accepted and not resume:
+            raise ConfigError(f"--accept-change {sorted(accepted)[0]}: only a --resume can accept a change")
+        rank, world_size = launch_rank()
+        if rank == 0 and (warning := torchrun_signal_warning()) is not None:
+            print(warning)
+        lock = RunLock(out_dir).acquire() if rank == 0 else None
+        if lock is not None and lock.note:
+            print(lock.note)
+        if lock is not None:  # only the lock holder may: a live run's temporary file is a write in progress
+            remove_interrupted_writes(out_dir, report=print)
         try:
-            summary = trainer.train()
-            if trainer.world.is_main:
-                summary["curves"] = plot_run(out_dir)  # once, at the end: `relic-fast plot RUN` redraws any time
-            return summary
+            trainer = Trainer(config, out_dir, resume=resume, validator=validator, accept_changes=accepted,
+                              signals=signals)
+            try:
+                summary = trainer.train()
+                if trainer.world.is_main:
+                    summary["curves"] = plot_run(out_dir)  # once, at the end: `relic-fast plot RUN` redraws any time
+                return summary
+            finally:
+                if world_size > 1:
+                    close_world()
         finally:
-            if world_size > 1:
-                close_world()
-    finally:
-        if lock is not None:
-            lock.release()
+            if lock is not None:
+                lock.release()

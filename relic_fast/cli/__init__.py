@@ -104,24 +104,29 @@ def pretrain(config: ConfigPath = None,
              data: Annotated[Optional[str], typer.Option("--data", help="Dataset: folder tree, demo-data root, file list (.txt) or WebDataset shard folder. Omitted: the built-in demo dataset (generated on first use).")] = None,
              out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints/, metrics.jsonl, config.toml, tensorboard/.")] = Path("runs/pretrain"),
              overrides: SetOption = None,
-             resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest usable checkpoint in --out.")] = False,
+             resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest usable checkpoint in --out. A config that would make the run differ from one never stopped is refused (exit 6), every changed key named; the README's resume table lists what may change.")] = False,
+             accept_change: Annotated[Optional[list[str]], typer.Option("--accept-change", help="With --resume: go on with this refused change on purpose (repeatable): a config key (section.key), 'dataset' (other images) or 'ranks'. The new value takes effect; the run's output and metrics.jsonl record it.")] = None,
              steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Stop after this many optimizer steps (schedules still span train.epochs).")] = None,
              val: Annotated[Optional[str], typer.Option("--val", help="The labelled split the monitor (kNN, online probe) scores, as data.val: a class-folder tree, a file list, shards, or a flat folder with its labels CSV. Omitted: val/ inside the data root, else the val beside a data folder named train; the plan printed at the start names it, or says off.")] = None,
              val_labels: Annotated[Optional[str], typer.Option("--val-labels", help="Labels CSV of a flat --val folder (as data.val_labels; default: LOC_val_solution.csv found by looking up from the folder).")] = None) -> None:
     """Pretrain a ResNet with RELICv2 (single process, or one rank under `torchrun -m relic_fast pretrain`)."""
     import dataclasses
 
-    from relic_fast.evaluation.validate import KnnValidator
-    from relic_fast.trainer import pretrain as run_pretrain
+    from relic_fast.stop_signals import StopSignals
 
-    cfg = resolve_config(config, overrides)
-    data_changes = {key: value for key, value in (("path", data), ("val", val), ("val_labels", val_labels))
-                    if value is not None}
-    if data_changes:
-        cfg = cfg.replace(data=dataclasses.replace(cfg.data, **data_changes))
-    if steps is not None:
-        cfg = cfg.replace(train=dataclasses.replace(cfg.train, max_steps=steps))
-    summary = run_pretrain(cfg, out_dir=out, resume=resume, validator=KnnValidator.from_config(cfg))
+    with StopSignals() as signals:  # first: a stop signal during the seconds of imports below is not fatal
+        from relic_fast.evaluation.validate import KnnValidator
+        from relic_fast.trainer import pretrain as run_pretrain
+
+        cfg = resolve_config(config, overrides)
+        data_changes = {key: value for key, value in (("path", data), ("val", val), ("val_labels", val_labels))
+                        if value is not None}
+        if data_changes:
+            cfg = cfg.replace(data=dataclasses.replace(cfg.data, **data_changes))
+        if steps is not None:
+            cfg = cfg.replace(train=dataclasses.replace(cfg.train, max_steps=steps))
+        summary = run_pretrain(cfg, out_dir=out, resume=resume, validator=KnnValidator.from_config(cfg),
+                               accept_changes=accept_change or (), signals=signals)
     if launch_rank()[0] == 0:  # one voice under torchrun
         console.print(f"[bold green]done:[/] {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
                       f"checkpoint {summary['checkpoint']}")

@@ -19,7 +19,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("dali_pipelines",),
     # 1: foundations that import no other project module but each other
     ("relic_fast.errors", "relic_fast.environment", "relic_fast.distributed", "relic_fast.schedules",
-     "relic_fast.monitor", "relic_fast.runlock", "relic_fast.run_control", "relic_fast.demo_render",
+     "relic_fast.monitor", "relic_fast.runlock", "relic_fast.run_control", "relic_fast.stop_signals",
+     "relic_fast.demo_render",
      "relic_fast.kernels", "relic_fast.compiling", "relic_fast.dataset_tools.progress",
      "relic_fast.dataset_tools.saliency", "relic_fast.config_legacy", "relic_fast.config_fields",
      "relic_fast.plot", "relic_fast.__init__"),
@@ -27,7 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("relic_fast.config", "relic_fast.devices"),
     # 3: the pieces a run is made of
     ("relic_fast.models", "relic_fast.loss", "relic_fast.optim", "relic_fast.checkpoint", "relic_fast.export",
-     "relic_fast.demo_data", "relic_fast.dataset_tools", "relic_fast.data_plan", "relic_fast.online_probe"),
+     "relic_fast.demo_data", "relic_fast.dataset_tools", "relic_fast.data_plan", "relic_fast.online_probe",
+     "relic_fast.resume_rule"),
     # 4: the plan of a run and its step
     ("relic_fast.run_plan", "relic_fast.step", "relic_fast.synthetic", "relic_fast.loop"),
     # 5: the trainer

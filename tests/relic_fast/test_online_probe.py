@@ -29,7 +29,7 @@ def test_the_probe_leaves_the_encoders_training_bit_for_bit(tiny_config, tmp_pat
         with_probe, without = runs[True][network], runs[False][network]
         assert with_probe.keys() == without.keys()
         assert all(torch.equal(with_probe[key], without[key]) for key in without), network
-    assert torch.equal(runs[True]["rng"]["cpu"], runs[False]["rng"]["cpu"])  # no random draw of its own
+    assert torch.equal(runs[True]["rng"][0]["cpu"], runs[False]["rng"][0]["cpu"])  # no random draw of its own
 
 
 def test_metrics_hold_the_probe_and_the_monitor(tiny_config, tmp_path, capsys):

@@ -149,9 +149,43 @@ def test_torchrun_ranks_stop_at_the_same_step_and_rank_0_speaks_for_all(tiny_dem
     assert loader_positions(newest) == [stopped_at, stopped_at]  # both ranks stopped at that step
     assert "done:" not in output and "exitcode: 75" in output, output  # torchrun reports each rank's code
     assert not re.search(r"exitcode\s*:\s*-", output), output  # no rank was killed (torchrun SIGTERMs the rest)
+    assert output.count("torchrun --signals-to-handle") == 1, output  # rank 0 warns: SIGUSR1 sent to it is lost
 
     code, output = cli_process.run(args + ["--resume"], ranks=2)
     assert code == 0, output
     assert output.count("done:") == 1 and output.count(f"resumed from {newest}") == 1, output
     assert "checkpoint None" not in output
     assert read_checkpoint(list_checkpoints(run)[-1])["step"] == 8
+
+
+SLOW_DATASET = ("import pathlib, time, relic_fast.trainer as t; real = t.resolve_dataset; "
+                "t.resolve_dataset = lambda *a, **k: (pathlib.Path({marker!r}).touch(), time.sleep({seconds}), "
+                "real(*a, **k))[2]; ")
+"""A `prelude` that makes the trainer's dataset resolution announce itself (`marker`) and then take `seconds`:
+a signal sent once the marker exists lands while the trainer is still being built."""
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_trainer_builds_stops_with_75_and_writes_nothing(tiny_demo, tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "resolving"
+    process = cli_process.start(cli_process.pretrain_args(tiny_demo, run, 2),
+                                SLOW_DATASET.format(marker=str(marker), seconds=3))
+    code, output = cli_process.signal_when(marker, process, signal.SIGTERM)
+    assert code == ExitCode.STOPPED, output
+    assert "stopped: SIGTERM received before the first step" in output and "Traceback" not in output, output
+    assert list_checkpoints(run) == [] and not (run / "config.toml").exists() and not (run / "run.lock").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_told_to_handle_sigusr1_passes_it_to_every_rank(tiny_demo, tmp_path):
+    run = tmp_path / "run"
+    launcher = cli_process.start(cli_process.pretrain_args(tiny_demo, run, 10), ranks=2,
+                                 PET_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")  # --signals-to-handle
+    cli_process.wait_for(checkpoint_path(run, 2), launcher)
+    os.kill(launcher.pid, signal.SIGUSR1)  # to torchrun, as `sbatch --signal=USR1@120` does
+    code, output = cli_process.finish(launcher)
+    assert code != 0, output
+    assert len([line for line in output.splitlines() if "stopped: SIGUSR1 received" in line]) == 1, output
+    stopped_at = read_checkpoint(list_checkpoints(run)[-1])["step"]
+    assert 2 < stopped_at < 10 and loader_positions(list_checkpoints(run)[-1]) == [stopped_at] * 2, output
+    assert "--signals-to-handle" not in output, output  # no warning: SIGUSR1 is handled
