@@ -18,7 +18,7 @@ class ViewBatch:
     v*B..(v+1)*B-1 are view v of samples 0..B-1), channels-last; `labels` (B,) int64, -1 unknown.
     `normalized` is False for uint8 pixels in [0, 255], what the DALI loaders hand over: the trainer
     normalizes them on its device (`relic_fast.step.prepare_views`); True for views a feed normalized
-    itself (the torchvision baseline of the benchmarks, whose recipe includes its own Normalize)."""
+    itself (the torchvision baseline of the benchmarks normalizes in its workers, with `normalize_views`)."""
 
     large: torch.Tensor
     small: torch.Tensor | None
@@ -33,7 +33,9 @@ def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(x / 255 - mean) / std per channel of NCHW `x` (uint8 or float pixels in [0, 255]), as `dtype`.
 
-    Computed in float32 and cast once; elementwise ops keep `x`'s channels-last layout."""
+    The torch side's one normalization: the trainer's (`relic_fast.step.prepare_views`) and the torchvision
+    baseline's, so both feed the network the same values. Computed in float32 and cast once; elementwise ops
+    keep `x`'s channels-last layout."""
     # one fill per channel on x's device: torch.tensor(list, device=cuda) would copy from pageable host
     # memory, which synchronizes the CUDA stream on every step (tests/relic_fast/test_meta_device.py)
     scale = torch.stack([torch.full((), 1.0 / (255.0 * s), device=x.device) for s in std]).view(1, 3, 1, 1)

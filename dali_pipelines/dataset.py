@@ -74,6 +74,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dali_pipelines.atomic import write_text_atomically
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 """File suffixes (lower case) the folder reader treats as images (DALI's decoder reads them all)."""
 
@@ -493,9 +495,14 @@ def _flat_folder(root: Path, labels: str, masks: str) -> DatasetSpec:
 
 
 def scan_tar(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """Samples of one shard as DALI groups them: (key, {extension: member}) for consecutive members
-    sharing a key (the name up to the first dot of its base name). Samples without an image are kept
-    here; callers decide."""
+    """Samples of one shard: (key, {extension: member}) for consecutive regular files sharing a key.
+
+    The one key rule of every WebDataset reader and writer here (the dataset scan, the indexes the readers
+    and `relic-fast pack` write, the mask count, the names of bad files): the key is the member's name up to
+    the first dot of its base name, the extension the rest in lower case (DALI's `wds2idx` rule, with `.JPG`
+    read as `jpg` so that DALI finds it among `WDS_IMAGE_EXTENSIONS`). A member whose base name has no dot,
+    or starts with one, belongs to no sample and is passed over. Samples without an image are kept here;
+    callers decide (`image_member`)."""
     samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
     with tarfile.open(path) as tar:
         for member in tar:
@@ -512,17 +519,35 @@ def scan_tar(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
     return samples
 
 
-def _image_member(members: dict[str, tarfile.TarInfo]) -> tarfile.TarInfo | None:
+def image_member(members: dict[str, tarfile.TarInfo]) -> tarfile.TarInfo | None:
+    """The image of a sample (`scan_tar`'s {extension: member}), or None: a sample without one is not read."""
     return next((members[e] for e in WDS_IMAGE_EXTENSIONS if e in members), None)
 
 
+WDS_INDEX_VERSION = "v1.2"
+"""The version of DALI's WebDataset index format (`wds2idx`) that `write_wds_index` writes."""
+
+
+def write_wds_index(tar: Path, index: Path) -> int:
+    """Write DALI's index of `tar` (what `fn.readers.webdataset(index_paths=...)` reads instead of scanning the
+    tar at start-up) to `index`, atomically; returns the samples listed.
+
+    Format `v1.2`: the line `v1.2 <samples>`, then per sample `ext offset size name` for each member, the
+    offset being where the member's data starts. Samples as `scan_tar` groups them (its key rule), only those
+    with an image (`image_member`), so the index lists exactly the samples the dataset counts. The one writer
+    for the readers' private indexes and `relic-fast pack`'s, so an index beside a shard and one written for it
+    later are the same file."""
+    lines = [" ".join(f"{ext} {m.offset_data} {m.size} {m.name}" for ext, m in members.items())
+             for _, members in scan_tar(tar) if image_member(members) is not None]
+    write_text_atomically(index, f"{WDS_INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
 def write_shard_classes(folder: Path, class_names: Sequence[str]) -> Path:
-    """Record a shard set's class names in `folder/classes.json` (written via a temporary file and a rename)."""
+    """Record a shard set's class names in `folder/classes.json` (`write_text_atomically`)."""
     path = Path(folder) / WDS_CLASSES_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"format": WDS_CLASSES_FORMAT, "version": 1, "classes": list(class_names)},
-                              indent=1) + "\n")
-    tmp.replace(path)
+    document = {"format": WDS_CLASSES_FORMAT, "version": 1, "classes": list(class_names)}
+    write_text_atomically(path, json.dumps(document, indent=1) + "\n")
     return path
 
 
@@ -578,7 +603,7 @@ class ShardManifest:
 
 
 def write_shard_manifest(folder: Path, shards: Sequence[ShardRecord], classes_file: str = WDS_CLASSES_FILE) -> Path:
-    """Write `folder/manifest.json` (via a temporary file and a rename): format, version, the classes file,
+    """Write `folder/manifest.json` (`write_text_atomically`): format, version, the classes file,
     the total sample count and per shard its record (`ShardRecord`), so a reader can tell a complete set
     from a partial or altered one."""
     path = Path(folder) / WDS_MANIFEST_FILE
@@ -588,9 +613,7 @@ def write_shard_manifest(folder: Path, shards: Sequence[ShardRecord], classes_fi
                      for r in shards]
     document = {"format": WDS_MANIFEST_FORMAT, "version": WDS_MANIFEST_VERSION, "classes": classes_file,
                 "samples": sum(r.samples for r in shards), "shards": shard_entries}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(document, indent=1) + "\n")
     return path
 
 
@@ -698,13 +721,13 @@ def _webdataset(root: Path, tar_paths: list[Path]) -> DatasetSpec:
         counted_before = len(labels)
         with tarfile.open(path) as tar:
             for _, members in samples:
-                if _image_member(members) is None:
+                if image_member(members) is None:
                     continue
                 cls = members.get(WDS_LABEL_EXTENSION)
                 text = tar.extractfile(cls).read().decode("ascii", "replace").strip() if cls else ""
                 labels.append(int(text) if text.lstrip("-").isdigit() else -1)
                 if named is not None and labels[-1] >= len(named):
-                    raise DatasetError(f"{path}: sample {_image_member(members).name} has label {labels[-1]}, but "
+                    raise DatasetError(f"{path}: sample {image_member(members).name} has label {labels[-1]}, but "
                                        f"{root / WDS_CLASSES_FILE} names {len(named)} classes")
         recorded = manifest.record(path.name).samples if manifest is not None else None
         if recorded is not None and len(labels) - counted_before != recorded:

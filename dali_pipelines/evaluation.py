@@ -12,7 +12,7 @@ from __future__ import annotations
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipelines.readers import ReadPlan, read_encoded
-from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, pixel_scale
 
 EVAL_OUTPUTS = ["images", "labels"]
 
@@ -23,8 +23,8 @@ def eval_pipeline(plan: ReadPlan, size: int, train: bool, device: str = "cpu", m
     """Linear-eval pipeline over `plan`; outputs (images float32 HWC normalized, labels int32 (1,))."""
     encoded = read_encoded(plan)
     decoder = "mixed" if device == "gpu" else "cpu"
-    normalize = dict(dtype=types.FLOAT, output_layout="HWC", mean=[255.0 * m for m in mean],
-                     std=[255.0 * s for s in std])
+    normalize = dict(dtype=types.FLOAT, output_layout="HWC", mean=pixel_scale(mean).tolist(),
+                     std=pixel_scale(std).tolist())
     if train:
         images = fn.decoders.image_random_crop(encoded.images, device=decoder, output_type=types.RGB,
                                                random_area=[0.08, 1.0], random_aspect_ratio=[0.75, 4.0 / 3.0],

@@ -33,6 +33,7 @@ from dali_pipelines.pretrain import multi_view_pipeline, output_names
 from dali_pipelines.readers import (READER_NAME, ReadPlan, epoch_order, mask_table, rank_samples, sample_sources,
                                     shard_bounds, steps_per_epoch, wds_sources)
 from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ViewsConfig
+from dali_pipelines.validate import validate_image
 
 CHECKPOINT_FORMAT = "relic-fast-loader/1"
 
@@ -48,10 +49,6 @@ def pipeline_seed(seed: int, epoch: int, shard_id: int) -> int:
 
 def _check_source(source: str) -> str | None:
     """Why `source` (a path, or `shard.tar:member`) is not a decodable image, or None."""
-    try:
-        from dali_pipelines.validate import validate_image
-    except ImportError:  # pragma: no cover  (validate.py is part of the package; kept for safety)
-        validate_image = _pil_reason
     path, _, member = source.partition(".tar:")
     if not member:
         return validate_image(source)
@@ -61,18 +58,6 @@ def _check_source(source: str) -> str | None:
         tmp.write(tar.extractfile(member).read())
         tmp.flush()
         return validate_image(tmp.name)
-
-
-def _pil_reason(path) -> str | None:
-    """Minimal fallback check: PIL can fully decode the file."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as error:  # noqa: BLE001
-        return f"corrupt: {error}"
-    return None
 
 
 def find_bad_sources(sources: list[str], message: str, first_window: int) -> list[tuple[str, str]]:

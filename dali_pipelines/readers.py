@@ -20,7 +20,6 @@ import atexit
 import functools
 import hashlib
 import os
-import secrets
 import shutil
 import stat
 import tempfile
@@ -33,9 +32,10 @@ from typing import NamedTuple
 import numpy as np
 from nvidia.dali import fn, types
 
+from dali_pipelines.atomic import write_atomically
 from dali_pipelines.dataset import (WDS_IMAGE_EXTENSIONS, WDS_LABEL_EXTENSION, WDS_MANIFEST_FILE,
-                                    WDS_MASK_EXTENSION, DatasetError, DatasetSpec, ShardManifest, mask_file,
-                                    read_shard_manifest, scan_tar)
+                                    WDS_MASK_EXTENSION, DatasetError, DatasetSpec, ShardManifest, image_member,
+                                    mask_file, read_shard_manifest, scan_tar, write_wds_index)
 
 READER_NAME = "reader"
 """Name of the image reader: the DALI iterator's `reader_name` (epoch size, padding)."""
@@ -179,12 +179,6 @@ def private_cache_dir() -> Path:
     return folder
 
 
-def _temporary_name(path: Path) -> Path:
-    """A hidden name beside `path` to write to before renaming: unique per process and host (a shared home
-    on NFS may be written by ranks on several nodes at once)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
 def placeholder_mask() -> Path:
     """A 1x1 all-foreground PNG read in place of a missing mask, written once into the private cache folder
     (`private_cache_dir`), never under a fixed name in the shared temp dir."""
@@ -192,9 +186,7 @@ def placeholder_mask() -> Path:
     if not path.is_file():
         from PIL import Image
 
-        tmp = _temporary_name(path)
-        Image.new("L", (1, 1), 255).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        write_atomically(path, lambda handle: Image.new("L", (1, 1), 255).save(handle, format="PNG"))
     return path
 
 
@@ -226,7 +218,7 @@ def mask_coverage(dataset: DatasetSpec) -> MaskCoverage:
     datasets; one stat per image) or `.mask.png` members beside the images (WebDataset shards)."""
     if dataset.kind == "webdataset":
         with_mask = sum(1 for tar in dataset.tar_paths for _, members in scan_tar(tar)
-                        if WDS_MASK_EXTENSION in members and any(e in members for e in WDS_IMAGE_EXTENSIONS))
+                        if WDS_MASK_EXTENSION in members and image_member(members) is not None)
         return MaskCoverage(with_mask, dataset.num_samples)
     table = mask_table(dataset)
     return MaskCoverage(0 if table is None else int(table.present.sum()), dataset.num_samples)
@@ -250,19 +242,13 @@ def _index_mismatch(tar: Path, beside: Path, manifest: ShardManifest | None) -> 
 
 
 def _cached_index(tar: Path, folder: Path) -> Path:
-    """An index of `tar` listing its samples that have an image, written once into `folder` (private) under a
-    name keyed by the tar's path, size and mtime (a rewritten tar gets a new one)."""
+    """The index of `tar` (`write_wds_index`, the one `relic-fast pack` writes too), written once into `folder`
+    (private) under a name keyed by the tar's path, size and mtime (a rewritten tar gets a new one)."""
     info = tar.stat()
     key = hashlib.sha256(f"{tar.resolve()}|{info.st_size}|{info.st_mtime_ns}".encode()).hexdigest()[:32]
     path = folder / f"{key}.idx"
     if not path.is_file():
-        lines = []
-        for _, members in scan_tar(tar):
-            if any(e in members for e in WDS_IMAGE_EXTENSIONS):
-                lines.append(" ".join(f"{ext} {m.offset_data} {m.size} {m.name}" for ext, m in members.items()))
-        tmp = _temporary_name(path)
-        tmp.write_text(f"v1.2 {len(lines)}\n" + "".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
+        write_wds_index(tar, path)
     return path
 
 
@@ -381,7 +367,7 @@ def wds_sources(plan: ReadPlan) -> list[str]:
     members = []
     for t in plan.samples:
         for _, parts in scan_tar(ds.tar_paths[t]):
-            image = next((parts[e] for e in WDS_IMAGE_EXTENSIONS if e in parts), None)
+            image = image_member(parts)
             if image is not None:
                 names = [image.name] + ([parts[WDS_MASK_EXTENSION].name] if WDS_MASK_EXTENSION in parts else [])
                 members.append([f"{ds.tar_paths[t]}:{n}" for n in names])

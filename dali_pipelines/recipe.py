@@ -9,13 +9,26 @@ raises `InvalidField`, which names the field so the config loader can name the k
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from dali_pipelines.dataset import BUILTIN_CLASS_LISTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""ImageNet's per-channel mean and standard deviation on [0, 1] RGB pixels: the one definition, the
+defaults of `ViewsConfig.mean` / `std` and of the evaluation loaders. The torch side normalizes with
+`dali_pipelines.batch.normalize_views`; DALI's ops take them through `pixel_scale`."""
+
+
+def pixel_scale(values: Sequence[float]) -> np.ndarray:
+    """Per-channel values given on [0, 1] pixels (`mean`, `std`) on the [0, 255] scale of the uint8 pixels DALI's
+    ops compute with, as float32 (what DALI holds): the one conversion of the eval graph's fused normalize and
+    the saliency blend's mean-colour and noise backgrounds."""
+    return np.asarray(values, np.float32) * 255
 
 
 class InvalidField(ValueError):

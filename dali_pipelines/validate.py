@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import re
 import struct
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -32,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dali_pipelines.atomic import write_text_atomically
 from dali_pipelines.recipe import DataConfig
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -55,17 +55,29 @@ _EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", 
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ORIENTATION_TAG = 0x0112
-_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # the EXIF orientations that swap width and height
 
 
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) as displayed, i.e. as DALI decodes it: EXIF orientations 5-8 swap the sides."""
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 to 8) DALI's decoder turns `image` by: the one orientation rule of the validator
+    and `relic-fast masks`, so a mask is written at the size and turn the image is decoded to. 1 (as stored)
+    when the tag is absent, and also when the EXIF block cannot be read: a broken EXIF block does not make the
+    pixels unusable, so the image is kept and read as stored."""
     try:
-        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
-    except Exception:  # noqa: BLE001  (a broken EXIF block does not make the pixels unusable)
-        orientation = 1
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001  (any error parsing a broken EXIF block)
+        return 1
+
+
+def decoded_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of `image` as displayed, i.e. as DALI decodes it: orientations 5-8 swap the sides."""
     width, height = image.size
-    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+    return (height, width) if exif_orientation(image) in _TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned by its `exif_orientation`, as DALI decodes it (`image` itself when there is nothing to turn)."""
+    return ImageOps.exif_transpose(image) if exif_orientation(image) != 1 else image
 
 
 class ImageCheck(NamedTuple):
@@ -125,7 +137,7 @@ def _open_checked(data: bytes, max_pixels: int, min_side: int) -> ImageCheck:
             return info._replace(reason=f"too small: {width}x{height} < {min_side} pixels a side")
         image.verify()
         image = Image.open(io.BytesIO(data))
-        shown_width, shown_height = _oriented_size(image)  # the shape DALI will decode to
+        shown_width, shown_height = decoded_size(image)  # the shape DALI will decode to
         info = info._replace(width=shown_width, height=shown_height)
         if image.format == "JPEG":
             # Decodes every Huffman block at 1/8 scale: truncation and corruption still surface.
@@ -208,7 +220,7 @@ def image_info(path: str | os.PathLike) -> tuple[int, int, str, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as image:
-            return *_oriented_size(image), image.mode, image.format or ""
+            return *decoded_size(image), image.mode, image.format or ""
 
 
 def _check_many(paths: list[str], max_pixels: int, min_side: int, max_image_mb: float) -> list[ImageCheck]:
@@ -254,10 +266,8 @@ class ValidationCache:
             return
         payload = {"version": CACHE_VERSION, "settings": self.settings, "entries": self.entries}
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.path.parent)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(payload, separators=(",", ":")))  # dumps: the C encoder
-            os.replace(tmp, self.path)
+            # dumps: the C encoder. No fsync: a cache a power cut damaged reads as empty (only a slower run).
+            write_text_atomically(self.path, json.dumps(payload, separators=(",", ":")), fsync=False)
         except OSError:
             pass
 

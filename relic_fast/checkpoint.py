@@ -20,18 +20,16 @@ file never takes a good one's place.
 from __future__ import annotations
 
 import errno
-import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Collection, Iterator
+from typing import Any, Callable, Collection
 
 import torch
 
+from dali_pipelines.atomic import TEMPORARY_PREFIX, write_atomically
 from relic_fast.errors import NO_SPACE_ERRNOS, CheckpointError, NoSpaceError, ResumeMismatchError, UnsafeTorchError
 from relic_fast.config import config_from_dict
 from relic_fast.models import build_encoder
@@ -39,7 +37,7 @@ from relic_fast.resume_rule import Change, RunIdentity, refusal, resume_changes
 
 __all__ = ["CheckpointError", "UnreadableCheckpointError", "checkpoint_dir", "checkpoint_path", "list_checkpoints",
            "save_checkpoint", "read_checkpoint", "latest_checkpoint", "check_resumable", "resolve_checkpoint_file",
-           "encoder_from_checkpoint", "load_weights_only", "write_atomically", "staged_file",
+           "encoder_from_checkpoint", "load_weights_only",
            "remove_interrupted_writes", "prune_checkpoints", "step_of"]
 
 FORMAT_VERSION = 1
@@ -48,8 +46,7 @@ SAFE_TORCH = (2, 6)
 in 2.6.0); pyproject.toml requires it too."""
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
-_TEMPORARY_PREFIX = ".tmp-"
-_INTERRUPTED_WRITE = re.compile(r"^\.tmp-.*\.pt$")
+_INTERRUPTED_WRITE = re.compile(rf"^{re.escape(TEMPORARY_PREFIX)}.*\.pt$")
 _NOT_A_CHECKPOINT = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, LookupError)
 """What torch.load raises for a file that is not a readable checkpoint: a damaged or foreign pickle, a cut-short
 file, a broken zip archive (torch's reader raises RuntimeError), bytes that decode to nothing sensible."""
@@ -79,43 +76,6 @@ def load_weights_only(path: Path, mmap: bool = False) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols; the error says enough
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-
-
-def file_mode() -> int:
-    """The permissions a plain `open(path, "w")` would give a new file here (0o666 less the umask): a temporary
-    file is created 0o600, and what it becomes should not be more private than a file written directly."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextmanager
-def staged_file(target: Path, write: Callable[[IO[bytes]], None]) -> Iterator[Path]:
-    """A temporary file `.tmp-*` in `target`'s folder holding what `write(handle)` wrote, fsync'ed, for the caller
-    to `os.replace` over `target`; removed when the block ends if it is still there (a failure, or no rename).
-
-    Writing next to the target makes the rename atomic (same file system): readers see the old file or the new
-    one, never a partial one. Several staged files let a caller rename only once all of them are written."""
-    target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, suffix=target.suffix, dir=target.parent)
-    temporary = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), file_mode())
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        yield temporary
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_atomically(target: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `target` through `write(handle)` via a temporary file in the same folder and `os.replace`: a crash
-    or a full disk never leaves a partial file under `target`'s name, nor a temporary file behind (a SIGKILL
-    can leave one: see `remove_interrupted_writes`)."""
-    with staged_file(target, write) as temporary:
-        os.replace(temporary, target)
 
 
 def remove_interrupted_writes(run_dir: Path, report: Callable[[str], None] | None = None) -> list[Path]:

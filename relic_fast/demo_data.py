@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dali_pipelines.atomic import replace_folder
 from relic_fast.demo_render import BACKGROUND_FAMILIES, CLASS_NAMES, render
 
 OWN_BACKGROUND = dict(zip(CLASS_NAMES, BACKGROUND_FAMILIES))
@@ -184,17 +185,16 @@ def _check_parameters(images: int, size: int, seed: int, correlation: float) -> 
 
 
 def _publish(partial: Path, out: Path, *, replace: bool) -> None:
-    """Rename the finished `partial` folder to `out` (atomic); replace an existing `out` only when asked."""
+    """Rename the finished `partial` folder to `out` (atomic); replace an existing `out` only when asked
+    (`replace_folder`). Without `replace` a folder another process published meanwhile is never replaced:
+    the rename itself refuses a non-empty `out`, which is how concurrent `ensure_demo_dataset` calls agree."""
+    if replace:
+        replace_folder(partial, out)
+        return
     try:
         os.rename(partial, out)  # also succeeds when `out` is an empty directory
-        return
     except OSError:
-        if not replace or not out.exists():
-            raise FileExistsError(f"{out} exists and is not empty; pass overwrite to replace it") from None
-    stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex[:8]}"
-    os.rename(out, stale)
-    os.rename(partial, out)
-    shutil.rmtree(stale, ignore_errors=True)
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite to replace it") from None
 
 
 def _default_workers(images: int) -> int:

@@ -72,15 +72,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj, src: int = 0):
-    """`obj` from rank `src` on every rank (identity in a single process)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        box = [obj]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-    return obj
-
-
 def same_on_every_rank(value) -> bool:
     """Whether every rank holds an equal `value` (always True in a single process); a collective call."""
     if dist.is_initialized() and dist.get_world_size() > 1:

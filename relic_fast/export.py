@@ -34,7 +34,8 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from relic_fast.checkpoint import load_weights_only, read_checkpoint, resolve_checkpoint_file, staged_file
+from dali_pipelines.atomic import staged_file
+from relic_fast.checkpoint import load_weights_only, read_checkpoint, resolve_checkpoint_file
 from relic_fast.config import ModelConfig, config_from_dict
 from relic_fast.errors import ExitCode, RelicFastError
 from relic_fast.models import build_encoder

@@ -1,8 +1,9 @@
 """Learning-rate and EMA schedules as pure functions of the optimizer step.
 
-Pure functions (no state, no optimizer) so the trainer, tests and plots all read the same numbers:
-`learning_rate` (linear warm-up from 0, then cosine to 0), `ema_tau` (target decay rising from
-tau_base to 1 on a cosine), and `scaled_lr` (the linear scaling rule base_lr * batch / 256).
+Pure functions (no state, no optimizer) so the trainer, the linear evaluation, the supervised baseline,
+tests and plots all read the same numbers: `learning_rate` (linear warm-up from 0, then cosine to 0; the
+linear probe's schedule is the same without warm-up), `ema_tau` (target decay rising from tau_base to 1
+on a cosine), and `scaled_lr` (the linear scaling rule base_lr * batch / 256).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from dali_pipelines.augmentations.crop import Crop, crop
 from dali_pipelines.augmentations.flip import Flip
 from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, Stage, StatsColumns, StatsGroup, View
 from dali_pipelines.draws import drawn, flags
-from dali_pipelines.recipe import ViewsConfig
+from dali_pipelines.recipe import ViewsConfig, pixel_scale
 
 
 class SaliencyDraws(NamedTuple):
@@ -55,11 +55,11 @@ def other_images(view):
 
 def _fill(view, views: ViewsConfig, other):
     """Float background for `view`: mean colour, Gaussian noise, or `other` (another image)."""
-    mean = types.Constant(np.asarray(views.mean, np.float32) * 255)
+    mean = types.Constant(pixel_scale(views.mean))
     if views.saliency_fill == "mean":
         return mean
     if views.saliency_fill == "noise":
-        std = types.Constant(np.asarray(views.std, np.float32) * 255)
+        std = types.Constant(pixel_scale(views.std))
         return mean + std * fn.random.normal(view)
     return fn.cast(other, dtype=types.FLOAT)
 

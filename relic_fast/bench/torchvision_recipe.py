@@ -6,7 +6,8 @@ decoded once with PIL and every view cut from it with torchvision's transforms, 
   RandomResizedCrop(size, scale=area, ratio=aspect_ratio, bicubic)  (torchvision: 10 attempts, then
   a centre crop) -> RandomHorizontalFlip(flip_p) -> RandomApply(ColorJitter(b, c, s, h), jitter_p)
   -> RandomGrayscale(grayscale_p) -> RandomApply(GaussianBlur(kernel, blur_sigma), blur_p of the view)
-  -> RandomSolarize(128, solarize_p of the view) -> ToTensor -> Normalize(mean, std).
+  -> RandomSolarize(128, solarize_p of the view) -> PILToTensor -> NormalizeView(mean, std) (the
+  trainer's own normalization, `dali_pipelines.batch.normalize_views`, done in the workers).
 Differences from the paper's recipe, kept because they are what a torchvision user runs:
 torchvision's brightness is multiplicative (scale by U(1-b, 1+b)), not additive, whatever
 `views.brightness_mode` says; the jitter order is random (torchvision's ColorJitter shuffles it).
@@ -46,6 +47,18 @@ def blur_kernel_size(size: int) -> int:
     return 2 * (size // 20) + 1
 
 
+class NormalizeView:
+    """The trainer's normalization (`normalize_views`: one function for every loader) as a torchvision transform
+    of one uint8 (3, H, W) view, so the baseline's views hold the very values the DALI loaders' views get on
+    the device (picklable for the DataLoader's workers)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, view: torch.Tensor) -> torch.Tensor:
+        return batch.normalize_views(view[None], self.mean, self.std)[0]
+
+
 class PILGaussianBlur:
     """Gaussian blur with sigma drawn from U(low, high), done by PIL (picklable, torch-seeded)."""
 
@@ -82,7 +95,7 @@ def view_transform(views: ViewsConfig, view_index: int, blur: Literal["torchvisi
         steps.append(T.RandomApply([blur_op], p=blur_p))
     if solarize_p > 0:
         steps.append(T.RandomSolarize(threshold=128, p=solarize_p))
-    steps += [T.ToTensor(), T.Normalize(views.mean, views.std)]
+    steps += [T.PILToTensor(), NormalizeView(views.mean, views.std)]
     return T.Compose(steps)
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dali_pipelines.atomic import write_text_atomically
 from dali_pipelines.dataset import (DatasetError, DatasetSpec, can_record, displayed_name, file_list_text,
                                     list_field, resolve_dataset)
 from dali_pipelines.validate import (DEFAULT_MAX_IMAGE_MB, DEFAULT_MAX_PIXELS, ImageCheck, reason_category,
@@ -120,21 +121,16 @@ def _tsv_path(path: str) -> str:
 
 
 def write_index(report: IndexReport) -> None:
-    """Write the index (kept files) and the rejected TSV, each via a temporary file and a rename; both texts
-    are built before either file is touched, and a failed write removes its temporary file."""
+    """Write the index (kept files) and the rejected TSV, each with `write_text_atomically`; both texts are
+    built before either file is touched, and a failed write (Ctrl-C too) leaves no temporary file beside the
+    dataset."""
     source = report.source
     keep = [i for i, check in enumerate(report.checks) if check.reason is None]
     paths = index_line_paths(source.root, [source.files[i] for i in keep], report.index_path.parent)
     kept = file_list_text(paths, [source.labels[i] for i in keep], source.class_names)
     rejected = "".join(f"{_tsv_path(path)}\t{reason}\n" for path, reason in report.rejected)
     for path, text in ((report.index_path, kept), (report.rejected_path, rejected)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # also on Ctrl-C: no stray temporary beside the dataset
-            raise
+        write_text_atomically(path, text)
 
 
 def _check_names(dataset: DatasetSpec, line_paths: list[str]) -> list[int]:

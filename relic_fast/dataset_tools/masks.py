@@ -25,9 +25,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from dali_pipelines.atomic import write_atomically
 from dali_pipelines.dataset import check_mask_root, mask_file
+from dali_pipelines.validate import decoded_size, upright
 from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.saliency import METHODS, centre_prior_mask, thresholds
 from relic_fast.devices import torch_device_for
@@ -36,9 +38,6 @@ DEFAULT_METHOD = "boundary_contrast"
 """Chosen by `evaluate_masks` on the demo dataset (2000 train images, 96 px, seed 0; Otsu, work
 size 64): IoU 0.922 against 0.445 for frequency_tuned, 0.162 for spectral_residual and 0.328 for
 the best centred ellipse."""
-
-_ORIENTATION_TAG = 0x0112
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 F_BETA_SQUARED = 0.3
 """beta^2 of the F-measure, as in the salient-object literature (precision weighs more)."""
@@ -58,12 +57,6 @@ class MaskReport:
     seconds: float = 0.0
 
 
-def mask_path(mask_root: Path, image: str) -> Path:
-    """Where the mask of the dataset entry `image` lives: `dali_pipelines.dataset.mask_file`, the rule the
-    readers look masks up by (kept under this name for `pack`)."""
-    return mask_file(mask_root, image)
-
-
 def _escape_reason(mask_root_real: str, target: Path, image: Path) -> str | None:
     """Why writing `target` would leave the mask folder (whose real path is `mask_root_real`) or land on
     the image itself, following symlinks; None when it is safe. `mask_file` keeps the path inside the
@@ -79,22 +72,21 @@ def _escape_reason(mask_root_real: str, target: Path, image: Path) -> str | None
 def load_for_saliency(path: Path, work_size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """(RGB uint8 array resized to work_size x work_size, (height, width) as DALI decodes the file)."""
     with Image.open(path) as image:
-        width, height = image.size
-        if image.getexif().get(_ORIENTATION_TAG, 1) in _TRANSPOSING_ORIENTATIONS:
-            width, height = height, width
+        width, height = decoded_size(image)  # before `draft`, which shrinks `image.size`
         # JPEG: let libjpeg decode at 1/2..1/8 scale (DCT scaling), still >= work_size: far faster.
         image.draft("RGB", (work_size, work_size))
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        image = upright(image).convert("RGB")
         small = image.resize((work_size, work_size), Image.BILINEAR, reducing_gap=2.0)
     return np.asarray(small), (height, width)
 
 
 def write_mask(mask: np.ndarray, target: Path) -> None:
-    """Write a bool (H, W) mask as a 0/255 grayscale PNG, atomically (temporary name, then rename)."""
+    """Write a bool (H, W) mask as a 0/255 grayscale PNG, atomically (`write_atomically`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, target)
+    image = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    # No fsync: one per image would cost more than a rewrite; the resume treats an empty file (what a power
+    # cut may leave of an unsynced write) as missing.
+    write_atomically(target, lambda handle: image.save(handle, format="PNG"), fsync=False)
 
 
 def saliency_maps(images: torch.Tensor, method: str, threshold: str = "otsu") -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +153,7 @@ def compute_masks(source: str | os.PathLike, out: str | os.PathLike, *,
     mask_root_real = os.path.realpath(report.mask_root)
     todo = []
     for image in dataset.files:
-        target = mask_path(report.mask_root, image)
+        target = mask_file(report.mask_root, image)
         escape = _escape_reason(mask_root_real, target, dataset.root / image)
         if escape is not None:
             report.failed.append((image, escape))  # checked first: an image must not count as its own mask

@@ -7,13 +7,13 @@ samples; a sample `<key>` is
   BMP/TIFF/WebP are converted to PNG losslessly),
 - `<key>.cls`: the label as ASCII digits,
 - `<key>.mask.png`: the saliency mask, when one exists for the image.
-Keys are `<8-digit sample number>_<image path without suffix, [A-Za-z0-9_-] only>`: no dots (the
-reader splits key from extension at the first dot), traceable back to the source file.
+Keys are `<8-digit sample number>_<image path without suffix, [A-Za-z0-9_-] only>`: no dots (the key
+rule, `dali_pipelines.dataset.scan_tar`, ends a key at the first dot), traceable back to the source file.
 Samples are shuffled (seeded) before packing, since DALI's reader only shuffles within a buffer.
 Images are validated first (cached, see `dali_pipelines.validate`) and bad ones left out: one bad
 file in a shard would stop training. Next to each shard goes `shard-000000.idx`, the index DALI's
-`fn.readers.webdataset(index_paths=...)` reads (the `wds2idx` v1.2 format); without it DALI must
-scan every tar at start-up. Beside the shards goes `classes.json`, the source's class names
+`fn.readers.webdataset(index_paths=...)` reads (`dali_pipelines.dataset.write_wds_index`, the readers' own
+key rule and index writer); without it DALI must scan every tar at start-up. Beside the shards goes `classes.json`, the source's class names
 (`dali_pipelines.dataset.write_shard_classes`; the reader names the `.cls` labels by it), and last
 `manifest.json` (`dali_pipelines.dataset.write_shard_manifest`): per shard its sample count, size, mtime
 and SHA-256 and its index's, which the reader checks at every resolve.
@@ -42,14 +42,13 @@ from typing import Callable
 
 from PIL import Image
 
+from dali_pipelines.atomic import replace_folder, write_atomically
 from dali_pipelines.validate import validate_files
-from dali_pipelines.dataset import (WDS_CLASSES_FILE, WDS_MANIFEST_FILE, DatasetSpec, ShardRecord, write_shard_classes,
-                                    write_shard_manifest)
+from dali_pipelines.dataset import (WDS_CLASSES_FILE, WDS_MANIFEST_FILE, DatasetSpec, ShardRecord, mask_file,
+                                    write_shard_classes, write_shard_manifest, write_wds_index)
 from relic_fast.dataset_tools.index import resolve_image_source
-from relic_fast.dataset_tools.masks import mask_path
 
 SHARD_PATTERN = re.compile(r"^shard-\d{6}\.(tar|idx)$")
-IDX_VERSION = "v1.2"
 
 
 @dataclass
@@ -97,27 +96,6 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_wds_index(tar_path: Path, idx_path: Path) -> None:
-    """Write DALI's webdataset index (wds2idx v1.2): `v1.2 <samples>`, then per sample the
-    `ext offset size name` of each component, offsets being where the file data starts."""
-    samples: list[list[str]] = []
-    last_key = None
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            dot = member.name.find(".", len(member.name) - len(base))
-            key, ext = member.name[:dot], member.name[dot + 1:]
-            if key != last_key:
-                samples.append([])
-                last_key = key
-            samples[-1].append(f"{ext} {member.offset_data} {member.size} {member.name}")
-    tmp = idx_path.with_name(f".{idx_path.name}.tmp")
-    tmp.write_text(f"{IDX_VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples))
-    os.replace(tmp, idx_path)
-
-
 def _usable(dataset: DatasetSpec, workers: int | None, report: PackReport) -> list[int]:
     """Indices of the source's usable images; records the rejected ones in the report."""
     result = validate_files(dataset.root, dataset.files, workers=workers)
@@ -127,20 +105,23 @@ def _usable(dataset: DatasetSpec, workers: int | None, report: PackReport) -> li
 
 def _write_shard(target: Path, samples: list[tuple[str, Path, int, Path | None]],
                  on_progress: Callable[[int], None] | None = None) -> int:
-    """Write one shard (to a temporary name, then renamed) and its index; returns masks written."""
-    tmp = target.with_name(f".{target.name}.tmp")
+    """Write one shard (`write_atomically`) and its index (`write_wds_index`); returns masks written."""
     masks = 0
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, image, label, mask in samples:
-            ext, data = image_payload(image)
-            _add(tar, f"{key}.{ext}", data)
-            _add(tar, f"{key}.cls", str(label).encode("ascii"))
-            if mask is not None and mask.is_file():
-                _add(tar, f"{key}.mask.png", mask.read_bytes())
-                masks += 1
-            if on_progress:
-                on_progress(1)
-    os.replace(tmp, target)
+
+    def write(handle) -> None:
+        nonlocal masks
+        with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, image, label, mask in samples:
+                ext, data = image_payload(image)
+                _add(tar, f"{key}.{ext}", data)
+                _add(tar, f"{key}.cls", str(label).encode("ascii"))
+                if mask is not None and mask.is_file():
+                    _add(tar, f"{key}.mask.png", mask.read_bytes())
+                    masks += 1
+                if on_progress:
+                    on_progress(1)
+
+    write_atomically(target, write)
     write_wds_index(target, target.with_suffix(".idx"))
     return masks
 
@@ -182,23 +163,6 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} already holds {len(entries)} shard files; pass overwrite to replace them")
 
 
-def _swap_in(staging: Path, out: Path) -> None:
-    """Put the complete set in `staging` at `out`: one rename when `out` is new, else the old folder is
-    renamed aside, the new one into place, and only then the old one removed (between the two renames
-    `out` is briefly absent, which a reader reports; never a mix of old and new shards)."""
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    old = out.with_name(f".{out.name}.replaced-{secrets.token_hex(4)}")
-    os.rename(out, old)
-    try:
-        os.rename(staging, out)
-    except BaseException:
-        os.rename(old, out)  # put the old set back rather than leave no set
-        raise
-    shutil.rmtree(old)
-
-
 def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_size: int = 1000,
                  masks: str | os.PathLike | None = None, labels: str = "", shuffle: bool = True, seed: int = 0,
                  overwrite: bool = False, workers: int | None = None,
@@ -234,7 +198,7 @@ def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_siz
         for number, begin in enumerate(range(0, len(order), shard_size)):
             chunk = order[begin:begin + shard_size]
             samples = [(sample_key(begin + j, dataset.files[i]), dataset.root / dataset.files[i],
-                        dataset.labels[i], mask_path(mask_root, dataset.files[i]) if mask_root else None)
+                        dataset.labels[i], mask_file(mask_root, dataset.files[i]) if mask_root else None)
                        for j, i in enumerate(chunk)]
             report.masks += _write_shard(shard_path(staging, number), samples, on_progress)
             records.append(shard_record(shard_path(staging, number), len(chunk)))
@@ -243,7 +207,7 @@ def pack_dataset(source: str | os.PathLike, out: str | os.PathLike, *, shard_siz
         write_shard_classes(staging, dataset.class_names)
         write_shard_manifest(staging, records)  # last: a folder with a manifest is complete
         _check_replaceable(out, overwrite)  # again: another process may have written into OUT meanwhile
-        _swap_in(staging, out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

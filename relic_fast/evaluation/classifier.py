@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from relic_fast.checkpoint import load_weights_only, read_checkpoint, resolve_checkpoint_file, write_atomically
+from dali_pipelines.atomic import write_atomically
+from relic_fast.checkpoint import load_weights_only, read_checkpoint, resolve_checkpoint_file
 from relic_fast.config import ModelConfig, config_from_dict
 from relic_fast.errors import RelicFastError
 from relic_fast.evaluation.linear import LinearProbe

@@ -1,7 +1,8 @@
 """Linear evaluation: one `nn.Linear` trained on the pooled features of a frozen encoder.
 
 The protocol of RELICV2.md (BYOL's): SGD with Nesterov momentum 0.9, no weight decay,
-lr = linear_base_lr * batch / 256 on a per-step cosine schedule to 0, `linear_epochs` epochs, the
+lr = linear_base_lr * batch / 256 on a per-step cosine schedule to 0 (`relic_fast.schedules`: `scaled_lr`,
+`learning_rate` without warm-up, the pretraining's rules), `linear_epochs` epochs, the
 head starting from zeros. Two ways to feed it (`EvalConfig.linear_mode`):
 - `augmented`: the paper's; each epoch passes through the DALI train eval loader
   (random-resized-crop + flip) and the frozen encoder runs under no_grad on every batch;
@@ -29,6 +30,7 @@ from torch import nn
 
 from relic_fast.distributed import World
 from relic_fast.evaluation.features import encode, frozen
+from relic_fast.schedules import learning_rate, scaled_lr
 
 MOMENTUM = 0.9
 
@@ -36,16 +38,6 @@ StepHook = Callable[[int, int, torch.Tensor, int, Callable[[], dict]], None]
 """`hook(step, rows, loss_sum, batches, state)` after optimizer step `step` (1-based, counted over the
 whole fit) on `rows` of this rank's samples; `loss_sum` (a device tensor, read it only when needed) and
 `batches` are the running totals of the epoch; `state()` is what `resume=` needs to continue exactly."""
-
-
-def cosine_lr(step: int, total_steps: int, peak_lr: float) -> float:
-    """Learning rate of `step` on a cosine from `peak_lr` (step 0) to 0 (step `total_steps`)."""
-    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-
-def scaled_lr(base_lr: float, batch_size: int) -> float:
-    """The linear scaling rule: lr = base_lr * batch / 256."""
-    return base_lr * batch_size / 256
 
 
 class LinearProbe(nn.Module):
@@ -186,7 +178,8 @@ def fit_linear_on_features(features: torch.Tensor, labels: torch.Tensor, *, num_
             continue
         for start in range((step - epoch * steps_per_epoch) * batch, num_samples, batch):
             rows = order[start:start + batch]
-            loss_sum += sgd_step(head, optimizer, features[rows], labels[rows], cosine_lr(step, total_steps, peak))
+            lr = learning_rate(step, total_steps=total_steps, warmup_steps=0, peak_lr=peak)
+            loss_sum += sgd_step(head, optimizer, features[rows], labels[rows], lr)
             step += 1
             batches += 1
             if on_step is not None:
@@ -239,7 +232,8 @@ def fit_linear_augmented(encoder: nn.Module, loader: Iterable, *, steps_per_epoc
             for images, labels in loader:
                 features = encode(encoder, images, device, precision)
                 labels = torch.as_tensor(labels).flatten().long().to(device, non_blocking=True)
-                loss_sum += sgd_step(head, optimizer, features, labels, cosine_lr(step, total_steps, peak), world)
+                lr = learning_rate(step, total_steps=total_steps, warmup_steps=0, peak_lr=peak)
+                loss_sum += sgd_step(head, optimizer, features, labels, lr, world)
                 step += 1
                 batches += 1
                 if on_step is not None:

@@ -24,10 +24,10 @@ from relic_fast.distributed import World, all_gather_rows
 from relic_fast.evaluation.classifier import HEAD_FILE, head_payload, save_head
 from relic_fast.evaluation.features import encode, extract_features, frozen
 from relic_fast.evaluation.knn import knn_accuracy
-from relic_fast.evaluation.linear import (LinearProbe, fit_linear_augmented, fit_linear_on_features,
-                                          scaled_lr)
+from relic_fast.evaluation.linear import LinearProbe, fit_linear_augmented, fit_linear_on_features
 from relic_fast.evaluation.logistic import fit_logistic_on_features, grid_fits
 from relic_fast.evaluation.session import EvalSession
+from relic_fast.schedules import scaled_lr
 
 
 def num_classes_of(dataset) -> int:

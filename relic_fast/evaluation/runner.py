@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from dali_pipelines.atomic import write_text_atomically
 from relic_fast.config import Config, config_from_dict, parse_overrides
 from relic_fast.evaluation.protocol import linear_eval
 from dali_pipelines.dataset import (DatasetError, DatasetSpec, align_split, is_labelled, resolve_dataset,
                                     resolve_split, unlabelled_reason)
 from relic_fast.models import build_encoder
-from relic_fast.checkpoint import encoder_from_checkpoint, resolve_checkpoint_file, write_atomically
+from relic_fast.checkpoint import encoder_from_checkpoint, resolve_checkpoint_file
 from relic_fast.evaluation.session import EvalSession, eval_folder, start_session
 from relic_fast.environment import machine_info
 from relic_fast.run_plan import resolve_plan
@@ -212,7 +213,7 @@ def run_linear_eval(*, data_root: Path | EvalSplits, config: Config, checkpoint:
         if session.world.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(result, indent=2, default=str) + "\n"
-            write_atomically(path, lambda handle: handle.write(text.encode()))
+            write_text_atomically(path, text)
     finally:
         session.close()
     return result, path

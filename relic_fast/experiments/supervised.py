@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 from relic_fast.config import Config
-from relic_fast.evaluation.linear import LinearProbe, cosine_lr, make_head, make_sgd, scaled_lr, sgd_step
+from relic_fast.evaluation.linear import LinearProbe, make_head, make_sgd, sgd_step
 from relic_fast.evaluation.protocol import check_same_classes, eval_loader, num_classes_of, score_splits
 from relic_fast.evaluation.runner import background_gap, random_init_encoder, split_datasets
 from relic_fast.run_plan import resolve_plan
+from relic_fast.schedules import learning_rate, scaled_lr
 
 BASE_LR = 0.1
 """Peak learning rate per 256 images (the usual from-scratch ResNet value)."""
@@ -52,7 +53,8 @@ def train_supervised(encoder: nn.Module, loader: Iterable, *, steps: int, num_cl
         for images, labels in loader:
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             labels = torch.as_tensor(labels).flatten().long().to(device, non_blocking=True)
-            sgd_step(classifier, optimizer, images, labels, cosine_lr(step, steps, peak))
+            sgd_step(classifier, optimizer, images, labels,
+                     learning_rate(step, total_steps=steps, warmup_steps=0, peak_lr=peak))
             step += 1
             if step == steps:
                 break

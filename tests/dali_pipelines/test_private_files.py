@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dali_pipelines.dataset import write_wds_index
 from dali_pipelines.readers import placeholder_mask, wds_index
-from relic_fast.dataset_tools.pack import pack_dataset, write_wds_index
+from relic_fast.dataset_tools.pack import pack_dataset
 
 
 @pytest.fixture()

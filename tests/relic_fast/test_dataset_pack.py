@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dali_pipelines"))
 from image_zoo import write_zoo  # noqa: E402  (shared with tests/dali_pipelines)
 
 from relic_fast.cli import app  # noqa: E402
-from relic_fast.dataset_tools.pack import pack_dataset, write_wds_index  # noqa: E402
+from dali_pipelines.dataset import write_wds_index  # noqa: E402
+from relic_fast.dataset_tools.pack import pack_dataset  # noqa: E402
 from relic_fast.demo_data import generate_demo_dataset  # noqa: E402
 
 
@@ -166,6 +167,89 @@ def test_write_wds_index_groups_components_by_key(tmp_path):
     with tarfile.open(shard) as tar:
         offsets = {m.name: m.offset_data for m in tar}
     assert lines[1].split()[1] == str(offsets["a.jpg"]) and lines[2].split()[5] == str(offsets["b.jpg"])
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar holding `members` (name, bytes) in order, as a third-party WebDataset writer might lay it out."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_one_key_rule_for_the_scan_and_both_indexes(tmp_path, monkeypatch):
+    """The index `relic-fast pack` writes and the one the readers write for a shard without one follow the
+    scan's key rule (`scan_tar`): a key ends at the first dot of the base name, extensions are read in lower
+    case, a member without an extension belongs to no sample. (pack's own copy wrote `PNG`, which DALI's
+    `ext="jpg;jpeg;png"` does not match, and made a sample of `README`.)"""
+    from dali_pipelines.dataset import scan_tar
+    from dali_pipelines.readers import wds_index
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shard = write_tar(tmp_path / "third-party.tar", [("README", b"notes"), ("dir.v1/UP.PNG", b"png"),
+                                                     ("dir.v1/UP.cls", b"1"), ("dir.v1/.hidden", b"x"),
+                                                     ("x-y.JPEG", b"jpeg"), ("x-y.mask.PNG", b"mask")])
+    assert [(key, sorted(parts)) for key, parts in scan_tar(shard)] == [("dir.v1/UP", ["cls", "png"]),
+                                                                         ("x-y", ["jpeg", "mask.png"])]
+    write_wds_index(shard, tmp_path / "packed.idx")
+    with tarfile.open(shard) as tar:
+        where = {m.name: f"{m.offset_data} {m.size} {m.name}" for m in tar}
+    expected = ["v1.2 2", f"png {where['dir.v1/UP.PNG']} cls {where['dir.v1/UP.cls']}",
+                f"jpeg {where['x-y.JPEG']} mask.png {where['x-y.mask.PNG']}"]
+    assert (tmp_path / "packed.idx").read_text().splitlines() == expected
+    assert wds_index(shard).read_text().splitlines() == expected
+
+
+KEYS_WITH_DOTS = {  # image path -> (its colour, whether it has a mask)
+    "Cls.A-1/a.b-C.JPG": ((220, 40, 40), True),
+    "b-B/x-y.jpeg": ((40, 220, 40), False),
+    "b-B/UP.PNG": ((40, 40, 220), True),
+}
+
+
+def test_pack_then_read_keys_with_dots_dashes_and_upper_case(tmp_path, monkeypatch):
+    """Images and class folders named with dots, dashes and upper case, packed, then read by the readers
+    (`read_encoded` over the pack's own indexes): every sample comes back with its label and its mask."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_pipelines.dataset import resolve_dataset
+    from dali_pipelines.readers import ReadPlan, read_encoded
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root, masks = tmp_path / "data", tmp_path / "masks"
+    for number, (name, (colour, masked)) in enumerate(KEYS_WITH_DOTS.items()):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 12), colour).save(root / name, format="PNG" if name.endswith(".PNG") else "JPEG")
+        if masked:
+            (masks / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (16, 12), 60 * number).save(masks / Path(name).with_suffix(".png"))
+    report = pack_dataset(root, tmp_path / "shards", shard_size=2, masks=masks, workers=1)
+    assert (report.samples, report.masks, report.rejected) == (3, 2, [])
+    dataset = resolve_dataset(str(tmp_path / "shards"))
+    assert dataset.num_samples == 3 and dataset.class_names == ["Cls.A-1", "b-B"]
+    plan = ReadPlan(dataset, np.arange(len(dataset.tar_paths)), read_wds_masks=True)
+
+    @pipeline_def(batch_size=3, num_threads=1, device_id=None)
+    def read():
+        encoded = read_encoded(plan)
+        image = fn.decoders.image(encoded.images, device="cpu", output_type=types.RGB)
+        return image, encoded.labels, encoded.mask_bytes, encoded.has_mask
+
+    pipe = read()
+    pipe.build()
+    images, labels, mask_bytes, has_mask = pipe.run()
+    seen = []
+    for i in range(3):
+        colour = np.asarray(images.at(i)).reshape(-1, 3).mean(0)
+        name = min(KEYS_WITH_DOTS, key=lambda n: np.abs(np.subtract(KEYS_WITH_DOTS[n][0], colour)).sum())
+        seen.append(name)
+        assert int(np.asarray(labels.at(i))[0]) == dataset.class_names.index(name.split("/")[0]), name
+        mask = masks / Path(name).with_suffix(".png")
+        assert bool(np.asarray(has_mask.at(i))) == KEYS_WITH_DOTS[name][1], name
+        assert bytes(np.asarray(mask_bytes.at(i))) == (mask.read_bytes() if mask.is_file() else b""), name
+    assert sorted(seen) == sorted(KEYS_WITH_DOTS)
 
 
 # ---------------------------------------------------------------- crash-safe overwrite and the manifest

@@ -12,8 +12,7 @@ from torch import nn
 
 from relic_fast.evaluation.features import extract_features
 from relic_fast.evaluation.knn import knn_accuracy, knn_classify
-from relic_fast.evaluation.linear import (cosine_lr, evaluate_head, fit_linear_on_features,
-                                          topk_accuracy)
+from relic_fast.evaluation.linear import evaluate_head, fit_linear_on_features, topk_accuracy
 
 
 def knn_brute_force(train, train_labels, test, k, temperature, num_classes):
@@ -112,12 +111,6 @@ def test_topk_accuracy_caps_k_at_number_of_classes():
     assert top1 == 25.0          # only row 0 is right at k=1
     assert top2 == 50.0          # rows 0 and 1 (label 2 second) within 2
     assert top5 == 100.0         # k capped at 3 classes: always a hit
-
-
-def test_cosine_lr_schedule_endpoints():
-    assert cosine_lr(0, 100, 0.6) == pytest.approx(0.6)
-    assert cosine_lr(50, 100, 0.6) == pytest.approx(0.3)
-    assert cosine_lr(100, 100, 0.6) == pytest.approx(0.0)
 
 
 class TinyEncoder(nn.Module):

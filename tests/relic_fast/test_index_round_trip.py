@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dali_pipelines.atomic import TEMPORARY_PREFIX
 from dali_pipelines.dataset import DatasetError, file_list_text, resolve_dataset
 from relic_fast.dataset_tools.index import index_dataset, summary_rows
 
@@ -40,7 +41,7 @@ def test_index_round_trips_names_that_look_like_comments_quotes_or_padding(tmp_p
     assert report.kept == len(ODD_CLASSES) * len(ODD_FILES)
     listed = resolve_dataset(str(report.index_path))
     assert (listed.files, listed.labels, listed.class_names) == (folder.files, folder.labels, folder.class_names)
-    assert [name for name in os.listdir(root) if name.endswith(".tmp")] == []
+    assert [name for name in os.listdir(root) if name.startswith(TEMPORARY_PREFIX)] == []  # no write left behind
     assert decoded_by_dali([str(listed.root / name) for name in listed.files]) == len(listed.files)
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from relic_fast.cli import app
 from relic_fast.dataset_tools.masks import (DEFAULT_METHOD, compute_masks, evaluate_centre_prior,
-                                            evaluate_masks, mask_scores, read_mask)
+                                            evaluate_masks, load_for_saliency, mask_scores, read_mask)
 from relic_fast.dataset_tools.saliency import (METHODS, binarize, centre_prior_mask, otsu_threshold,
                                                rgb_to_lab)
 from relic_fast.demo_data import generate_demo_dataset
@@ -126,6 +126,24 @@ def test_masks_resume_and_have_the_decoded_size(tmp_path):
     assert (again.written, again.skipped) == (0, 4)
     (out / "a" / "0.png").unlink()
     assert compute_masks(root, out, batch_size=2).written == 1
+
+
+def test_an_unreadable_exif_block_reads_as_stored_for_the_validator_and_the_masks(tmp_path, monkeypatch):
+    """One orientation rule (`dali_pipelines.validate.exif_orientation`): an EXIF block PIL cannot parse
+    leaves the image as stored. The validator kept such an image while `relic-fast masks` failed on it."""
+    from dali_pipelines.validate import check_image
+
+    path = tmp_path / "wide.jpg"
+    Image.new("RGB", (40, 24), (90, 120, 150)).save(path)
+
+    def broken_exif(self):
+        raise SyntaxError("broken EXIF block")
+
+    monkeypatch.setattr(Image.Image, "getexif", broken_exif)
+    check = check_image(path)
+    assert check.reason is None and (check.width, check.height) == (40, 24)
+    pixels, size = load_for_saliency(path, 16)
+    assert pixels.shape == (16, 16, 3) and size == (24, 40)
 
 
 def test_cli_masks_scores_against_truth(demo, tmp_path):

@@ -24,6 +24,15 @@ def test_learning_rate_without_warmup_starts_at_peak():
     assert learning_rate(0, total_steps=10, warmup_steps=0, peak_lr=0.3) == pytest.approx(0.3)
 
 
+def test_learning_rate_without_warmup_is_the_linear_probes_cosine():
+    """The linear evaluation and the supervised baseline use this schedule (no warm-up) too."""
+    kwargs = dict(total_steps=100, warmup_steps=0, peak_lr=0.6)
+    assert learning_rate(0, **kwargs) == pytest.approx(0.6)
+    assert learning_rate(50, **kwargs) == pytest.approx(0.3)
+    assert learning_rate(100, **kwargs) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(130, **kwargs) == pytest.approx(0.0, abs=1e-12)  # a loader with a step to spare
+
+
 def test_ema_tau_rises_from_base_to_one():
     assert ema_tau(0, total_steps=1000, tau_base=0.996) == pytest.approx(0.996)
     assert ema_tau(500, total_steps=1000, tau_base=0.996) == pytest.approx(0.998)
