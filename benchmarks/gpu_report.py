@@ -1,9 +1,13 @@
-"""The GPU proof's summary: every figure of a `benchmarks/gpu_proof.sh` run, judged against issue 11's targets.
+"""The GPU proof's summary: every figure of a `benchmarks/gpu_proof.sh` run, judged against the GPU targets.
 
 Reads the folder the proof wrote (the benchmark JSONs and `profile-*/profile.json`), writes one JSON
 in the results format `{"machine": {gpu, cpus, torch, dali}, "command", "results": [{bench, config,
-images_per_s | ms | seconds | peak_gib | tax, baseline, target, met, command}]}` and prints the
-README's Markdown table. Every number is read from a file a project command wrote; none is typed in.
+images_per_s | ms | seconds | peak_gib | tax, baseline, target, met, command}]}` and prints it as a
+Markdown table (the README's performance table is one). Each row kind is judged against its target in
+`TARGETS`. A side-by-side proof (`OLD=... gpu_proof.sh`, the other tree's results in `old/`) adds
+`ratio_to_old` to every row that has an old twin and rows for the targets in `ROUND2_TARGETS`. Every
+number is read from a file a project command wrote; none is typed in. How to run the proof:
+docs/gpu-proof.md.
 
     python -m benchmarks.gpu_report benchmarks/results/2026-11-25-h100 --json benchmarks/results/2026-11-25-h100.json
 """

@@ -5,8 +5,9 @@ the plan says what this process does with it on this machine: which torch device
 a GPU and which one, whether the step is compiled, which loss and LARS implementation, which resize
 interpolation, at which precision. Every entry point (pretrain, profile, selftest, evaluation,
 benchmarks) asks `resolve_plan` and never re-derives a choice, and the trainer writes the plan next to
-the config (`plan.toml`) so a run folder records what ran. (Where views are normalized is no choice:
-DALI hands over uint8 pixels and the trainer's device normalizes them, `step.prepare_views`.)
+the config (`plan.toml`) so a run folder records what ran; `relic-fast info --config C` shows the plan of
+a recipe on this machine without running it. Normalization is not part of the plan: DALI always hands
+over uint8 pixels and `step.prepare_views` normalizes them on the trainer's device.
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ Candidates: ALL_NEGATIVES -> every k < N, in BLOCK_N tiles of two tensor-core ma
 fixed-width gather k = (g + d) mod N over `offsets` (d = 0 first, then the negative offsets): for
 a fixed d the rows of a tile read a contiguous (wrapped) block of targets.
 
-Under TRITON_INTERPRET=1 (CPU tests) bf16/fp16 operands are widened to fp32 before `tl.dot`
-(UPCAST): the interpreter's dot mishandles bf16, and fp32 accumulation of exact products is what
-the GPU computes anyway.
+On CUDA each kernel is autotuned once per shape (`_TUNE_KEY`) over a fixed list of tile configs,
+pruned by `prune_configs` to those whose shared memory fits. Under TRITON_INTERPRET=1 (CPU tests)
+there is no autotuning (one small tile, `INTERPRET_BLOCKS`), and bf16/fp16 operands are widened to
+fp32 before `tl.dot` (UPCAST): the interpreter's dot mishandles bf16, and fp32 accumulation of exact
+products is what the GPU computes anyway.
 """
 
 from __future__ import annotations
