@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU proof of issue 11 in one call: every check and benchmark of the project on one GPU machine,
+# The GPU proof in one call: every check and benchmark of the project on one GPU machine,
 # each stage time-boxed so that a slow one costs only itself, the results packed after every stage.
 #
 #   OUT=/some/dir bash benchmarks/gpu_proof.sh          (on the GPU machine, in the project root)
@@ -7,10 +7,10 @@
 # Writes $OUT/log.txt (everything printed) and $OUT/proof.tar.gz (every JSON the commands wrote, the
 # profile reports, stages.tsv with each stage's exit code and seconds). `benchmarks/gpu_report.py`
 # turns the unpacked folder into benchmarks/results/<date>-<gpu>.json and the README table.
-# DALI comes from /tmp/site when present (see ../shared/GPU.md: the wheels travel in parts).
+# DALI comes from /tmp/site when present (a wheel unpacked there; docs/gpu-proof.md), else from the environment.
 # Knobs (environment): DEADLINE (seconds for all stages, default 540), DEVICE (gpu; cpu runs a tiny
 # smoke version of every stage on a machine without one), CORPUS_COUNT, BATCH, STAGES (names to run).
-# OLD=<folder holding another commit's tree> runs the side-by-side proof instead (issue 21): the old
+# OLD=<folder holding another commit's tree> runs the side-by-side proof instead: the old
 # and this tree's trainer and pipeline in the same call, old first (its compile is cold in inductor's
 # default cache), then this tree cold and again warm from its persisted compile cache; the old
 # side's JSONs go to results/old/, and gpu_report.py puts "ratio_to_old" on every matching row.

@@ -29,7 +29,7 @@ TARGETS = {
     "tax": "named (step with vs without the pipeline)",
     "cpu-decoded": "says input-bound",
 }
-"""Issue 11's targets, by the row kind that answers them."""
+"""The first GPU round's targets, by the row kind that answers them."""
 
 
 ROUND2_TARGETS = {
@@ -39,7 +39,7 @@ ROUND2_TARGETS = {
     "4. warm-up": "cold <= 90 s; a second process on the persisted cache <= 30 s",
     "5. memory": "peak GiB at 128 and 256 images per GPU (reported)",
 }
-"""Issue 21's targets, judged from a side-by-side proof (`OLD=... gpu_proof.sh`)."""
+"""The side-by-side round's targets, judged from a side-by-side proof (`OLD=... gpu_proof.sh`)."""
 
 FIGURES = ("images_per_s", "seconds", "ms")
 """The figure of a row that `ratio_to_old` divides (the first one the row has)."""
@@ -207,7 +207,7 @@ def find(results: list[dict[str, Any]], file: str, bench: str, config_start: str
 
 
 def round2_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 21's five targets as rows (`met` None where a figure is missing or only reported)."""
+    """The side-by-side round's five targets as rows (`met` None where a figure is missing or only reported)."""
     synthetic = find(results, "train.json", "train", "trainer + synthetic")
     fed = find(results, "train.json", "train", "trainer + dali-gpu")
     pipeline = next((row for row in results if row["file"] == "loader.json" and row["config"].startswith("dali-gpu")
@@ -242,7 +242,7 @@ def round2_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def collect_side_by_side(folder: Path) -> dict[str, Any]:
-    """`collect` of this tree's results, `ratio_to_old` from the old commit's (`folder/old`), issue 21's targets."""
+    """`collect` of this tree's results, `ratio_to_old` from the old commit's (`folder/old`), the side-by-side round's targets."""
     summary = collect(folder)
     old = collect(folder / "old")
     for row in old["results"]:

@@ -43,7 +43,7 @@ class InvalidField(ValueError):
 def default_interpolation(device: str) -> str:
     """`views.interpolation = "auto"` on a pipeline of `device` ("cpu" or "gpu"): cubic (the paper's) on
     the GPU, where it is nearly free; linear on the CPU, where cubic is a large share of the pipeline's
-    cost (the README's loader table)."""
+    cost (docs/performance.md, the input-pipeline table)."""
     return "cubic" if device == "gpu" else "linear"
 
 
@@ -141,7 +141,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ViewsConfig:
-    """The RELICv2 multi-view augmentation recipe (`[views]`), defaults from RELICV2.md.
+    """The RELICv2 multi-view augmentation recipe (`[views]`), defaults from the paper (docs/method.md).
 
     Each key belongs to the view layout (`num_large`, `num_small`, and the normalization `mean`, `std`) or
     to one augmentation unit, which names it in `Augmentation.settings` (`dali_pipelines.augmentations`)."""
@@ -197,12 +197,12 @@ class ViewsConfig:
     """Clip after each jitter op (`each`: BYOL's exact form, four passes per view) or once at the end
     (`end`: the four ops and grayscale fused into one colour-matrix pass; without the intermediate
     clips the ops commute, so the order is moot). `end` is the default because `each` roughly doubles
-    the CPU pipeline's cost (the README's input-pipeline table)."""
+    the CPU pipeline's cost (docs/performance.md, the input-pipeline table)."""
 
     interpolation: Literal["auto", "cubic", "linear"] = "auto"
     """Resampling filter of the crops (antialiased either way): `cubic` as the paper; `linear` is
     markedly cheaper on the CPU and differs from cubic by less than JPEG's own error (figures: the
-    README's input-pipeline table); `auto`: cubic on the GPU, linear on the CPU."""
+    docs/performance.md); `auto`: cubic on the GPU, linear on the CPU."""
 
     grayscale_p: float = 0.2
     """Probability of converting to grayscale after the jitter."""

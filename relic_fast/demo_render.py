@@ -27,7 +27,7 @@ SUPERSAMPLE = 2
 OBJECT_RADIUS = (0.6, 0.85)
 """Range of the object's radius as a fraction of half the image: large enough that the shape survives the
 32 px views and crops of the CPU demo (smaller objects left every encoder of the demo budget at chance on
-`val`: the README's demo section)."""
+`val`: docs/results.md)."""
 
 FOREGROUND_STYLES = (0.7, 0.15, 0.15)
 """Probabilities of a solid, gradient or striped object: mostly solid, so the outline is the clearest edge."""

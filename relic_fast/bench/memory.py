@@ -16,7 +16,7 @@ gradients, LARS momentum and (on CUDA) compiled graphs exist, then measures a se
 
 `per_image_mib` is the slope of the step's memory over the batch sizes measured (fixed costs cancel),
 and `ratio` the checkpointed slope over the plain one: the fraction of activation memory that
-checkpointing keeps, the number the README's GPU estimate scales by.
+checkpointing keeps, the number the memory estimate of docs/performance.md scales by.
 
     relic-fast bench memory --device cpu --batch-sizes 2 4 --json memory.json
     python -m benchmarks.bench_memory ...   (the same options)
