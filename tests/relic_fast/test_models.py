@@ -148,7 +148,9 @@ def test_one_training_step_on_cpu_resnet18_four_large_two_small_views():
 
     from relic_fast.step import MultiViewOnline  # the trainer's one-call-per-resolution online forward
 
-    predictions = MultiViewOnline(online)(large, small).unflatten(0, (num_large + num_small, -1))
+    predictions, features = MultiViewOnline(online)(large, small)
+    predictions = predictions.unflatten(0, (num_large + num_small, -1))
+    assert features.shape == (num_large * batch, 512) and not features.requires_grad  # the online probe's input
     projections = target(large).unflatten(0, (num_large, -1))
     assert predictions.shape == (num_large + num_small, batch, 8)
     assert projections.shape == (num_large, batch, 8) and not projections.requires_grad
