@@ -551,15 +551,22 @@ def write_shard_classes(folder: Path, class_names: Sequence[str]) -> Path:
     return path
 
 
-def read_shard_classes(folder: Path) -> list[str] | None:
-    """The class names in `folder/classes.json`, or None when the shard set records none."""
-    path = Path(folder) / WDS_CLASSES_FILE
+def _read_json(path: Path):
+    """The JSON document in `path`, None when there is no such file; a `DatasetError` naming it when it is not JSON."""
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: not valid JSON: {err}") from None
+
+
+def read_shard_classes(folder: Path) -> list[str] | None:
+    """The class names in `folder/classes.json`, or None when the shard set records none."""
+    path = Path(folder) / WDS_CLASSES_FILE
+    data = _read_json(path)
+    if data is None:
+        return None
     names = data.get("classes") if isinstance(data, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise DatasetError(f"{path}: expected {{\"classes\": [\"name\", ...]}}")
@@ -643,12 +650,9 @@ def read_shard_manifest(folder: Path) -> ShardManifest | None:
     """The manifest in `folder/manifest.json`, or None when there is none; a `DatasetError` naming the file
     when it is not one (unreadable, another format, a newer version, a malformed entry)."""
     path = Path(folder) / WDS_MANIFEST_FILE
-    if not path.is_file():
+    data = _read_json(path)
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(data, dict) or data.get("format") != WDS_MANIFEST_FORMAT:
         raise DatasetError(f"{path}: not a relic-fast shard manifest (expected \"format\": \"{WDS_MANIFEST_FORMAT}\")")
     version = data.get("version")

@@ -13,6 +13,7 @@ from PIL import Image
 from dali_pipelines.atomic import TEMPORARY_PREFIX
 from dali_pipelines.dataset import DatasetError, file_list_text, resolve_dataset
 from relic_fast.dataset_tools.index import index_dataset, summary_rows
+from test_dataset_index import decode_with_dali
 
 ODD_CLASSES = ["#x", " cat", "dog "]
 ODD_FILES = ["a b.jpg", "#h.jpg", '"q".jpg', " lead.jpg", "tab\tx.jpg", "nl\nx.jpg", "back\\slash.jpg",
@@ -42,22 +43,7 @@ def test_index_round_trips_names_that_look_like_comments_quotes_or_padding(tmp_p
     listed = resolve_dataset(str(report.index_path))
     assert (listed.files, listed.labels, listed.class_names) == (folder.files, folder.labels, folder.class_names)
     assert [name for name in os.listdir(root) if name.startswith(TEMPORARY_PREFIX)] == []  # no write left behind
-    assert decoded_by_dali([str(listed.root / name) for name in listed.files]) == len(listed.files)
-
-
-def decoded_by_dali(files: list[str]) -> int:
-    """How many of `files` DALI's file reader and CPU decoder turn into 8x8 RGB images (as training would)."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=len(files), num_threads=1, device_id=None)
-    def decode():
-        encoded, _ = fn.readers.file(files=files, random_shuffle=False)
-        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
-
-    pipe = decode()
-    pipe.build()
-    (images,) = pipe.run()
-    return sum(images.at(i).shape == (8, 8, 3) for i in range(len(files)))
+    assert all(image.shape == (8, 8, 3) for image in decode_with_dali(report.index_path, len(listed.files)))
 
 
 def test_file_list_text_round_trips_odd_paths_and_class_names(tmp_path):
