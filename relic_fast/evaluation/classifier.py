@@ -36,7 +36,7 @@ from relic_fast.checkpoint import load_weights_only, read_checkpoint, resolve_ch
 from relic_fast.config import ModelConfig, config_from_dict
 from relic_fast.errors import RelicFastError
 from relic_fast.evaluation.linear import LinearProbe
-from relic_fast.export import (SIDECAR_VERSION, ExportError, build_encoder_on_meta, check_format, check_output,
+from relic_fast.export import (SIDECAR_VERSION, ExportError, ExportReport, build_encoder_on_meta, check_format, check_output,
                                config_hash, encoder_state_dict, save_export, stem_name)
 
 HEAD_FILE = "head.pt"
@@ -115,12 +115,8 @@ def folded_linear(payload: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class ClassifierReport:
+class ClassifierReport(ExportReport):
     """What `export_classifier` wrote: the weights file, its sidecar, and the sidecar's contents."""
-
-    weights: Path
-    sidecar: Path
-    metadata: dict[str, Any]
 
     def rows(self) -> list[tuple[str, str]]:
         """(item, value) rows for the command's summary table."""
