@@ -290,7 +290,7 @@ class Config:
 
 
 __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig",
-           "OptimConfig", "TrainConfig", "ViewsConfig", "load_config", "parse_overrides",
+           "OptimConfig", "TrainConfig", "ViewsConfig", "load_config", "load_run_config", "parse_overrides",
            "to_toml"]
 
 
@@ -376,6 +376,23 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
     return config_from_dict(data, source, parse_overrides(overrides))
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *, data: str | None = None,
+                    val: str | None = None, val_labels: str | None = None, steps: int | None = None) -> Config:
+    """The config a command runs: the recipe at `path` with its `--set` overrides (`load_config`), then the
+    command's own options on top, each given one (not None) replacing its key: `--data` (data.path), `--val`
+    (data.val), `--val-labels` (data.val_labels) and `--steps` (train.max_steps).
+
+    The one place the command line's overrides are applied: `pretrain`, `profile` and `bench train` call it."""
+    config = load_config(path, overrides)
+    data_options = {key: value for key, value in (("path", data), ("val", val), ("val_labels", val_labels))
+                    if value is not None}
+    if data_options:
+        config = config.replace(data=dataclasses.replace(config.data, **data_options))
+    if steps is not None:
+        config = config.replace(train=dataclasses.replace(config.train, max_steps=steps))
+    return config
 
 
 def to_toml(config: Config) -> str:

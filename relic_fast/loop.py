@@ -1,17 +1,31 @@
-"""The training loop's small parts: the logging window between two log lines, the profiler's step timing,
-and what a validator handed to the trainer looks like."""
+"""The training loop's small parts: timed batches, the logging window between two log lines, the profiler's
+step timing, and what a validator handed to the trainer looks like."""
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import torch
+from torch.profiler import record_function
 
 from dali_pipelines.dataset import DatasetSpec
 from relic_fast.distributed import World
+from relic_fast.loss import LOSS_TERMS
+
+
+def timed_batches(loader: Iterable[Any]) -> Iterator[tuple[Any, float]]:
+    """One pass over `loader` (the rest of the epoch, for a restored one): each batch with the seconds the loop
+    waited for it, the fetch labelled "data" in profiler traces."""
+    batches = iter(loader)
+    while True:
+        fetch_start = time.perf_counter()
+        with record_function("data"):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch, time.perf_counter() - fetch_start
 
 
 class LoggingWindow:
@@ -19,7 +33,7 @@ class LoggingWindow:
     data wait and wall time, so each log line reports means over its own window."""
 
     def __init__(self, device: torch.device):
-        self.terms = torch.zeros(3, device=device)
+        self.terms = torch.zeros(len(LOSS_TERMS), device=device)
         self._reset()
 
     def _reset(self) -> None:
@@ -28,7 +42,7 @@ class LoggingWindow:
         self.lr = self.tau = math.nan
 
     def add(self, terms: torch.Tensor, data_wait_s: float, *, lr: float, tau: float) -> None:
-        """Account one step: its [total, contrastive, invariance] terms, data wait and schedule values."""
+        """Account one step: its loss terms (stacked in `LossTerms` order), data wait and schedule values."""
         self.terms += terms
         self.steps += 1
         self.data_wait_s += data_wait_s
@@ -43,8 +57,9 @@ class LoggingWindow:
 
 
 class StepTiming:
-    """Profile mode's hook: the device synchronized around each step, so that a step's device work is
-    timed where it was queued; `record(data wait s, step s)` is called after each step."""
+    """The per-step hook of `Trainer.run_steps` (the profiler's): the device synchronized around each step, so
+    that a step's device work is timed where it was queued; `record(data wait s, step s)` is called after each
+    step. Normal runs have none: no extra host syncs."""
 
     def __init__(self, device: torch.device, record: Callable[[float, float], None]):
         self.device, self.record = device, record

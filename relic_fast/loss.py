@@ -35,11 +35,28 @@ import torch.nn.functional as F
 
 
 class LossTerms(NamedTuple):
-    """The loss and its two parts, scalar tensors (`total` is what gets back-propagated)."""
+    """The loss and its parts, scalar tensors: the one definition of the loss terms.
+
+    `total` (first) is what gets back-propagated. The step hands the terms on as one tensor in field order
+    (`stack`); the non-finite guard, the log window, the logs, the live display and the plot take the terms'
+    number and names from these fields (`LOSS_TERMS`, `LOSS_METRICS`), so a new term is a new field here,
+    computed by the loss function, and nothing else."""
 
     total: torch.Tensor
     contrastive: torch.Tensor
     invariance: torch.Tensor
+
+    def stack(self) -> torch.Tensor:
+        """The terms as one 1-D tensor in field order: one device tensor, so the step returns it without a sync."""
+        return torch.stack(tuple(self))
+
+
+LOSS_TERMS: tuple[str, ...] = LossTerms._fields
+"""The loss terms' names, `total` first: their order in the stacked terms the step returns."""
+
+LOSS_METRICS: tuple[str, ...] = tuple("loss" if name == "total" else name for name in LOSS_TERMS)
+"""The metric name of each loss term, in `LOSS_TERMS` order, as metrics.jsonl, the display and the plot name it:
+the total is "loss", every part keeps its field name."""
 
 
 def _terms(contrastive_rows: torch.Tensor, kl_rows: torch.Tensor, beta: float) -> torch.Tensor:
@@ -194,7 +211,7 @@ def relicv2_loss_terms(online: torch.Tensor, target: torch.Tensor, *, temperatur
         core = _resolve_core(implementation, online.device)
         terms = core(online_n, target_n, online_all_n, temperature=temperature, beta=beta,
                      row_offset=row_offset, negative_offsets=negative_offsets)
-    return LossTerms(terms[0], terms[1], terms[2])
+    return LossTerms(*terms.unbind())  # both cores return the terms stacked in field order
 
 
 def relicv2_loss(online: torch.Tensor, target: torch.Tensor, *, temperature: float = 0.2,

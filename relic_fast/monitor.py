@@ -10,19 +10,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-DISPLAY_FIELDS = ("epoch", "loss", "contrastive", "invariance", "lr", "tau", "images_per_s", "data_wait_pct",
-                  "knn_top1")
+
+def display_fields(loss_metrics: Sequence[str]) -> tuple[str, ...]:
+    """The fields users watch, in display order: the epoch, the loss metrics `loss_metrics`, the schedules, the
+    speed and the kNN top-1. The loss metrics come from the caller: a pretraining shows its loss terms
+    (`relic_fast.loss.LOSS_METRICS`), a linear evaluation its one loss; this module lists none of them."""
+    return ("epoch", *loss_metrics, "lr", "tau", "images_per_s", "data_wait_pct", "knn_top1")
 
 
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """One line of the live display: the fields users watch, compactly formatted."""
+def format_metrics(metrics: dict[str, Any], loss_metrics: Sequence[str] = ("loss",)) -> str:
+    """One line of the live display: the fields users watch (`display_fields`), compactly formatted."""
     parts = []
-    for key in DISPLAY_FIELDS:
+    for key in display_fields(loss_metrics):
         if key not in metrics:
             continue
         value = metrics[key]
@@ -42,11 +46,15 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 class RunMonitor:
-    """Rich progress display, `metrics.jsonl` lines and optional TensorBoard scalars for one run."""
+    """Rich progress display, `metrics.jsonl` lines and optional TensorBoard scalars for one run.
+
+    `loss_metrics`: the loss metrics the display shows (`display_fields`); default one "loss"."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True,
-                 console: Console | None = None, label: str = "pretrain", tensorboard: bool = True):
+                 console: Console | None = None, label: str = "pretrain", tensorboard: bool = True,
+                 loss_metrics: Sequence[str] = ("loss",)):
         self.enabled = enabled
+        self.loss_metrics = tuple(loss_metrics)
         self.console = console or Console()
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self._tensorboard = None
@@ -92,9 +100,10 @@ class RunMonitor:
                 if isinstance(value, (int, float)):
                     self._tensorboard.add_scalar(key, value, step)
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, metrics=format_metrics(metrics))
+            self._progress.update(self._task, completed=step, metrics=format_metrics(metrics, self.loss_metrics))
         else:
-            self.console.print(f"step {step}/{self.total_steps} | {format_metrics(metrics)}", soft_wrap=True)
+            line = format_metrics(metrics, self.loss_metrics)
+            self.console.print(f"step {step}/{self.total_steps} | {line}", soft_wrap=True)
 
     def record(self, step: int, fields: dict[str, Any]) -> None:
         """Write one metrics.jsonl line that is no metric (e.g. the changes a resume accepted): nothing is

@@ -1,6 +1,6 @@
 """A run's curves as one picture: `RUN/curves.png` from `RUN/metrics.jsonl`, for a look at a days-long run.
 
-Panels against the optimizer step: the loss and its two terms, the learning rate and the EMA decay tau,
+Panels against the optimizer step: the loss and its terms, the learning rate and the EMA decay tau,
 the monitor's accuracies (kNN top-1, the online probe's val and train top-1), and the speed (images/s and
 the share of time spent waiting for data). A panel whose metrics the run never logged says so instead of
 staying blank. Written by `relic-fast plot RUN` at any time, and once by a run that finishes.
@@ -9,21 +9,21 @@ staying blank. Written by `relic-fast plot RUN` at any time, and once by a run t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Sequence
 
+from dali_pipelines.atomic import write_atomically
 from relic_fast.errors import ExitCode, RelicFastError
 
 CURVES_NAME = "curves.png"
 
-PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("loss", ("loss", "contrastive", "invariance")),
+OTHER_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("schedules", ("lr", "tau")),
     ("accuracy (%)", ("knn_top1", "online_probe_top1", "online_probe_train_top1")),
     ("speed", ("images_per_s", "data_wait_pct")),
 )
-"""(panel title, metrics drawn in it); a panel's second metric goes on a right-hand axis when its scale
-differs (tau next to lr, data wait % next to images/s)."""
+"""(panel title, metrics drawn in it) of the panels below the loss; a panel's second metric goes on a right-hand
+axis when its scale differs (tau next to lr, data wait % next to images/s)."""
 
 SECOND_AXIS = {"tau", "data_wait_pct"}
 
@@ -57,8 +57,16 @@ def series(rows: list[dict], name: str) -> tuple[list[int], list[float]]:
     return [step for step, _ in points], [value for _, value in points]
 
 
-def plot_run(run: Path, out: Path | None = None) -> Path:
-    """Draw the run's curves into `out` (default `run/curves.png`, written atomically) and return its path."""
+def panels(loss_metrics: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(panel title, metrics drawn in it) of every panel, one a row: the loss panel drawing `loss_metrics` (the
+    caller's: a pretraining's are `relic_fast.loss.LOSS_METRICS`, so this module lists no loss term), then
+    `OTHER_PANELS`."""
+    return (("loss", tuple(loss_metrics)), *OTHER_PANELS)
+
+
+def plot_run(run: Path, out: Path | None = None, *, loss_metrics: Sequence[str]) -> Path:
+    """Draw the run's curves into `out` (default `run/curves.png`, written atomically) and return its path;
+    `loss_metrics` are the loss panel's metrics (`panels`)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a cluster node
@@ -66,8 +74,9 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
 
     rows = read_metrics(run)
     out = Path(out) if out is not None else Path(run) / CURVES_NAME
-    figure, axes = plt.subplots(len(PANELS), 1, figsize=(9, 2.6 * len(PANELS)), sharex=True)
-    for axis, (title, names) in zip(axes, PANELS):
+    layout = panels(loss_metrics)
+    figure, axes = plt.subplots(len(layout), 1, figsize=(9, 2.6 * len(layout)), sharex=True)
+    for axis, (title, names) in zip(axes, layout):
         drawn = 0
         twin = None
         for name in names:
@@ -94,8 +103,8 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     figure.suptitle(f"{Path(run).resolve().name}: {len(rows)} logged rows")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staged = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    figure.savefig(staged, dpi=110)
-    plt.close(figure)
-    os.replace(staged, out)
+    try:
+        write_atomically(out, lambda handle: figure.savefig(handle, dpi=110, format="png"))
+    finally:
+        plt.close(figure)
     return out

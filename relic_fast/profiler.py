@@ -1,8 +1,8 @@
 """`relic-fast profile`: run the real training loop for a few steps and find where the time goes.
 
 Measurements, in order (single process, the config's device):
-1. The trainer itself (`Trainer.train`) for `warmup + steps` steps under `torch.profiler`, with the
-   trainer's profile hook (`Trainer.step_timing`): per step, the data wait (fetching the batch) and the
+1. The trainer itself (`Trainer.run_steps`) for `warmup + steps` steps under `torch.profiler`, with the
+   loop's per-step hook (`loop.StepTiming`): per step, the data wait (fetching the batch) and the
    compute (preparing the views + the step), the device synchronized around the step in this mode
    only. The `record_function` labels of the loop and step (data, prepare_views, forward, backward,
    optimizer, ema) split the compute; the active steps are written as a Chrome trace.
@@ -85,15 +85,16 @@ class ProfileSettings:
 
 
 def profiled_config(config: Config, settings: ProfileSettings) -> Config:
-    """`config` with the run cut to `warmup + steps` steps and no checkpoint before its end."""
+    """`config` as profiled: the run cut to `warmup + steps` steps, with log windows no longer than that (what
+    the profiled run's config.toml and the report record)."""
     steps = settings.warmup + settings.steps
-    train = dataclasses.replace(config.train, max_steps=steps, checkpoint_every=steps + 1, checkpoint_minutes=0.0,
-                                log_every=min(config.train.log_every, steps))
+    train = dataclasses.replace(config.train, max_steps=steps, log_every=min(config.train.log_every, steps))
     return config.replace(train=train)
 
 
-def trace_training(trainer, settings: ProfileSettings, trace_path: Path) -> dict[str, Any]:
-    """Run the trainer's own loop under torch.profiler; per-step data/compute seconds and phase times."""
+def trace_training(trainer: Trainer, settings: ProfileSettings, trace_path: Path) -> dict[str, Any]:
+    """Run the trainer's own loop (`Trainer.run_steps`: no checkpoint) for warm-up + profiled steps under
+    torch.profiler; per-step data/compute seconds and phase times of the profiled steps."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU]
@@ -107,14 +108,7 @@ def trace_training(trainer, settings: ProfileSettings, trace_path: Path) -> dict
             timings.append((data_s, step_s))
             prof.step()
 
-        trainer.step_timing = StepTiming(trainer.world.device, on_step)
-        try:
-            trainer.train(save_final=False)
-        finally:
-            trainer.step_timing = None
-    if len(timings) < settings.warmup + settings.steps:
-        raise ValueError(f"the run stopped after {len(timings)} steps, before warm-up + profiled steps "
-                         f"({settings.warmup} + {settings.steps}): raise train.epochs or lower --steps")
+        trainer.run_steps(settings.warmup + settings.steps, step_timing=StepTiming(trainer.world.device, on_step))
     measured = timings[settings.warmup:]
     return {"per_step": [{"data_ms": 1e3 * d, "compute_ms": 1e3 * c} for d, c in measured],
             "phases_ms": phase_times(prof, len(measured))}

@@ -18,7 +18,7 @@ from dali_pipelines.batch import ViewBatch, normalize_views
 from relic_fast.compiling import compile_step
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 from relic_fast.environment import configure_cuda_math
-from relic_fast.loss import draw_negative_offsets, relicv2_loss_terms
+from relic_fast.loss import LOSS_TERMS, draw_negative_offsets, relicv2_loss_terms
 from relic_fast.models import build_networks, convert_sync_batchnorm, ema_update
 from relic_fast.optim import build_lars
 
@@ -80,8 +80,8 @@ class MultiViewOnline(nn.Module):
 def forward_loss(online: nn.Module, target: nn.Module, large: torch.Tensor, small: torch.Tensor | None,
                  num_large: int, num_small: int, loss: LossConfig,
                  negative_offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Online predictions for every view against target projections of the large views -> ([total, contrastive,
-    invariance], the large views' detached pooled features).
+    """Online predictions for every view against target projections of the large views -> (the loss terms
+    stacked in `LossTerms` order, total first; the large views' detached pooled features).
 
     `online` is a `MultiViewOnline` (possibly DDP-wrapped); `target` maps images to projections.
     """
@@ -94,14 +94,14 @@ def forward_loss(online: nn.Module, target: nn.Module, large: torch.Tensor, smal
     terms = relicv2_loss_terms(online_views, target_views, temperature=loss.temperature, beta=loss.beta,
                                implementation=loss.implementation, gather_targets=loss.gather_targets,
                                negative_offsets=negative_offsets)
-    return torch.stack([terms.total, terms.contrastive, terms.invariance]), features
+    return terms.stack(), features
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss of step `step` was NaN or infinite; no checkpoint holds a state after it."""
 
     def __init__(self, step: int, terms: list[float] | None):
-        where = "on another rank" if terms is None else f"(total, contrastive, invariance) = {terms}"
+        where = "on another rank" if terms is None else f"({', '.join(LOSS_TERMS)}) = {terms}"
         super().__init__(f"non-finite loss at step {step}: {where}")
         self.step = step
         self.terms = terms
@@ -122,7 +122,7 @@ class NonFiniteGuard:
 
     def __init__(self, device: torch.device):
         self.first_step = torch.full((), NO_STEP, dtype=torch.int64, device=device)
-        self.first_terms = torch.zeros(3, dtype=torch.float32, device=device)
+        self.first_terms = torch.zeros(len(LOSS_TERMS), dtype=torch.float32, device=device)
 
     def record(self, terms: torch.Tensor, step: int) -> None:
         """Note step `step` (a Python int: a kernel argument, no copy) if `terms` is its first non-finite loss."""
@@ -205,7 +205,8 @@ def draw_offsets(context: StepContext, global_batch: int) -> torch.Tensor | None
 
 
 def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, global_batch: int) -> torch.Tensor:
-    """Forward, backward, LARS step at `lr`, EMA update at `tau`; returns the detached loss terms (no host sync).
+    """Forward, backward, LARS step at `lr`, EMA update at `tau`; returns the detached loss terms, stacked in
+    `LossTerms` order (no host sync).
 
     The update is applied whatever the loss: `NonFiniteGuard` records a non-finite one on the device."""
     for group in context.optimizer.param_groups:
@@ -220,8 +221,9 @@ def train_step(context: StepContext, inputs: StepInputs, lr: float, tau: float, 
                                                             context.loss, offsets)
     context.optimizer.zero_grad(set_to_none=True)
     scaler = context.scaler
+    total = terms[0]  # `LossTerms.total` comes first
     with record_function("backward"):
-        (scaler.scale(terms[0]) if scaler is not None else terms[0]).backward()
+        (scaler.scale(total) if scaler is not None else total).backward()
     with record_function("optimizer"):
         if scaler is not None:
             scaler.step(context.optimizer)

@@ -1,19 +1,21 @@
 """The pretraining job: build everything from a `Config`, run steps, log, checkpoint, resume exactly.
 
-Read top-down: `Trainer.__init__` resolves the run plan (`run_plan`: every "auto" decided once), then
-builds the world, data and the step (`step.build_step_context`); `train` runs `for epoch: for batch`,
-each step through `train_step`, with a `LoggingWindow` between log lines and an optional `StepTiming`
-(profile mode) and `Validator` (e.g. the kNN monitor, handed in), all three from `loop`; `_log`,
-`save`, `restore` are the bookkeeping. Only rank 0 writes.
+Read top-down: `Trainer.__init__` resolves the run plan (`run_plan`: every "auto" decided once) into the
+one config of the run, then builds the world, data and the step (`step.build_step_context`) and, on
+resume, puts the saved run back (`run_state`). `train` is `relic-fast pretrain`'s run: passes over the
+loader until `last_step`, each step through `train_step`, checkpoints, the `Validator` (e.g. the kNN
+monitor, handed in) at epoch ends. `run_steps` is the same loop for N steps on any loader with an
+optional `StepTiming` hook and no checkpoint: what `bench train` and `profile` measure. Both log through a
+`LoggingWindow` (`loop`); `_log`, `save` are the bookkeeping. Only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any, Collection, Iterable, Iterator
 
 import torch
 from rich.markup import escape
@@ -23,23 +25,23 @@ from torch.profiler import record_function
 from dali_pipelines.dataset import DatasetSpec, find_monitor_split, resolve_dataset, resolve_split
 from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.validate import filter_bad_files
-from relic_fast.checkpoint import (check_resumable, latest_checkpoint, list_checkpoints, remove_interrupted_writes,
-                                   save_checkpoint)
+from relic_fast.checkpoint import list_checkpoints, remove_interrupted_writes, save_checkpoint
 from relic_fast.compiling import compile_cache_folder, use_compile_cache
 from relic_fast.config import Config, ConfigError, to_toml
 from relic_fast.data_plan import check_saliency_masks, describe_masks, describe_monitor
 from relic_fast.demo_data import ensure_demo_dataset
-from relic_fast.distributed import (World, all_reduce_mean, close_world, control_group, init_world, launch_rank,
-                                    same_on_every_rank)
+from relic_fast.distributed import World, all_reduce_mean, close_world, control_group, init_world, launch_rank
 from relic_fast.environment import compiled_graph_count, process_age_s
 from relic_fast.errors import MonitorError, NothingToDo, ResumeMismatchError, RunStopped
-from relic_fast.loop import LoggingWindow, MonitorInterrupted, StepTiming, Validator
+from relic_fast.loop import LoggingWindow, MonitorInterrupted, StepTiming, Validator, timed_batches
+from relic_fast.loss import LOSS_METRICS
 from relic_fast.monitor import RunMonitor
 from relic_fast.online_probe import OnlineProbe, labelled_classes
 from relic_fast.plot import plot_run
 from relic_fast.resume_rule import Change, RunIdentity, check_accept_keys, dataset_fingerprint
 from relic_fast.run_control import RunControl
 from relic_fast.run_plan import RunPlan, planned_config, resolve_plan
+from relic_fast.run_state import find_saved_run, load_saved_run, training_state
 from relic_fast.runlock import RunLock
 from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
 from relic_fast.stop_signals import StopSignals, torchrun_signal_warning
@@ -83,31 +85,38 @@ def without_bad_files(dataset: DatasetSpec, world: World, max_image_mb: float) -
 
 
 class Trainer:
-    """A RELICv2 pretraining run in `out_dir`, single-process or one rank of a `torchrun` job."""
+    """A RELICv2 pretraining run in `out_dir`, single-process or one rank of a `torchrun` job: `train` runs it as
+    `relic-fast pretrain` does; `run_steps` runs N steps of the same loop on any loader, with an optional
+    per-step hook and no checkpoint (what `relic-fast bench train` and `relic-fast profile` measure)."""
 
     def __init__(self, config: Config, out_dir: Path, resume: bool = False, validator: Validator | None = None,
                  accept_changes: Collection[str] = (), signals: StopSignals | None = None):
         """Build the run: `resume` continues from `out_dir`'s newest checkpoint, going on with the refused changes
         `accept_changes` names (`relic_fast.resume_rule`); `signals`, the stop handlers `pretrain` installed at
-        its start (None: the run installs its own in `train`), are acted on between the phases of the build."""
-        self.requested_config = config
-        """The config as given ("auto" included): what `config.toml` records and `--resume` compares."""
+        its start (None: the run installs its own while steps run), are acted on between the phases of the build.
+
+        `config` as given ("auto" included) is read here only for the run's record, `config.toml` and what
+        `--resume` compares; everything else reads `self.config`, the one config of the run."""
         self.plan: RunPlan = resolve_plan(config)
         """What runs on this machine, every "auto" resolved once (`plan.toml` in the run folder)."""
         self.config = planned_config(config, self.plan)
+        """The config as it runs here: the given one with the plan's choices written in (no "auto" left)."""
+        self.run_files = {"config.toml": to_toml(config), "plan.toml": self.plan.to_toml()}
+        """The run folder's record of the run, written when steps start: the config as given, and the plan."""
         self.out_dir = Path(out_dir)
         self.validator = validator
         self.world: World = init_world(self.plan.torch_device)
         self.resumed_from: Path | None = None
-        """The checkpoint `restore` continued from (None for a fresh run)."""
-        cadence = config.train
-        self.control = RunControl(checkpoint_every=cadence.checkpoint_every,
-                                  checkpoint_minutes=cadence.checkpoint_minutes, is_main=self.world.is_main,
-                                  group=control_group(), signals=signals)
+        """The checkpoint the run continued from (None for a fresh run)."""
+        train = self.config.train
+        self.control = RunControl(checkpoint_every=train.checkpoint_every, checkpoint_minutes=train.checkpoint_minutes,
+                                  is_main=self.world.is_main, group=control_group(), signals=signals)
         """Stop signals and off-schedule checkpoints (`run_control`), agreed by every rank."""
+        self.monitor: RunMonitor | None = None
+        """The display and metrics.jsonl, open while steps run (`train`, `run_steps`)."""
         self._stop_if_signalled("while the ranks joined")
-        self.dataset, self.val_dataset = training_dataset(config, self.world)
-        self.mask_coverage = check_saliency_masks(self.dataset, config.views)
+        self.dataset, self.val_dataset = training_dataset(self.config, self.world)
+        self.mask_coverage = check_saliency_masks(self.dataset, self.config.views)
         """Images with a saliency mask when the recipe masks (None when `views.saliency_p` is 0)."""
         self._stop_if_signalled("while the dataset was resolved")
         self.identity = RunIdentity(config=config.to_dict(), resolved=self._resolved_config(),
@@ -115,34 +124,33 @@ class Trainer:
                                     ranks=self.world.world_size)
         """What a checkpoint records of this run and `--resume` compares (`relic_fast.resume_rule`)."""
         self._check_batch()
-        self.global_batch = config.train.batch_size
-        self.peak_lr = scaled_lr(config.optim.base_lr, self.global_batch)
-        torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+        self.global_batch = train.batch_size
+        self.peak_lr = scaled_lr(self.config.optim.base_lr, self.global_batch)
+        torch.manual_seed(train.seed)  # identical initial weights on every rank
         self.context = self._build_step_context()
         self.probe = self._build_probe()
-        torch.manual_seed(config.train.seed + self.world.rank)  # then per-rank randomness (negatives)
+        torch.manual_seed(train.seed + self.world.rank)  # then per-rank randomness (negatives)
         self.step = 0
         self.accepted_changes: list[Change] = []
         """The refused changes this resume goes on with (`--accept-change`), recorded at the start of `train`."""
         self.resume_notes: list[str] = []
         """What the resume says at the start of `train`: accepted changes, an online probe that restarts."""
         self.guard = NonFiniteGuard(self.world.device)
-        loader_state = self.restore(accept_changes) if resume else None
+        saved = find_saved_run(self.out_dir, self.identity, self.world, accept_changes) if resume else None
+        if saved is not None:
+            self.resume_notes += load_saved_run(saved, self.context, self.probe, self.world)
+            self.step, self.resumed_from, self.accepted_changes = saved.step, saved.path, saved.accepted_changes
         self._stop_if_signalled("while the checkpoint was restored" if resume else "while the networks were built")
+        loader_state = saved.loader_state(self.world.rank) if saved is not None else None
         self.loader = self._build_loader(loader_state)
         self._stop_if_signalled("while the data pipeline started")
         self.steps_per_epoch = len(self.loader)
+        """Batches per epoch of the run's own data: the unit of the schedules and of the logged epoch."""
         if self.accepted_changes:
-            restart = "" if loader_state is not None else (f"; the data order restarts (epoch "
-                                                           f"{self.step // self.steps_per_epoch} from its start)")
-            self.resume_notes.insert(0, f"--resume: accepted changes at step {self.step}: "
-                                        + ", ".join(change.short() for change in self.accepted_changes) + restart)
-        self.total_steps = config.train.epochs * self.steps_per_epoch
-        self.last_step = min(self.total_steps, config.train.max_steps or self.total_steps)
-        self.warmup_steps = round(config.optim.warmup_epochs * self.steps_per_epoch)
-        self.step_timing: StepTiming | None = None
-        """Profile mode (`relic_fast.profiler`): times each step with the device synchronized around it.
-        None in normal runs: no extra host syncs."""
+            self._note_accepted_changes(data_restarts=loader_state is None)
+        self.total_steps = train.epochs * self.steps_per_epoch
+        self.last_step = min(self.total_steps, train.max_steps or self.total_steps)
+        self.warmup_steps = round(self.config.optim.warmup_epochs * self.steps_per_epoch)
         self.warmup_report: dict[str, float] = {}
         """After this process's first step: `first_step_s` (process start to the end of that step: the
         compile warm-up a user waits for) and `compiled_graphs`; every log adds `recompiles` since."""
@@ -255,12 +263,14 @@ class Trainer:
                          f"{again}")
 
     # ---------------------------------------------------------------- the loop
-    def train(self, save_final: bool = True) -> dict[str, Any]:
-        """Run until `last_step`; return a summary (final loss, checkpoint path, throughput).
+    def train(self) -> dict[str, Any]:
+        """Run until `last_step` as `relic-fast pretrain` does; return a summary (final loss, checkpoint path,
+        throughput).
 
-        A stop signal (`run_control`) ends the run at an agreed step: checkpoint, then `RunStopped`.
-        `save_final=False` (profiling) skips the final checkpoint. A resumed run already at `last_step` (or
-        past it: `--steps` lower than the checkpoint's step) raises `NothingToDo` before it writes anything."""
+        Checkpoints on the `train.checkpoint_every` / `checkpoint_minutes` schedule and at the end; the validator
+        runs at the epoch ends it asks for. A stop signal (`run_control`) ends the run at an agreed step:
+        checkpoint, then `RunStopped`. A resumed run already at `last_step` (or past it: `--steps` lower than the
+        checkpoint's step) raises `NothingToDo` before it writes anything."""
         if self.step >= self.last_step:
             limit = (f"--steps {self.config.train.max_steps} (train.max_steps)"
                      if self.config.train.max_steps and self.step >= self.config.train.max_steps
@@ -271,29 +281,65 @@ class Trainer:
         self._stop_if_signalled("as training began")
         if self.resumed_from is not None and self.world.is_main:
             print(f"resumed from {self.resumed_from} (step {self.step})")
-        if self.world.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.toml").write_text(to_toml(self.requested_config))
-            (self.out_dir / "plan.toml").write_text(self.plan.to_toml())
         summary: dict[str, Any] = {"start_step": self.step}
-        with self.control, RunMonitor(self.out_dir, self.last_step, self.step, enabled=self.world.is_main) as monitor:
-            self.monitor = monitor
-            monitor.message("plan: " + ", ".join(f"{key} {value}" for key, value in self.plan.rows()))
-            monitor.message(f"saliency masks: {describe_masks(self.mask_coverage)}")
-            monitor.message(self._monitor_plan())
+        with self._steps_running(self.last_step) as monitor:
             for note in self.resume_notes:
                 monitor.message(escape(note))
             if self.accepted_changes:  # the run's record says where it stopped being the run it was
                 monitor.record(self.step, {"accepted_changes": {c.key: c.record() for c in self.accepted_changes}})
+            summary.update(self._passes_until(self.last_step, self.loader, log_every=self.config.train.log_every,
+                                              step_timing=None, checkpoints_and_validation=True))
+            summary["checkpoint"] = self.save()
+        return self._summary_or_stop(summary)
+
+    def run_steps(self, steps: int, loader: Iterable[Any] | None = None, *, log_every: int | None = None,
+                  step_timing: StepTiming | None = None) -> dict[str, Any]:
+        """Train `steps` more optimizer steps on `loader` (default: the run's own) and return the summary, as
+        `train` does: the public way to run the trainer's loop for a measurement (`relic-fast bench train`,
+        `relic-fast profile`).
+
+        The same step, schedules, logging (every `log_every` steps, default `train.log_every`, into the run
+        folder's metrics.jsonl) and stop signals as `train`, without checkpoints or validator passes.
+        `loader` yields view batches (`dali_pipelines.batch.ViewBatch`), restarted as often as needed; the
+        schedules and the logged epoch keep counting in the run's own epochs (`steps_per_epoch`).
+        `step_timing` times each step with the device synchronized around it (the profiler's hook)."""
+        if steps < 1:
+            raise ValueError(f"run_steps needs at least one step, got {steps}")
+        last_step = self.step + steps
+        summary: dict[str, Any] = {"start_step": self.step}
+        with self._steps_running(last_step):
+            summary.update(self._passes_until(last_step, self.loader if loader is None else loader,
+                                              log_every=log_every or self.config.train.log_every,
+                                              step_timing=step_timing, checkpoints_and_validation=False))
+            summary["checkpoint"] = None
+        return self._summary_or_stop(summary)
+
+    @contextmanager
+    def _steps_running(self, last_step: int) -> Iterator[RunMonitor]:
+        """What `train` and `run_steps` share around their steps: the run files written (rank 0), the stop
+        control entered, the monitor open (display up to `last_step`, metrics.jsonl) and the plan said; a
+        non-finite loss is reported with the last good checkpoint before it propagates."""
+        if self.world.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for name, text in self.run_files.items():
+                (self.out_dir / name).write_text(text)
+        with self.control, RunMonitor(self.out_dir, last_step, self.step, enabled=self.world.is_main,
+                                      loss_metrics=LOSS_METRICS) as monitor:
+            self.monitor = monitor
+            monitor.message("plan: " + ", ".join(f"{key} {value}" for key, value in self.plan.rows()))
+            monitor.message(f"saliency masks: {describe_masks(self.mask_coverage)}")
+            monitor.message(self._monitor_plan())
             try:
-                summary.update(self._run_steps())
+                yield monitor
             except NonFiniteLossError as err:
                 saved = list_checkpoints(self.out_dir)
                 good = f"the newest checkpoint, {saved[-1]}, is the last good state" if saved else \
                     "no checkpoint was written before it"
                 monitor.message(f"[bold red]stopped:[/] {escape(str(err))} (found at step {self.step}); {good}")
                 raise
-            summary["checkpoint"] = self.save() if save_final else None
+
+    def _summary_or_stop(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The summary of steps that ended, with the step reached; `RunStopped` when a stop signal ended them."""
         summary["steps"] = self.step
         stopped_by = summary.pop("stopped_by")
         if stopped_by:
@@ -301,44 +347,36 @@ class Trainer:
             raise RunStopped(f"{stopped_by} received; finished step {self.step}{saved}")
         return summary
 
-    def _run_steps(self) -> dict[str, Any]:
-        """Epochs of loader batches until `last_step`, logging and checkpointing on the way."""
+    def _passes_until(self, last_step: int, loader: Iterable[Any], *, log_every: int,
+                      step_timing: StepTiming | None, checkpoints_and_validation: bool) -> dict[str, Any]:
+        """Passes over `loader` until `last_step` (or an agreed stop), logging every `log_every` steps; with
+        `checkpoints_and_validation` (the pretraining run), checkpoints on schedule and validates at epoch ends."""
         window = LoggingWindow(self.world.device)
         last: dict[str, Any] = {}
         stopped_by = None
-        for epoch in range(self.step // self.steps_per_epoch, self.config.train.epochs):
-            for batch, data_wait_s in self._timed_batches():
-                self._train_on(batch, data_wait_s, window)
+        while self.step < last_step and not stopped_by:
+            pass_start = self.step
+            for batch, data_wait_s in timed_batches(loader):
+                self._train_on(batch, data_wait_s, window, step_timing)
                 decision = self.control.after_step(self.step)  # the same on every rank
-                stopped_by = decision.stop if self.step < self.last_step else None  # a finished run just ends
-                if self.step % self.config.train.log_every == 0 or self.step == self.last_step or stopped_by:
+                stopped_by = decision.stop if self.step < last_step else None  # a finished run just ends
+                if self.step % log_every == 0 or self.step == last_step or stopped_by:
                     last = self._log(window)
-                if stopped_by or self.step >= self.last_step:
-                    break  # `train` writes the checkpoint
-                if decision.checkpoint:
+                if stopped_by or self.step >= last_step:
+                    break  # the caller checkpoints
+                if decision.checkpoint and checkpoints_and_validation:
                     self.save()
-            if self.step % self.steps_per_epoch == 0 and not stopped_by:
-                stopped_by = self._validate(epoch + 1)
-            if stopped_by or self.step >= self.last_step:
-                break
+            if self.step == pass_start:
+                raise RuntimeError("the loader yielded no batch: nothing to train on")
+            if checkpoints_and_validation and self.step % self.steps_per_epoch == 0 and not stopped_by:
+                stopped_by = self._validate(self.step // self.steps_per_epoch)
         return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
                 "last_metrics": last, **self.warmup_report, "recompiles": self.recompiles(), "stopped_by": stopped_by}
 
-    def _timed_batches(self) -> Iterator[tuple[Any, float]]:
-        """The rest of this epoch's batches, each with the seconds the loop waited for it."""
-        batches = iter(self.loader)
-        while True:
-            fetch_start = time.perf_counter()
-            with record_function("data"):
-                batch = next(batches, None)
-            if batch is None:
-                return
-            yield batch, time.perf_counter() - fetch_start
-
-    def _train_on(self, batch, data_wait_s: float, window: LoggingWindow) -> None:
-        """One optimizer step on `batch` at this step's learning rate and EMA decay."""
-        if self.step_timing is not None:
-            self.step_timing.sync()
+    def _train_on(self, batch, data_wait_s: float, window: LoggingWindow, step_timing: StepTiming | None) -> None:
+        """One optimizer step on `batch` at this step's learning rate and EMA decay, timed by `step_timing`."""
+        if step_timing is not None:
+            step_timing.sync()
         step_start = time.perf_counter()
         with record_function("prepare_views"):
             inputs = prepare_views(batch, self.config.views, self.world.device, self.config.train.channels_last)
@@ -350,9 +388,9 @@ class Trainer:
         if self.probe is not None:
             with record_function("online_probe"):
                 self.probe.train_on(self.context.large_features, batch.labels)
-        if self.step_timing is not None:
-            self.step_timing.sync()
-            self.step_timing.record(data_wait_s, time.perf_counter() - step_start)
+        if step_timing is not None:
+            step_timing.sync()
+            step_timing.record(data_wait_s, time.perf_counter() - step_start)
         self.step += 1
         window.add(terms, data_wait_s, lr=lr, tau=tau)
         if not self.warmup_report:
@@ -376,10 +414,9 @@ class Trainer:
     def _log(self, window: LoggingWindow) -> dict[str, Any]:
         """Read the window's metrics from the device (a host sync point), hand them to the monitor, start a new window."""
         mean_terms, steps, elapsed, data_wait, lr, tau = window.close()
-        total, contrastive, invariance = all_reduce_mean(mean_terms).tolist()  # note: CPU-GPU sync point
+        losses = dict(zip(LOSS_METRICS, all_reduce_mean(mean_terms).tolist()))  # note: CPU-GPU sync point
         self._check_finite()
-        metrics = {"epoch": self.step / self.steps_per_epoch, "loss": total, "contrastive": contrastive,
-                   "invariance": invariance, "lr": lr, "tau": tau,
+        metrics = {"epoch": self.step / self.steps_per_epoch, **losses, "lr": lr, "tau": tau,
                    "images_per_s": steps * self.global_batch / max(elapsed, 1e-9),
                    "data_wait_pct": 100.0 * data_wait / max(elapsed, 1e-9),
                    **self.warmup_report, "recompiles": self.recompiles()}
@@ -421,23 +458,6 @@ class Trainer:
         return stop
 
     # ---------------------------------------------------------------- state
-    def _state(self) -> dict[str, Any]:
-        """Everything `restore` needs to continue exactly: every rank's loader position and random state (each
-        rank draws its own sampled negatives), gathered in one collective, and what the resume rule compares."""
-        rng = {"cpu": torch.get_rng_state()}
-        if self.world.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
-        per_rank: list[Any] = [(self.loader.checkpoint(), rng)]
-        if self.world.distributed:
-            gathered: list[Any] = [None] * self.world.world_size
-            torch.distributed.all_gather_object(gathered, per_rank[0])
-            per_rank = gathered
-        return {"step": self.step, **self.identity.to_state(), "online": self.online_module.state_dict(),
-                "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else None,
-                "rng": [rank_rng for _, rank_rng in per_rank], "loader": [loader for loader, _ in per_rank],
-                "online_probe": self.probe.state() if self.probe is not None else None}
-
     def _check_finite(self) -> None:
         """Raise `NonFiniteLossError` if any rank's loss was not finite since the start (a host sync point)."""
         reduce_min = None
@@ -453,81 +473,19 @@ class Trainer:
 
         The non-finite guard is checked first, so no checkpoint holds a state updated by a non-finite loss."""
         self._check_finite()
-        state = self._state()
+        state = training_state(self.step, self.identity, self.context, self.probe, self.loader.checkpoint(),
+                               self.world)
         if not self.world.is_main:
             return None
         return save_checkpoint(state, self.out_dir, self.step, self.config.train.keep_checkpoints)
 
-    def restore(self, accept_changes: Collection[str] = ()) -> str | None:
-        """Load the newest usable checkpoint of `out_dir` (skipping corrupt ones); returns this rank's loader state,
-        or None when there is none or the data must restart at the saved step (an accepted change of the data or
-        its order: the saved position belongs to the old order).
-
-        The resume rule (`relic_fast.resume_rule`) decides first, before anything is loaded or the loader is
-        built: a refused change not in `accept_changes` stops here, every one named (`ResumeMismatchError`)."""
-        found = latest_checkpoint(self.out_dir, warn=lambda text: print(text) if self.world.is_main else None)
-        if not same_on_every_rank(found[0].name if found else None):
-            raise ResumeMismatchError(f"--resume: the ranks found different checkpoints in {self.out_dir}; with "
-                                      f"several nodes, --out must be a folder that every node shares (NFS, Lustre, ...)")
-        if found is None:
-            if self.world.is_main:
-                print(f"--resume: no checkpoint in {self.out_dir}, starting from scratch")
-            return None
-        path, state = found
-        changes = check_resumable(path, state, self.identity, accept_changes)
-        self.online_module.load_state_dict(state["online"])
-        self.target.load_state_dict(state["target"])
-        self._restore_optimizer(state["optimizer"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self._restore_probe(state.get("online_probe"), changes)
-        self._restore_rng(state["rng"])
-        self.step = state["step"]
-        self.resumed_from = path  # `train` says so, or that no step is left to train
-        self.accepted_changes = [change for change in changes if change.refused]
-        if any(change.rule.restarts_data for change in self.accepted_changes):
-            return None  # `_build_loader` starts the new order at the saved step
-        return state["loader"][self.world.rank]
-
-    def _restore_optimizer(self, saved: dict[str, Any]) -> None:
-        """The saved optimizer state (momentum buffers) under the config's hyper-parameters: a loaded state
-        dict brings its own weight decay, momentum and trust coefficient, which a resume that accepted new ones
-        must not silently keep (with no accepted change the two agree; the lr is set every step)."""
-        configured = [{key: value for key, value in group.items() if key != "params"}
-                      for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(saved)
-        for group, settings in zip(self.optimizer.param_groups, configured):
-            group.update(settings)
-
-    def _restore_probe(self, saved: dict[str, Any] | None, changes: list[Change]) -> None:
-        """Continue the online probe from the checkpoint, or restart it from zero when its settings or the
-        classes changed (its head would not be the one trained so far), and say so."""
-        if self.probe is None:
-            return
-        changed = [change.short() for change in changes if change.key.startswith("eval.online_probe")]
-        if saved is None:
-            why = "it was off in the checkpoint"
-        elif changed:
-            why = ", ".join(changed)
-        elif saved["module"]["linear.weight"].shape != self.probe.linear.weight.shape:
-            why = "the number of classes changed"
-        else:
-            self.probe.restore(saved)
-            return
-        self.resume_notes.append(f"online probe restarts from zero: {why}")
-
-    def _restore_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
-        """This rank's random state (each rank draws its own sampled negatives). An older checkpoint holds rank
-        0's alone, which every rank then takes; a rank the checkpoint did not have (more ranks, accepted) keeps
-        its fresh per-rank seed."""
-        if isinstance(saved, list):
-            saved = saved[self.world.rank] if self.world.rank < len(saved) else None
-        if saved is None:
-            return
-        torch.set_rng_state(saved["cpu"])
-        if "cuda" in saved and self.world.device.type == "cuda":
-            torch.cuda.set_rng_state(saved["cuda"], self.world.device)
-
+    def _note_accepted_changes(self, data_restarts: bool) -> None:
+        """Put the changes this resume accepted first among the resume notes, and whether the data order
+        restarts (an accepted change of the data or its order) at the saved step's epoch."""
+        restart = (f"; the data order restarts (epoch {self.step // self.steps_per_epoch} from its start)"
+                   if data_restarts else "")
+        self.resume_notes.insert(0, f"--resume: accepted changes at step {self.step}: "
+                                    + ", ".join(change.short() for change in self.accepted_changes) + restart)
 
 def pretrain(config: Config, *, out_dir: Path, resume: bool = False, validator: Validator | None = None,
              accept_changes: Collection[str] = (), signals: StopSignals | None = None) -> dict[str, Any]:
@@ -558,7 +516,8 @@ def pretrain(config: Config, *, out_dir: Path, resume: bool = False, validator: 
             try:
                 summary = trainer.train()
                 if trainer.world.is_main:
-                    summary["curves"] = plot_run(out_dir)  # once, at the end: `relic-fast plot RUN` redraws any time
+                    # once, at the end: `relic-fast plot RUN` redraws any time
+                    summary["curves"] = plot_run(out_dir, loss_metrics=LOSS_METRICS)
                 return summary
             finally:
                 if world_size > 1:

@@ -7,8 +7,8 @@ One process, one compiled step, three feeds, so the rows differ only in where th
                             rate, i.e. what a free data pipeline would give (the baseline);
   trainer + torchvision     the same loop fed by the torchvision + PIL DataLoader (the recipe of
                             `relic_fast.bench.torchvision_recipe`, one worker per core by default).
-The loop rates come from the trainer's own log windows (`train.log_every` steps between two host
-syncs); the first window holds compilation and pipeline start-up and is dropped. One more row times
+The loop rates come from the trainer's own log windows (`Trainer.run_steps` with `--window` steps between
+two host syncs); the first window holds compilation and pipeline start-up and is dropped. One more row times
 the compile warm-up (process start to the end of the first step) and counts the graphs torch.compile
 built after that first step (recompilations; the goal is 0).
 
@@ -24,7 +24,7 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from relic_fast.bench.benchmark import Benchmark, Report, UsageError
 from relic_fast.bench.loader import view_sizes
@@ -33,7 +33,7 @@ from relic_fast.environment import peak_memory_gib
 from relic_fast.profiler import synthetic_rate
 from relic_fast.bench.torchvision_recipe import build_torchvision_loader
 from relic_fast.trainer import Trainer
-from relic_fast.config import ConfigError, load_config
+from relic_fast.config import ConfigError, load_run_config
 
 BASELINE = "trainer + synthetic"
 
@@ -46,14 +46,12 @@ def window_rates(metrics_path: Path, first_step: int) -> list[dict[str, Any]]:
     return [r for r in records if "images_per_s" in r and r["step"] > first_step]
 
 
-def run_windows(trainer, loader, *, window: int, windows: int) -> list[dict[str, Any]]:
-    """Run the trainer's loop on `loader` for `windows + 1` log windows of `window` steps; return the
-    records of the last `windows` (the first one absorbs start-up: compilation, worker spawn)."""
-    trainer.loader = loader
-    trainer.config = trainer.config.replace(train=dataclasses.replace(trainer.config.train, log_every=window))
+def run_windows(trainer: Trainer, loader: Iterable[Any] | None, *, window: int, windows: int) -> list[dict[str, Any]]:
+    """Run the trainer's loop (`Trainer.run_steps`) on `loader` (None: its own) for `windows + 1` log windows of
+    `window` steps; return the records of the last `windows` (the first one absorbs start-up: compilation,
+    worker spawn)."""
     start = trainer.step
-    trainer.last_step = start + window * (windows + 1)
-    trainer.train(save_final=False)
+    trainer.run_steps(window * (windows + 1), loader, log_every=window)
     return window_rates(trainer.out_dir / "metrics.jsonl", start + window)
 
 
@@ -108,9 +106,7 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
     if unknown or not feeds:
         raise ValueError(f"feeds {sorted(unknown) or '(none)'}: choose from {', '.join(FEEDS)}")
     say = console.log if console is not None else print
-    train = dataclasses.replace(config.train, max_steps=0, checkpoint_every=10**9, knn_every_epochs=0)
-    config = config.replace(train=train)
-    trainer = Trainer(config, out_dir)
+    trainer = Trainer(config, out_dir)  # no validator: `run_steps` neither checkpoints nor validates
     if trainer.world.distributed:
         raise RuntimeError("bench train runs a single process; start it without torchrun")
     views, batch, device = config.views, config.train.batch_size, trainer.world.device
@@ -119,7 +115,7 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
     if "dali" in feeds:
         name = f"trainer + dali-{'gpu' if trainer.plan.dali_device_id is not None else 'cpu'}"
         say(f"{name}: {windows + 1} windows of {window} steps (the first one absorbs compilation)")
-        records = run_windows(trainer, trainer.loader, window=window, windows=windows)
+        records = run_windows(trainer, None, window=window, windows=windows)
         rows.append(loop_row(name, records, batch, recipe, peak_gib=peak_memory_gib(device),
                              threads=config.data.num_threads))
     if "synthetic" in feeds:
@@ -170,11 +166,9 @@ def run_from_args(args: argparse.Namespace, console) -> Report:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_run_config(args.config, args.overrides, data=args.data)
     except ConfigError as err:
         raise UsageError(f"config error: {err}") from err
-    if args.data:
-        config = config.replace(data=dataclasses.replace(config.data, path=args.data))
     workers = args.torchvision_workers if args.torchvision_workers > 0 else (os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="relic-fast-bench-train-") as scratch:
         out_dir = args.out or Path(scratch)

@@ -110,21 +110,13 @@ def pretrain(config: ConfigPath = None,
              val: Annotated[Optional[str], typer.Option("--val", help="The labelled split the monitor (kNN, online probe) scores, as data.val: a class-folder tree, a file list, shards, or a flat folder with its labels CSV. Omitted: val/ inside the data root, else the val beside a data folder named train; the plan printed at the start names it, or says off.")] = None,
              val_labels: Annotated[Optional[str], typer.Option("--val-labels", help="Labels CSV of a flat --val folder (as data.val_labels; default: LOC_val_solution.csv found by looking up from the folder).")] = None) -> None:
     """Pretrain a ResNet with RELICv2 (single process, or one rank under `torchrun -m relic_fast pretrain`)."""
-    import dataclasses
-
     from relic_fast.stop_signals import StopSignals
 
     with StopSignals() as signals:  # first: a stop signal during the seconds of imports below is not fatal
         from relic_fast.evaluation.validate import KnnValidator
         from relic_fast.trainer import pretrain as run_pretrain
 
-        cfg = resolve_config(config, overrides)
-        data_changes = {key: value for key, value in (("path", data), ("val", val), ("val_labels", val_labels))
-                        if value is not None}
-        if data_changes:
-            cfg = cfg.replace(data=dataclasses.replace(cfg.data, **data_changes))
-        if steps is not None:
-            cfg = cfg.replace(train=dataclasses.replace(cfg.train, max_steps=steps))
+        cfg = resolve_config(config, overrides, data=data, val=val, val_labels=val_labels, steps=steps)
         summary = run_pretrain(cfg, out_dir=out, resume=resume, validator=KnnValidator.from_config(cfg),
                                accept_changes=accept_change or (), signals=signals)
     if launch_rank()[0] == 0:  # one voice under torchrun
@@ -137,9 +129,10 @@ def plot_command(run: Annotated[Path, typer.Argument(help="Run folder (pretrain 
                  out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (default RUN/curves.png).")] = None) -> None:
     """Draw a run's curves into RUN/curves.png: loss terms, lr and tau, kNN and online-probe top-1, images/s and
     data wait, against the step. Safe while the run trains (it only reads metrics.jsonl)."""
+    from relic_fast.loss import LOSS_METRICS
     from relic_fast.plot import plot_run
 
-    console.print(f"wrote {plot_run(run, out)}")
+    console.print(f"wrote {plot_run(run, out, loss_metrics=LOSS_METRICS)}")
 
 
 @app.command("linear-eval")
@@ -234,14 +227,10 @@ def profile_command(
     """Run the real training loop for a few steps and report where time goes: input-bound or compute-bound, and what to change.
 
     Holds --out's run lock as a run does, and never writes over the files of a run already in that folder."""
-    import dataclasses
-
     from relic_fast.profile_report import print_report
     from relic_fast.profiler import ProfileSettings, profile_run
 
-    cfg = resolve_config(config, overrides)
-    if data is not None:
-        cfg = cfg.replace(data=dataclasses.replace(cfg.data, path=data))
+    cfg = resolve_config(config, overrides, data=data)
     settings = ProfileSettings(steps=steps, warmup=warmup, loader_batches=loader_batches, loader_repeats=loader_repeats,
                                synthetic_steps=synthetic_steps, ablation=ablation)
     report = profile_run(cfg, out, settings, log=console.log)

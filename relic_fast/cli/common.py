@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from relic_fast.config import Config, load_config
+from relic_fast.config import Config, load_run_config
 from relic_fast.errors import ExitCode, classify, describe
 
 DEBUG_ENV = "RELIC_FAST_DEBUG"
@@ -49,9 +49,11 @@ def usage_error(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def resolve_config(path: Optional[Path], overrides: Optional[list[str]]) -> Config:
-    """Load and validate the config (a `ConfigError` names the key; `ErrorReportingGroup` reports it)."""
-    return load_config(path, overrides or [])
+def resolve_config(path: Optional[Path], overrides: Optional[list[str]], **options: Any) -> Config:
+    """Load and validate the config with the command's `--set` overrides and its own `options` (`data`, `val`,
+    `val_labels`, `steps`), applied by `relic_fast.config.load_run_config`, the one place for them. A
+    `ConfigError` names the key; `ErrorReportingGroup` reports it."""
+    return load_run_config(path, overrides or [], **options)
 
 
 def print_rows(title: str, rows: list[tuple[str, str]]) -> None:

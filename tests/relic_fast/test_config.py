@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from relic_fast.config import Config, ConfigError, load_config, section_names, section_type, to_toml
+from relic_fast.config import (Config, ConfigError, load_config, load_run_config, section_names, section_type,
+                               to_toml)
 from relic_fast.config_fields import field_docs
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
@@ -76,6 +77,13 @@ def test_override_errors_name_the_key():
         load_config(None, ["batch_size=3"])
     with pytest.raises(ConfigError, match=r"unknown section \[optimizer\]"):
         load_config(None, ["optimizer.lr=1"])
+
+
+def test_command_line_options_go_on_top_of_the_recipe_and_its_sets():
+    config = load_run_config(None, ["data.path=set", "train.max_steps=5"], data="flag", val="val", steps=7)
+    assert (config.data.path, config.data.val, config.train.max_steps) == ("flag", "val", 7)
+    config = load_run_config(None, ["data.path=set"], data=None, val_labels="labels.csv")
+    assert (config.data.path, config.data.val_labels, config.train.max_steps) == ("set", "labels.csv", 0)
 
 
 def test_missing_and_malformed_files(tmp_path):

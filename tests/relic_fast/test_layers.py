@@ -30,8 +30,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("relic_fast.models", "relic_fast.loss", "relic_fast.optim", "relic_fast.checkpoint", "relic_fast.export",
      "relic_fast.demo_data", "relic_fast.dataset_tools", "relic_fast.data_plan", "relic_fast.online_probe",
      "relic_fast.resume_rule"),
-    # 4: the plan of a run and its step
-    ("relic_fast.run_plan", "relic_fast.step", "relic_fast.synthetic", "relic_fast.loop"),
+    # 4: the plan of a run, its step and its saved state
+    ("relic_fast.run_plan", "relic_fast.step", "relic_fast.synthetic", "relic_fast.loop", "relic_fast.run_state"),
     # 5: the trainer
     ("relic_fast.trainer", "relic_fast.profile_report"),
     # 6: what runs a trainer or measures it, and the evaluation it is handed

@@ -63,6 +63,7 @@ import relic_fast.step
 from dali_pipelines.batch import ViewBatch
 from relic_fast.config import LossConfig, ModelConfig, OptimConfig, ViewsConfig
 from relic_fast.loop import LoggingWindow
+from relic_fast.loss import LOSS_TERMS
 from relic_fast.models import _target_pairs, unwrap
 from relic_fast.step import NonFiniteGuard, StepContext, prepare_views, train_step
 from relic_fast.synthetic import standalone_context
@@ -216,7 +217,7 @@ def test_trainer_steps_on_meta_touch_only_device_tensors(activation_checkpointin
     with only_device_tensors(META):
         all_terms, guard = run_trainer_steps(context, steps=2)
 
-    assert all(terms.device == META and terms.shape == (3,) for terms in all_terms)
+    assert all(terms.device == META and terms.shape == (len(LOSS_TERMS),) for terms in all_terms)
     assert guard.first_step.device == META and guard.first_terms.device == META
     expected_checkpoints = 2 * STAGES_PER_FORWARD * ONLINE_FORWARDS_PER_STEP if activation_checkpointing else 0
     assert len(checkpointed_stages) == expected_checkpoints
@@ -235,12 +236,12 @@ def test_trainer_steps_on_meta_touch_only_device_tensors(activation_checkpointin
 
 # ---------------------------------------------------------------- the check has teeth
 def _guard_terms_on_host(monkeypatch, context: StepContext) -> None:
-    """NonFiniteGuard keeps its first terms in `torch.zeros(3)`: `device=` forgotten."""
+    """NonFiniteGuard keeps its first terms in `torch.zeros(len(LOSS_TERMS))`: `device=` forgotten."""
     real_init = NonFiniteGuard.__init__
 
     def init_with_host_terms(self, device):
         real_init(self, device)
-        self.first_terms = torch.zeros(3)
+        self.first_terms = torch.zeros(len(LOSS_TERMS))
 
     monkeypatch.setattr(NonFiniteGuard, "__init__", init_with_host_terms)
 

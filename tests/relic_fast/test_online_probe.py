@@ -119,7 +119,8 @@ def test_plot_draws_the_curves_of_a_run(tiny_config, tmp_path):
     from typer.testing import CliRunner
 
     from relic_fast.cli import app
-    from relic_fast.plot import PANELS, read_metrics, series
+    from relic_fast.loss import LOSS_METRICS
+    from relic_fast.plot import panels, read_metrics, series
 
     config = with_sections(tiny_config, train={"max_steps": 4, "log_every": 1}, eval={"online_probe": True})
     summary = pretrain(config, out_dir=tmp_path)
@@ -131,6 +132,6 @@ def test_plot_draws_the_curves_of_a_run(tiny_config, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "curves.png") as picture:
         width, height = picture.size
-    assert height > width and len(PANELS) == 4  # one panel a row
+    assert height > width and len(panels(LOSS_METRICS)) == 4  # one panel a row
     missing = CliRunner().invoke(app, ["plot", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "metrics.jsonl does not exist" in missing.output

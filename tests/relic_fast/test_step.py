@@ -27,16 +27,23 @@ def test_every_loader_dtype_becomes_float32_channels_last(dtype):
 
 
 # ---------------------------------------------------------------- the non-finite guard
+def loss_terms(total: float, parts: float) -> torch.Tensor:
+    """Stacked loss terms as a step returns them: `total`, then `parts` for every other term of `LossTerms`."""
+    from relic_fast.loss import LOSS_TERMS
+
+    return torch.tensor([total] + [parts] * (len(LOSS_TERMS) - 1))
+
+
 def test_guard_records_the_first_non_finite_step_and_its_terms():
     from relic_fast.step import NonFiniteGuard, NonFiniteLossError
 
     guard = NonFiniteGuard(torch.device("cpu"))
-    guard.record(torch.tensor([1.0, 0.5, 0.5]), step=1)
-    guard.record(torch.tensor([3e38, 3e38, 3e38]), step=1)  # finite terms whose plain sum would overflow
+    guard.record(loss_terms(1.0, 0.5), step=1)
+    guard.record(loss_terms(3e38, 3e38), step=1)  # finite terms whose plain sum would overflow
     guard.check()  # all finite: no error
-    guard.record(torch.tensor([float("inf"), 1.0, float("inf")]), step=2)
-    guard.record(torch.tensor([float("nan")] * 3), step=3)  # later bad steps do not overwrite the first
-    with pytest.raises(NonFiniteLossError, match=r"at step 2: .*inf, 1\.0, inf") as err:
+    guard.record(loss_terms(float("inf"), 1.0), step=2)
+    guard.record(loss_terms(float("nan"), float("nan")), step=3)  # later bad steps do not overwrite the first
+    with pytest.raises(NonFiniteLossError, match=r"at step 2: \(total, contrastive, .*\) = \[inf, 1\.0, ") as err:
         guard.check()
     assert err.value.step == 2
 
@@ -45,7 +52,7 @@ def test_guard_check_takes_the_minimum_over_ranks():
     from relic_fast.step import NonFiniteGuard, NonFiniteLossError
 
     guard = NonFiniteGuard(torch.device("cpu"))
-    guard.record(torch.tensor([1.0, 1.0, 1.0]), step=1)
+    guard.record(loss_terms(1.0, 1.0), step=1)
     with pytest.raises(NonFiniteLossError, match="at step 1: on another rank"):
         guard.check(reduce_min=lambda first_step: torch.minimum(first_step, torch.tensor(1)))
 

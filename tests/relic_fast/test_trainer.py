@@ -17,6 +17,7 @@ import cli_process
 from relic_fast.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
 from relic_fast.cli import app
 from relic_fast.errors import ExitCode
+from relic_fast.loss import LOSS_TERMS
 from relic_fast.step import NonFiniteLossError
 from relic_fast.trainer import Trainer, pretrain
 from tiny_recipe import REPO, TINY_OVERRIDES
@@ -167,7 +168,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path, 
     assert all(torch.isfinite(v).all() for v in saved["online"].values() if v.is_floating_point())
     printed = capsys.readouterr().out.replace("\n", "")
     assert "step-000000002.pt, is the last good state" in printed
-    assert "(total, contrastive, invariance) = [nan, nan, nan]" in printed  # printed, not eaten as markup
+    names, values = ", ".join(LOSS_TERMS), ", ".join(["nan"] * len(LOSS_TERMS))
+    # "(total, contrastive, invariance) = [nan, nan, nan]", printed, not eaten as markup
+    assert f"({names}) = [{values}]" in printed
 
 
 def test_non_finite_last_step_writes_no_final_checkpoint(tiny_config, tmp_path):
@@ -176,6 +179,21 @@ def test_non_finite_last_step_writes_no_final_checkpoint(tiny_config, tmp_path):
     with pytest.raises(NonFiniteLossError, match="at step 2:"):
         trainer.train()
     assert list_checkpoints(tmp_path) == []
+
+
+def test_run_steps_trains_n_steps_on_the_loader_it_is_given_without_checkpoints(tiny_config, tmp_path):
+    from relic_fast.loop import StepTiming
+
+    trainer = Trainer(with_train(tiny_config, log_every=100, checkpoint_every=1), tmp_path)
+    one_batch = [next(iter(trainer.loader))]  # a loader of one batch: passed over again for every step
+    timed = []
+    timing = StepTiming(trainer.world.device, lambda data_s, step_s: timed.append(step_s))
+    summary = trainer.run_steps(3, one_batch, log_every=2, step_timing=timing)
+    assert summary["steps"] == trainer.step == 3 and summary["checkpoint"] is None and len(timed) == 3
+    assert list_checkpoints(tmp_path) == []  # checkpoint_every = 1: run_steps never checkpoints
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [2, 3] and (tmp_path / "config.toml").is_file()
+    assert trainer.config.train.log_every == 100 and trainer.loader is not one_batch  # the trainer is unchanged
 
 
 def test_compiled_step_matches_eager(tiny_config, tmp_path):
