@@ -77,11 +77,12 @@ class MonitorInterrupted(Exception):
 class Validator(Protocol):
     """What the trainer runs at epoch ends (e.g. `relic_fast.evaluation.validate.KnnValidator`): it
     decides when, and returns metrics for `metrics.jsonl`. Every rank calls `validate` and gets the same
-    metrics; it scores each of `heads` (name -> features to logits) too, and gives up (raising) as soon as
-    `should_stop()` is true."""
+    metrics; it scores each of `heads` (name -> features to logits) too, gives up (raising) as soon as
+    `should_stop()` is true, and calls `agree(failed_here)` once before its first collective (every rank goes
+    on only if all got there)."""
 
     def should_validate(self, epochs_done: int) -> bool: ...
 
     def validate(self, encoder: torch.nn.Module, *, train_dataset: DatasetSpec, val_dataset: DatasetSpec,
                  world: World, heads: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                 should_stop: Callable[[], bool] = ...) -> dict[str, float]: ...
+                 should_stop: Callable[[], bool] = ..., agree: Callable[[bool], bool] = ...) -> dict[str, float]: ...

@@ -437,16 +437,25 @@ class Trainer:
             self.probe.sync_statistics()
             self.probe.eval()
             heads["online_probe_top1"] = self.probe
+        agreed: dict[str, Any] = {}
+
+        def agree(failed_here: bool) -> bool:
+            """Every rank, once, before the monitor's first collective: go on only if no rank stopped or failed."""
+            agreed["stop"], agreed["failed"] = self.control.agree_between_steps(failed=failed_here)
+            return agreed["stop"] is None and not agreed["failed"]
+
         metrics, error = {}, None
         try:
             metrics = self.validator.validate(self.online_module.encoder, train_dataset=self.dataset,
                                               val_dataset=self.val_dataset, world=self.world, heads=heads,
-                                              should_stop=self.control.stop_received)
+                                              should_stop=self.control.stop_received, agree=agree)
         except MonitorInterrupted:
             pass
         except Exception as err:  # noqa: BLE001 - any failure of the monitor: checkpoint first, then stop
             error = err
-        stop, failed = self.control.agree_between_steps(failed=error is not None)
+        if not agreed:  # the validator gave up before its agreement point
+            agree(error is not None)
+        stop, failed = agreed["stop"], agreed["failed"]
         if failed:
             saved = self.save()
             where = f"saved {saved}; `--resume` continues" if saved else "checkpoint saved by rank 0"

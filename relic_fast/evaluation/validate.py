@@ -58,12 +58,27 @@ class KnnValidator:
 
     def validate(self, encoder: nn.Module, *, train_dataset: DatasetSpec, val_dataset: DatasetSpec, world: World,
                  heads: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False) -> dict[str, float]:
+                 should_stop: Callable[[], bool] = lambda: False,
+                 agree: Callable[[bool], bool] = lambda failed_here: not failed_here) -> dict[str, float]:
         """{"knn_top1": percent, <head name>: percent, ...} on the val split; every rank calls it and gets the
-        same numbers. Raises `MonitorInterrupted` when `should_stop()` turns true during extraction."""
-        check_same_classes(train_dataset, "val", val_dataset)
-        train_features, train_labels = self._shard_features(encoder, train_dataset, world, should_stop)
-        val_features, val_labels = self._shard_features(encoder, val_dataset, world, should_stop)
+        same numbers. Raises `MonitorInterrupted` when `should_stop()` turns true during extraction.
+
+        `agree(failed_here)` is called by every rank between its local extraction and the first collective, and
+        says whether every rank got there (no stop signal, no failure): ranks that gave up early and ranks that
+        finished meet there, so none waits inside a gather that another will never enter."""
+        error = None
+        try:
+            check_same_classes(train_dataset, "val", val_dataset)
+            train_features, train_labels = self._shard_features(encoder, train_dataset, world, should_stop)
+            val_features, val_labels = self._shard_features(encoder, val_dataset, world, should_stop)
+        except MonitorInterrupted:
+            pass
+        except Exception as err:  # noqa: BLE001 - reported after the agreement, so the other ranks hear of it
+            error = err
+        if not agree(error is not None):
+            if error is not None:
+                raise error
+            raise MonitorInterrupted()
         val_features = all_gather_rows(val_features, world)
         val_labels = all_gather_rows(val_labels, world)
         k = self.eval_cfg.knn_k

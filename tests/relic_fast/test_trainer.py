@@ -78,7 +78,7 @@ def test_the_trainer_runs_the_validator_it_is_handed_at_the_epochs_it_asks(tiny_
             self.asked.append(epochs_done)
             return epochs_done == 2
 
-        def validate(self, encoder, *, train_dataset, val_dataset, world, heads=None, should_stop=None):
+        def validate(self, encoder, *, train_dataset, val_dataset, world, heads=None, should_stop=None, agree=None):
             self.ran.append((type(encoder).__name__, val_dataset.root.name, world.device.type))
             return {"knn_top1": 42.0}
 
