@@ -12,6 +12,7 @@ from torch.profiler import record_function
 
 from dali_pipelines.dataset import DatasetSpec
 from relic_fast.distributed import World
+from relic_fast.environment import synchronize
 from relic_fast.loss import LOSS_TERMS
 
 
@@ -66,8 +67,7 @@ class StepTiming:
 
     def sync(self) -> None:
         """Wait for the device (a host-device sync point, in profile mode only)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
 
 class MonitorInterrupted(Exception):

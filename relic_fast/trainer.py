@@ -31,7 +31,7 @@ from relic_fast.config import Config, ConfigError, to_toml
 from relic_fast.data_plan import check_saliency_masks, describe_masks, describe_monitor
 from relic_fast.demo_data import ensure_demo_dataset
 from relic_fast.distributed import World, all_reduce_mean, close_world, control_group, init_world, launch_rank
-from relic_fast.environment import compiled_graph_count, process_age_s
+from relic_fast.environment import compiled_graph_count, process_age_s, synchronize
 from relic_fast.errors import MonitorError, NothingToDo, ResumeMismatchError, RunStopped
 from relic_fast.loop import LoggingWindow, MonitorInterrupted, StepTiming, Validator, timed_batches
 from relic_fast.loss import LOSS_METRICS
@@ -399,8 +399,7 @@ class Trainer:
     def _record_warmup(self) -> None:
         """Once, after this process's first step: how long start-up and compilation took, and how many
         graphs were compiled (a one-time host sync, so the time includes the step's device work)."""
-        if self.world.device.type == "cuda":
-            torch.cuda.synchronize(self.world.device)
+        synchronize(self.world.device)
         self.warmup_report = {"first_step_s": process_age_s(), "compiled_graphs": compiled_graph_count()}
         self.monitor.message(f"first step done {self.warmup_report['first_step_s']:.1f} s after process start "
                              f"({self.warmup_report['compiled_graphs']} compiled graph(s))")

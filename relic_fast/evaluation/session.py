@@ -44,6 +44,7 @@ from relic_fast.checkpoint import (CheckpointError, checkpoint_path, latest_chec
                                    read_checkpoint, save_checkpoint)
 from relic_fast.distributed import (World, all_gather_rows, close_world, control_group, init_world,
                                     same_on_every_rank)
+from relic_fast.environment import synchronize
 from relic_fast.errors import ExitCode, RelicFastError, ResumeMismatchError, RunStopped
 from relic_fast.monitor import RunMonitor
 from relic_fast.run_control import RunControl
@@ -309,8 +310,7 @@ class EvalSession:
         try:
             yield
         finally:
-            if self.world.device.type == "cuda":
-                torch.cuda.synchronize(self.world.device)
+            synchronize(self.world.device)  # note: a host sync, so the encoder's queued work is timed
             self.encode_seconds += time.perf_counter() - start
 
     def cost(self) -> dict[str, Any]:
