@@ -11,6 +11,7 @@ Layout under OUT (the folder tree `dali_pipelines.dataset.resolve_dataset` reads
   OUT/train/<class>/<index>.jpg            N images (`--images`), JPEG quality 90, 4:4:4 chroma
   OUT/val/<class>/<index>.jpg              max(N // 4, 10) images, backgrounds independent of the class
   OUT/val_correlated/<class>/<index>.jpg   max(N // 4, 10) images, backgrounds correlated like train
+  OUT/test/<class>/<index>.jpg             max(N // 4, 10) images, backgrounds independent of the class
   OUT/masks/<split>/<class>/<index>.png    saliency mask: 0/255 grayscale, 255 = foreground, image size
   OUT/backgrounds.tsv                      split, image (relative path), class, background: one row per image
   OUT/dataset.json                         parameters and counts (callers check a cached copy against it)
@@ -19,14 +20,15 @@ Exact background rule. Every split is class-balanced: class c gets n // 10 image
 c < n % 10. In `train` and `val_correlated`, exactly round(correlation * n_c) (half rounds up) of class c's
 n_c images use its own family; the other images are spread evenly over the other nine families (in a seeded
 order, so counts differ by at most one). With the default correlation 0.7, 70 % of a class's images show its
-own family, and a background alone predicts the class 70 % of the time (chance is 10 %). In `val`, each
-class's images are spread evenly over all ten families (counts differ by at most one), so the background
-carries no information about the class. The gap in accuracy between `val_correlated` and `val` measures how
+own family, and a background alone predicts the class 70 % of the time (chance is 10 %). In `val` and `test`,
+each class's images are spread evenly over all ten families (counts differ by at most one), so the background
+carries no information about the class. Settings are chosen on `val`; results are reported on the held-out
+`test`. The gap in accuracy between `val_correlated` and `val` measures how
 much a representation relies on the spurious background.
 
 Determinism: the plan (label and family per image) comes from an RNG seeded by (seed, split); every image from
-an RNG seeded by (seed, split, index). So the same seed gives identical bytes whatever the number of worker
-processes, and a different seed gives different images.
+an RNG seeded by (seed, split, index), so no two splits share an image. The same seed gives identical bytes
+whatever the number of worker processes, and a different seed gives different images.
 """
 
 from __future__ import annotations
@@ -49,14 +51,16 @@ from relic_fast.demo_render import BACKGROUND_FAMILIES, CLASS_NAMES, render
 OWN_BACKGROUND = dict(zip(CLASS_NAMES, BACKGROUND_FAMILIES))
 """The background family each class shows most often in the correlated splits."""
 
-SPLITS = ("train", "val", "val_correlated")
+SPLITS = ("train", "val", "val_correlated", "test")
+"""The splits, in the order their RNG streams are numbered (a new split goes last: the others keep their bytes)."""
+
 CORRELATED_SPLITS = ("train", "val_correlated")
 BACKGROUND_CORRELATION = 0.7
 """Default fraction of a class's images (train, val_correlated) drawn on the class's own background family."""
 
 FORMAT = "relic-fast-demo-data"
-VERSION = 3
-"""Bumped whenever rendering changes, so cached datasets of an older version are regenerated."""
+VERSION = 4
+"""Bumped whenever rendering or the splits change, so cached datasets of an older version are regenerated."""
 
 JPEG_QUALITY = 90
 
@@ -64,7 +68,8 @@ _PLAN, _IMAGE = 0, 1  # RNG stream tags: keys must have equal length (numpy pads
 
 
 def val_images(images: int) -> int:
-    """Images in each validation split for `images` training images: max(images // 4, number of classes)."""
+    """Images in each evaluation split (val, val_correlated, test) for `images` training images:
+    max(images // 4, number of classes)."""
     return max(images // 4, len(CLASS_NAMES))
 
 

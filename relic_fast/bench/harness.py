@@ -4,8 +4,8 @@ A benchmark builds a zero-argument callable that does one unit of work (consume 
 loss forward + backward, one training step), hands it to `measure`, and gets a `Result` row back:
 `time_it` warms up, repeats, and keeps every per-repeat time so that a row carries the median and
 the spread (interquartile range), never a single lucky run. Rows are printed with `print_table`,
-saved with `write_json` (which records the machine, library versions, git commit and date next to
-the numbers) and drawn with `plot_images_per_s`.
+saved with `write_json` (which records the machine, library versions, git commit, dirty tree and date
+next to the numbers: `relic_fast.provenance`) and drawn with `plot_images_per_s`.
 
 Inside a benchmark's `run` (see `relic_fast.bench.benchmark`): build the callable, call
 `measure(bench="step", pipeline=..., fn=..., items=batch_size, device=device, ...)` for each
@@ -15,7 +15,6 @@ prints, writes and plots them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -25,7 +24,8 @@ from pathlib import Path
 from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
-from relic_fast.environment import machine_info, synchronize
+from relic_fast.environment import synchronize
+from relic_fast.provenance import provenance, write_results_json
 
 __all__ = ["Timing", "Result", "quartiles", "time_it", "measure", "add_ratios", "print_table", "write_json",
            "plot_images_per_s"]
@@ -297,35 +297,20 @@ def print_table(results: Sequence[Result], title: str, console: Any = None) -> N
     (console or Console()).print(table)
 
 
-def uncommitted_files() -> list[str] | None:
-    """Tracked files of this checkout with uncommitted changes; None outside a git checkout."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return sorted(line[3:] for line in out.stdout.splitlines() if line.strip())
-
-
 def write_json(path: str | Path, results: Sequence[Result], command: str) -> Path:
-    """Write `{"command", "machine", "results"}` to `path`: the numbers with where they came from.
+    """Write `{"command", "machine", "results", "provenance"}` to `path`: the numbers with where they came from.
 
     `machine` is `relic_fast.environment.machine_info()` plus the 1-minute load average at writing
     time (CPU figures measured on a busy machine are not comparable with quiet ones) and the
-    tracked files that differ from `commit` (the code measured is the commit plus those edits).
+    tracked files that differ from `commit` (the code measured is the commit plus those edits);
+    `provenance` is `relic_fast.provenance.provenance()`, the record every results JSON carries.
     """
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    machine = {**machine_info(), "load_average": round(os.getloadavg()[0], 2),
-               "uncommitted": uncommitted_files()}
+    record = provenance()
+    machine = {**record["machine"], "load_average": round(os.getloadavg()[0], 2),
+               "uncommitted": record["git"]["uncommitted"]}
     payload = {"command": command, "machine": machine, "results": [r.to_dict() for r in results]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    return write_results_json(path, payload, record)
 
 
 def bar_label(row: Result) -> str:

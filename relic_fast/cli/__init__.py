@@ -194,21 +194,24 @@ def export_command(
 @app.command("experiment")
 def experiment_command(
         config: ConfigPath = None,
-        data: Annotated[Optional[Path], typer.Option("--data", help="Demo-data root (train/, val/, val_correlated/, masks/). Default: the recipe's data.path, else the built-in demo dataset.")] = None,
-        out: Annotated[Path, typer.Option("--out", help="Folder for the runs (seed<N>/<variant>/) and experiment.json.")] = Path("runs/experiment"),
+        data: Annotated[Optional[Path], typer.Option("--data", help="Dataset root: train/, val/ (choose settings on it), test/ (report on it), any other labelled split (the demo's val_correlated/), masks/. Default: the recipe's data.path, else the built-in demo dataset.")] = None,
+        out: Annotated[Path, typer.Option("--out", help="Folder for the runs (seed<N>/<variant>/) and experiment.json, rewritten after every row; run again with the same --out to run only the rows it lacks.")] = Path("runs/experiment"),
         seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of seeds (train.seed, train.seed + 1, ...); the table shows mean ± std.")] = 3,
         steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Pretraining steps per run (default: the recipe's train.max_steps).")] = None,
-        variants: Annotated[Optional[str], typer.Option("--variants", help="Comma-separated rows to run (default: all): random_init, random_init_zero_residual, relicv2_no_saliency, relicv2_saliency, peer, supervised.")] = None) -> None:
-    """Demo experiment: the default-init random encoder vs RELICv2 with / without saliency masking (same probe on val and val_correlated), a lightly SimCLR peer, and a supervised reference."""
-    from relic_fast.experiments.experiment import VARIANTS, run_demo_experiment
+        variants: Annotated[Optional[str], typer.Option("--variants", help="Comma-separated rows to run (default: all): random_init, random_init_zero_residual, relicv2_no_saliency, relicv2_saliency, relicv2_no_invariance, relicv2_multicrop, relicv2_learned_masks, peer, peer_byol, supervised.")] = None) -> None:
+    """Experiment: the default-init random encoder vs RELICv2 and its ablations (no saliency, no invariance term, multi-crop, learned masks), lightly's SimCLR and BYOL, and a supervised reference, all probed the same way on val and test; warns when the config file is not committed or the tree is dirty."""
+    from relic_fast.experiments.experiment import VARIANTS, ExperimentMismatch, run_demo_experiment
 
     resolve_config(config, None)  # a clean error for a bad recipe before any run starts
     chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     unknown = [v for v in chosen or [] if v not in VARIANTS]
     if unknown:
         usage_error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    run_demo_experiment(config, data_root=data, out_dir=out, seeds=seeds, steps=steps, variants=chosen,
-                        console=console)
+    try:
+        run_demo_experiment(config, data_root=data, out_dir=out, seeds=seeds, steps=steps, variants=chosen,
+                            console=console)
+    except ExperimentMismatch as err:
+        usage_error(str(err))
     console.print(f"[bold green]wrote[/] {out / 'experiment.json'}")
 
 

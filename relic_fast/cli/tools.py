@@ -109,14 +109,15 @@ DEMO_DATA_HELP = (
     "Class i owns background family i (circle: stripes, crescent: checkerboard, cross: clouds, ellipse: dots, "
     "heart: gradient, hexagon: waves, ring: grid, square: speckle, star: zigzag, triangle: sunburst). "
     "In train/ and val_correlated/, exactly round(correlation * n) of a class's n images use its own family "
-    "and the rest are spread evenly over the other nine; in val/ each class's images are spread evenly over all "
-    "ten. The val_correlated - val accuracy gap measures reliance on the background.\n\n"
+    "and the rest are spread evenly over the other nine; in val/ and test/ each class's images are spread evenly "
+    "over all ten. The val_correlated - val accuracy gap measures reliance on the background. Choose settings on "
+    "val/, report on the held-out test/.\n\n"
     "Saliency masks: masks/<split>/<class>/<stem>.png (0/255); per-image families: backgrounds.tsv.")
 
 
 def demo_data_command(
-        out: Annotated[Path, typer.Argument(help="Folder to create: train/, val/, val_correlated/, masks/, backgrounds.tsv, dataset.json.")],
-        images: Annotated[int, typer.Option("--images", min=10, help="Training images (classes balanced); each val split gets max(images // 4, 10).")] = 2000,
+        out: Annotated[Path, typer.Argument(help="Folder to create: train/, val/, val_correlated/, test/, masks/, backgrounds.tsv, dataset.json.")],
+        images: Annotated[int, typer.Option("--images", min=10, help="Training images (classes balanced); val, val_correlated and test get max(images // 4, 10) each.")] = 2000,
         size: Annotated[int, typer.Option("--size", min=16, help="Image side in pixels (square JPEGs).")] = 96,
         seed: Annotated[int, typer.Option("--seed", min=0, help="Same seed, identical bytes; another seed, other images.")] = 0,
         correlation: Annotated[float, typer.Option("--correlation", min=0.0, max=1.0, help="Fraction of each class's train/val_correlated images on the class's own background family (0.1 = no cue).")] = 0.7,

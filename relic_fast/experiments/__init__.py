@@ -1,2 +1,2 @@
-"""Experiments that sit above the trainer and the evaluation code: the demo experiment (pretrain, then
-probe every variant the same way), the supervised reference and the peer-library row."""
+"""Experiments that sit above the trainer and the evaluation code: the experiment (every row of `variants`
+trained, then probed the same way), its summary table, the supervised reference and the lightly peer rows."""

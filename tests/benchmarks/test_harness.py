@@ -104,7 +104,8 @@ def test_json_table_and_chart_from_a_tiny_run(tmp_path, capsys):
     assert "x slow" in capsys.readouterr().out
     path = write_json(tmp_path / "out" / "bench.json", rows, command="pytest tiny")
     payload = json.loads(path.read_text())
-    assert set(payload) == {"command", "machine", "results"}
+    assert set(payload) == {"command", "machine", "results", "provenance"}
+    assert {"commit", "dirty", "uncommitted"} <= set(payload["provenance"]["git"])  # relic_fast.provenance
     assert payload["command"] == "pytest tiny"
     for key in ("torch", "dali", "commit", "date", "cpu", "gpu", "load_average", "uncommitted"):
         assert key in payload["machine"]

@@ -13,7 +13,7 @@ from tiny_recipe import BROKEN, DEMO_RECIPE, TINY_OVERRIDES
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
-    """A 40-image, 32 px demo dataset (train/val/val_correlated + masks)."""
+    """A 40-image, 32 px demo dataset (train/val/val_correlated/test + masks)."""
     from relic_fast.demo_data import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"

@@ -45,7 +45,7 @@ def test_same_seed_gives_identical_bytes_with_any_number_of_workers(dataset, tmp
     parallel = tmp_path / "parallel"
     generate_demo_dataset(parallel, images=IMAGES, size=SIZE, seed=SEED, workers=2, progress=False)
     serial_files, parallel_files = files_of(dataset), files_of(parallel)
-    assert len(serial_files) == 2 * (IMAGES + 2 * val_images(IMAGES)) + 2
+    assert len(serial_files) == 2 * (IMAGES + 3 * val_images(IMAGES)) + 2  # val, val_correlated, test
     assert serial_files.keys() == parallel_files.keys()
     assert all(serial_files[name] == parallel_files[name] for name in serial_files)
 
@@ -90,7 +90,7 @@ def test_masks_are_aligned_binary_and_cover_the_object(dataset):
 
 def test_files_are_the_rendering_of_their_recorded_class_and_background(dataset):
     rows = sidecar(dataset)
-    assert len(rows) == IMAGES + 2 * val_images(IMAGES)
+    assert len(rows) == IMAGES + 3 * val_images(IMAGES)
     for row in rows[::7]:
         split, label = row["split"], CLASS_NAMES.index(row["class"])
         index = int(Path(row["image"]).stem)
@@ -124,7 +124,7 @@ def test_sidecar_follows_the_documented_background_rule(dataset):
             families = [BACKGROUND_FAMILIES.index(row["background"]) for row in rows
                         if row["split"] == split and row["class"] == name]
             assert families and len(families) == class_counts(len([r for r in rows if r["split"] == split]))[label]
-            if split == "val":
+            if split in ("val", "test"):
                 assert evenly_spread(families, everything)
                 continue
             own = BACKGROUND_FAMILIES.index(OWN_BACKGROUND[name])

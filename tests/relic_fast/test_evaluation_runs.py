@@ -4,6 +4,7 @@ the experiment (its rows, seeds and summary) and the supervised reference."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from relic_fast.evaluation.linear import evaluate_head
 # ---------------------------------------------------------------- the experiment's summary
 
 def test_experiment_summary_is_mean_and_std_over_seeds():
-    from relic_fast.experiments.experiment import summarize
+    from relic_fast.experiments.summary import summarize
 
     def row(variant, seed, val, correlated):
         return {"variant": variant, "seed": seed, "background_gap": correlated - val,
@@ -28,8 +29,8 @@ def test_experiment_summary_is_mean_and_std_over_seeds():
     assert summary["random_init"]["val_top1"]["mean"] == pytest.approx(12.0)
     assert summary["random_init"]["val_top1"]["std"] == pytest.approx(math.sqrt(8.0))  # sample std
     assert summary["random_init"]["background_gap"]["mean"] == pytest.approx(8.0)
-    assert summary["relicv2_saliency"]["val_correlated_top1"] == {"mean": 55.0, "std": 0.0, "n": 1}
-    assert summary["relicv2_saliency"]["margin"] == {"mean": 40.0, "std": 0.0, "n": 1}  # paired with seed 0
+    assert summary["relicv2_saliency"]["val_correlated_top1"] == {"mean": 55.0, "std": None, "n": 1}  # no spread
+    assert summary["relicv2_saliency"]["margin"] == {"mean": 40.0, "std": None, "n": 1}  # paired with seed 0
 
 
 # ---------------------------------------------------------------- the linear-eval CLI on tiny demo data
@@ -40,7 +41,7 @@ TINY = ["model.encoder=resnet18", "model.small_stem=true", "eval.image_size=16",
 
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
-    """A 40-image demo dataset at 16 px (train/, val/, val_correlated/, masks/)."""
+    """A 40-image demo dataset at 16 px (train/, val/, val_correlated/, test/, masks/)."""
     from relic_fast.demo_data import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"
@@ -67,12 +68,12 @@ def test_linear_eval_cli_random_init_writes_report(tiny_demo, tmp_path, mode):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "linear_eval.json").read_text())
     assert report["random_init"] is True and report["mode"] == mode
-    assert list(report["splits"]) == ["val", "val_correlated"]
+    assert list(report["splits"]) == ["val", "test", "val_correlated"]
     assert report["top1"] == report["splits"]["val"]["top1"]
     for scores in report["splits"].values():
         assert 0.0 <= scores["top1"] <= scores["top5"] <= 100.0
     assert report["top5_k"] == 5 and report["num_classes"] == 10 and report["feature_dim"] == 512
-    assert report["val_samples"] == {"val": 10, "val_correlated": 10}
+    assert report["val_samples"] == {"val": 10, "test": 10, "val_correlated": 10}
     assert report["background_gap"] == pytest.approx(report["splits"]["val_correlated"]["top1"]
                                                      - report["splits"]["val"]["top1"])
     assert "val_correlated" in result.output
@@ -153,54 +154,74 @@ image_size = 8
 """
 
 
-def test_experiment_pretrains_both_variants_per_seed_and_reports(tiny_demo, tmp_path, monkeypatch):
-    """Orchestration with the trainer replaced by a recorder that saves a fresh network's checkpoint."""
+def test_experiment_pretrains_every_variant_per_seed_and_reports(tiny_demo, tmp_path, monkeypatch):
+    """Orchestration with the trainer replaced by a recorder that saves a fresh network's checkpoint, and the
+    lightly peers and the supervised reference by stubs (each has its own test)."""
     import json
 
     from relic_fast.checkpoint import save_checkpoint
+    from relic_fast.experiments import variants
     from relic_fast.experiments.experiment import run_demo_experiment
     from relic_fast.models import build_networks
 
+    monkeypatch.setenv("RELIC_FAST_CACHE", str(tmp_path / "cache"))  # the learned masks' cache
     calls = []
 
     def fake_pretrain(config, *, out_dir, resume=False):
-        calls.append((config.train.seed, config.views.saliency_p, config.train.max_steps, config.data.path, out_dir))
+        calls.append((config, out_dir))
         online, _ = build_networks(config.model)
         path = save_checkpoint({"config": config.to_dict(), "online": online.state_dict()}, out_dir, 3, keep=1)
         return {"checkpoint": path, "final_loss": 1.5, "steps": 3}
 
-    import relic_fast.experiments.experiment as experiment
+    def scores(val):
+        return {"splits": {"val": {"top1": val, "top5": 90.0}, "test": {"top1": val + 1, "top5": 90.0},
+                           "val_correlated": {"top1": val + 10, "top5": 90.0}}, "background_gap": 10.0}
 
-    monkeypatch.setattr(experiment, "pretrain", fake_pretrain)
+    monkeypatch.setattr(variants, "pretrain", fake_pretrain)
     peer_calls = []
-    monkeypatch.setattr(experiment, "lightly_available", lambda: True)
-    monkeypatch.setattr(experiment, "peer_reference", lambda config, data_root, *, steps: peer_calls.append(steps) or
-                        {"splits": {"val": {"top1": 30.0, "top5": 90.0}, "val_correlated": {"top1": 40.0, "top5": 90.0}},
-                         "background_gap": 10.0, "steps": steps})
+    monkeypatch.setattr(variants, "lightly_available", lambda: True)
+    monkeypatch.setattr(variants, "peer_reference", lambda config, data_root, *, steps, method, log:
+                        peer_calls.append((steps, method)) or {**scores(30.0), "steps": steps, "train_s": 1.0})
+    monkeypatch.setattr(variants, "supervised_reference", lambda config, data_root, log: {
+        **scores(20.0), "head_splits": scores(25.0)["splits"], "head_background_gap": 10.0, "steps": 2,
+        "lr_grid": [{"base_lr": 0.1, "val_top1": 25.0}], "base_lr": 0.1, "train_s": 2.0})
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TINY_RECIPE)
     # One seed keeps this under ~20 s (each linear eval is a few resnet18 passes); `summarize` is tested above.
     results = run_demo_experiment(recipe, data_root=tiny_demo, out_dir=tmp_path / "exp", seeds=[3], steps=3)
-    assert sorted((seed, p) for seed, p, *_ in calls) == [(3, 0.0), (3, 0.5)]  # saliency off, recipe's p
-    assert all(steps == 3 and path == str(tiny_demo) for _, _, steps, path, _ in calls)
-    assert calls[0][-1] != calls[1][-1]                               # one run folder per (seed, variant)
-    assert [(row["variant"], row["seed"]) for row in results["rows"]] == [
-        ("random_init", 3), ("random_init_zero_residual", 3), ("relicv2_no_saliency", 3), ("relicv2_saliency", 3),
-        ("peer", 3), ("supervised", 3)]
-    assert [row["saliency_p"] for row in results["rows"][2:4]] == [0.0, 0.5]
-    assert results["rows"][3]["final_loss"] == 1.5
-    assert peer_calls == [40 // 16] and results["rows"][4]["steps"] == 2  # the peer: what pretraining runs
-    assert results["rows"][5]["steps"] == 40 // 16                   # the supervised reference: the recipe's
-    #                                                                   budget, 1 epoch of 40 images (< 3)
-    baseline = results["rows"][0]["splits"]["val"]["top1"]
-    assert results["summary"]["peer"]["margin"]["mean"] == pytest.approx(30.0 - baseline)
+    pretrained = {out_dir.name: config for config, out_dir in calls}
+    assert list(pretrained) == ["relicv2_no_saliency", "relicv2_saliency", "relicv2_no_invariance",
+                                "relicv2_multicrop", "relicv2_learned_masks"]  # one run folder per variant
+    assert all(c.train.seed == 3 and c.train.max_steps == 3 and c.data.path == str(tiny_demo)
+               for c in pretrained.values())
+    reference = pretrained["relicv2_saliency"]
+    assert (reference.views.saliency_p, reference.loss.beta, reference.views.num_small) == (0.5, 1.0, 1)
+    assert pretrained["relicv2_no_saliency"].views.saliency_p == 0.0
+    assert pretrained["relicv2_no_invariance"].loss.beta == 0.0
+    assert (pretrained["relicv2_multicrop"].views.num_small, pretrained["relicv2_multicrop"].views.small_size) == (2, 8)
+    masks = Path(pretrained["relicv2_learned_masks"].data.masks)
+    assert masks.is_relative_to(tmp_path / "cache") and len(list(masks.rglob("*.png"))) == 40
+    for name, config in pretrained.items():  # each the reference with one change
+        changed = {(section, key) for section, values in config.to_dict().items() for key, value in values.items()
+                   if reference.to_dict()[section][key] != value}
+        assert len(changed) <= 2 and (name == "relicv2_saliency") == (not changed), (name, changed)
+    assert [row["variant"] for row in results["rows"]] == list(variants.VARIANTS)
+    assert peer_calls == [(40 // 16, "SimCLR"), (40 // 16, "BYOL")]  # what pretraining runs: 1 epoch of 40
+    assert results["rows"][4]["overrides"] == {"loss": {"beta": 0.0}}
+    baseline = results["rows"][0]["splits"]
+    assert results["summary"]["peer"]["margin"]["mean"] == pytest.approx(30.0 - baseline["val"]["top1"])
+    assert results["summary"]["peer"]["test_margin"]["mean"] == pytest.approx(31.0 - baseline["test"]["top1"])
+    assert results["summary"]["supervised_head"]["val_top1"]["mean"] == 25.0  # its own head, next to its probe
+    assert results["summary"]["supervised"]["val_top1"]["mean"] == 20.0
     assert "margin" not in results["summary"]["random_init"]
+    assert results["summary"]["relicv2_saliency"]["train_s"]["n"] == 1
     for metrics in results["summary"].values():
-        assert {"val_top1", "val_correlated_top1", "background_gap"} <= set(metrics)
-        assert metrics["val_top1"]["n"] == 1 and 0.0 <= metrics["val_top1"]["mean"] <= 100.0
+        assert {"val_top1", "test_top1", "val_correlated_top1", "background_gap"} <= set(metrics)
+        assert metrics["val_top1"]["n"] == 1 and metrics["val_top1"]["std"] is None
     saved = json.loads((tmp_path / "exp" / "experiment.json").read_text())
-    assert saved["settings"]["seeds"] == [3] and saved["settings"]["saliency_p"] == 0.5
+    assert saved["settings"]["seeds"] == [3] and saved["settings"]["steps"] == 3
     assert saved["summary"] == results["summary"]
+    assert saved["provenance"]["config"]["views"]["saliency_p"] == 0.5
 
 
 # ---------------------------------------------------------------- the supervised reference

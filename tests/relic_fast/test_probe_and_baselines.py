@@ -114,14 +114,15 @@ def test_random_init_baseline_is_the_default_init_and_pretraining_keeps_its_own(
 # ---------------------------------------------------------------- the lightly peer row
 
 
-def test_peer_row_is_skipped_with_one_line_without_lightly(monkeypatch):
-    from relic_fast.experiments import experiment
+def test_peer_rows_are_skipped_with_one_line_each_without_lightly(monkeypatch):
+    from relic_fast.experiments import experiment, variants
 
-    monkeypatch.setattr(experiment, "lightly_available", lambda: False)
+    monkeypatch.setattr(variants, "lightly_available", lambda: False)
     lines = []
     chosen = experiment.selected_variants(None, log=lines.append)
-    assert "peer" not in chosen and chosen[0] == "random_init"
-    assert lines == ["peer row skipped: lightly is not installed (pip install 'relic-fast[peer]')"]
+    assert "peer" not in chosen and "peer_byol" not in chosen and chosen[0] == "random_init"
+    assert lines == [f"{name} row skipped: lightly is not installed (pip install 'relic-fast[peer]')"
+                     for name in ("peer", "peer_byol")]
     with pytest.raises(ValueError, match="unknown variant"):
         experiment.selected_variants(["nope"])
 
@@ -140,7 +141,7 @@ def test_peer_simclr_trains_the_encoder_and_probes_it(tmp_path):
                                 "eval.image_size=16", "eval.linear_mode=logistic", "eval.linear_l2_grid=[0.01]"])
     result = peer_reference(config, root, steps=2)
     assert result["steps"] == 2 and result["method"] == "lightly SimCLR"
-    assert list(result["splits"]) == ["val", "val_correlated"]
+    assert list(result["splits"]) == ["val", "test", "val_correlated"]
     assert all(0.0 <= s["top1"] <= 100.0 for s in result["splits"].values())
 
 
