@@ -1,16 +1,17 @@
 """Torch-facing loaders over the DALI pipelines: `build_pretrain_loader` (multi-view `ViewBatch`es) and `build_eval_loader`.
 
-A `DALIGenericIterator` runs each pipeline. For folder/file-list data a pipeline reads a rank's
-seeded sample lists of several consecutive epochs back to back (`readers.rank_samples`; at least
-`chunk_samples` samples, so a small dataset does not rebuild a pipeline every epoch); WebDataset
-and the eval loader build one pipeline per epoch. A new `iter()` starts the next epoch, or finishes
-the current one when it was left part-way. Views come out of DALI as HWC and are packed VIEW-MAJOR
-into one (V*B, H, W, 3) tensor whose NCHW permutation is channels-last with no layout copy (the one
-copy packs the V per-view outputs; DALI's dynamic executor hands them over without copying).
+A `DALIGenericIterator` runs each pipeline. For a chunkable format (image files: folder, file list,
+flat folder) a pipeline reads a rank's seeded sample lists of several consecutive epochs back to back
+(`readers.rank_samples`; at least `chunk_samples` samples, so a small dataset does not rebuild a
+pipeline every epoch); other formats (WebDataset) and the eval loader build one pipeline per epoch. A
+new `iter()` starts the next epoch, or finishes the current one when it was left part-way. Views come
+out of DALI as HWC and are packed VIEW-MAJOR into one (V*B, H, W, 3) tensor whose NCHW permutation is
+channels-last with no layout copy (the one copy packs the V per-view outputs; DALI's dynamic executor
+hands them over without copying).
 `checkpoint()` is (epoch, step, DALI checkpoint: reader positions and every random generator): a
 loader built from it yields the identical next batches. A DALI error during iteration becomes a
 `BadImageError` naming the unreadable file(s), found by validating this rank's files of the epoch
-with PIL (`validate.validate_image`), starting with the batches in flight.
+with PIL (`image_check.validate_image`), starting with the batches in flight.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ from dali_pipelines.batch import ViewBatch
 from dali_pipelines.dataset import DatasetSpec
 from dali_pipelines.evaluation import EVAL_OUTPUTS, eval_pipeline
 from dali_pipelines.pretrain import multi_view_pipeline, output_names
-from dali_pipelines.readers import (READER_NAME, ReadPlan, epoch_order, mask_table, rank_samples, sample_sources,
-                                    shard_bounds, steps_per_epoch, wds_sources)
+from dali_pipelines.readers import READER_NAME, ReadPlan, epoch_order, rank_samples, shard_bounds, steps_per_epoch
 from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ViewsConfig
-from dali_pipelines.validate import validate_image
+from dali_pipelines.image_check import validate_image
 
 CHECKPOINT_FORMAT = "relic-fast-loader/1"
 
@@ -74,10 +74,11 @@ def find_bad_sources(sources: list[str], message: str, first_window: int) -> lis
 class _EpochLoader:
     """Epochs of batches from DALI pipelines over seeded per-rank orders; shared by both loaders.
 
-    Folder/file-list data: each pipeline reads a "chunk" of `chunk_epochs` consecutive epochs of
-    this rank's samples back to back (whole batches each, see `readers.rank_samples`), so a small
-    dataset does not rebuild a pipeline (and waste its prefetched batches) every epoch. WebDataset
-    and the eval loader: one pipeline per epoch, DALI sharding and last-batch policy."""
+    A chunkable format (`DatasetFormat.chunkable`): each pipeline reads a "chunk" of `chunk_epochs`
+    consecutive epochs of this rank's samples back to back (whole batches each, see
+    `readers.rank_samples`), so a small dataset does not rebuild a pipeline (and waste its prefetched
+    batches) every epoch. Other formats and the eval loader: one pipeline per epoch, DALI sharding and
+    last-batch policy."""
 
     output_map: list[str]
     chunk_samples = 16384
@@ -91,9 +92,8 @@ class _EpochLoader:
         self.dataset, self.data = dataset, data
         self.batch_size, self.seed, self.shard_id, self.num_shards = batch_size, seed, shard_id, num_shards
         self.device_id, self.shuffle, self.drop_last = device_id, shuffle, drop_last
-        self._masks = mask_table(dataset) if masks else None
-        self._read_wds_masks = masks and dataset.kind == "webdataset"
-        self._chunked = chunked and dataset.kind != "webdataset"
+        self._masks = masks
+        self._chunked = chunked and dataset.format.chunkable
         if self._chunked:
             self._steps = steps_per_epoch(dataset.num_samples, num_shards, batch_size, drop_last)
             if self._steps == 0:
@@ -116,7 +116,7 @@ class _EpochLoader:
         """Position a loader without a saved state after `start_step` steps: a fresh pipeline over the order of
         the epoch that step falls in, its first batches counted as done (a resume whose data or data order
         changed on purpose goes on like this: the saved position belongs to the old order)."""
-        if not self._chunked:  # WebDataset: DALI's reader knows the steps per epoch
+        if not self._chunked:  # one pipeline per epoch: DALI's reader knows the steps per epoch
             self._steps = len(self._open(0, None))
         self._epoch, self._step = divmod(start_step, self._steps)
         self._chunk_start = self._epoch
@@ -141,10 +141,9 @@ class _EpochLoader:
         if self._chunked:
             samples = np.concatenate([self._samples(e) for e in range(first_epoch, first_epoch + self._chunk_epochs)])
             return ReadPlan(self.dataset, samples, 0, 1, seed, False, self._masks)
-        count = len(self.dataset.tar_paths) if self.dataset.kind == "webdataset" else self.dataset.num_samples
-        order = epoch_order(count, seed=self.seed, epoch=first_epoch, shuffle=self.shuffle)
-        return ReadPlan(self.dataset, order, self.shard_id, self.num_shards, seed, self.shuffle, self._masks,
-                        self._read_wds_masks)
+        order = epoch_order(self.dataset.format.epoch_items(self.dataset), seed=self.seed, epoch=first_epoch,
+                            shuffle=self.shuffle)
+        return ReadPlan(self.dataset, order, self.shard_id, self.num_shards, seed, self.shuffle, self._masks)
 
     def _pipeline(self, plan: ReadPlan, seed: int, checkpoint: bytes | None):
         raise NotImplementedError
@@ -192,13 +191,10 @@ class _EpochLoader:
 
     def _explain(self, error: RuntimeError) -> RuntimeError:
         """A `BadImageError` naming the unreadable files of this rank's epoch, else `error` itself."""
-        if self.dataset.kind == "webdataset":
-            sources = wds_sources(self._plan)
-        else:
-            samples = self._samples(self._epoch) if self._chunked else \
-                self._plan.samples[slice(*shard_bounds(len(self._plan.samples), self.shard_id, self.num_shards))]
-            first = self._step * self.batch_size
-            sources = sample_sources(self.dataset, self._masks, np.concatenate([samples[first:], samples[:first]]))
+        samples = self._samples(self._epoch) if self._chunked else \
+            self._plan.samples[slice(*shard_bounds(len(self._plan.samples), self.shard_id, self.num_shards))]
+        first = self._step * self.batch_size
+        sources = self.dataset.format.sources(self._plan, np.concatenate([samples[first:], samples[:first]]))
         window = (self.data.prefetch_queue_depth + 2) * self.batch_size * 2
         bad = find_bad_sources(sources, str(error), window)
         if not bad:
@@ -252,8 +248,7 @@ class PretrainLoader(_EpochLoader):
                  **kwargs):
         self.views, self.debug = views, debug
         self.output_map = output_names(views, debug)
-        has_masks = dataset.mask_root is not None or dataset.kind == "webdataset"
-        use_masks = has_masks and views.saliency_p > 0
+        use_masks = dataset.format.can_read_masks(dataset) and views.saliency_p > 0
         super().__init__(dataset, data, shuffle=data.shuffle, drop_last=data.drop_last, chunked=True,
                          masks=use_masks, **kwargs)
 
@@ -272,7 +267,10 @@ class PretrainLoader(_EpochLoader):
         if count == 0:
             return None
         parts = [outputs[f"{prefix}{k}"] for k in range(count)]
-        packed = torch.cat(parts) if count > 1 else parts[0]
+        if count > 1 and not parts[0].is_cuda:  # one-thread copy: torch.cat's OpenMP threads spin for ms after each
+            packed = torch.from_numpy(np.concatenate([part.numpy() for part in parts]))  # call, on DALI's cores
+        else:
+            packed = torch.cat(parts) if count > 1 else parts[0]
         return packed.permute(0, 3, 1, 2)
 
     def _convert(self, outputs: dict) -> ViewBatch:

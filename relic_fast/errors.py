@@ -126,7 +126,7 @@ class MonitorError(RelicFastError):
 # other code owns, by (module, class name). Looked up in `sys.modules` only: an error of a module that
 # was never imported cannot have been raised, and classifying an error must not import DALI.
 FOREIGN = {
-    ("dali_pipelines.dataset", "DatasetError"): (ExitCode.DATASET, "dataset error"),
+    ("dali_pipelines.formats.base", "DatasetError"): (ExitCode.DATASET, "dataset error"),
     ("dali_pipelines.loader", "BadImageError"): (ExitCode.BAD_IMAGES, "unreadable images"),
     ("relic_fast.step", "NonFiniteLossError"): (ExitCode.NON_FINITE, "training stopped"),
 }

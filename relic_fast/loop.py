@@ -1,5 +1,6 @@
 """The training loop's small parts: timed batches, the logging window between two log lines, the profiler's
-step timing, and what a validator handed to the trainer looks like."""
+step timing, the warm-up report, and what a validator handed to the trainer looks like and how every rank runs
+it together."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch.profiler import record_function
 
 from dali_pipelines.dataset import DatasetSpec
 from relic_fast.distributed import World
-from relic_fast.environment import synchronize
+from relic_fast.environment import compiled_graph_count, process_age_s, synchronize
+from relic_fast.errors import MonitorError
 from relic_fast.loss import LOSS_TERMS
 
 
@@ -86,3 +88,65 @@ class Validator(Protocol):
     def validate(self, encoder: torch.nn.Module, *, train_dataset: DatasetSpec, val_dataset: DatasetSpec,
                  world: World, heads: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
                  should_stop: Callable[[], bool] = ..., agree: Callable[[bool], bool] = ...) -> dict[str, float]: ...
+
+
+def run_validator(validator: Validator, encoder: torch.nn.Module, *, train_dataset: DatasetSpec,
+                  val_dataset: DatasetSpec, world: World, heads: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+                  control: Any, checkpoint: Callable[[], Any], epochs_done: int) -> tuple[dict[str, float], str | None]:
+    """One pass of `validator` after epoch `epochs_done`, every rank taking part: (its metrics, the stop signal
+    any rank received meanwhile). Each rank agrees once with the others (`control`, the run's `RunControl`)
+    before the validator's first collective, or after it gave up (a stop signal, a failure) before getting
+    there, so no rank is left waiting inside a collective another never enters. A failure on any rank: every
+    rank calls `checkpoint()` (the path rank 0 saved, else None), then raises `MonitorError`, so no work is lost."""
+    agreed: dict[str, Any] = {}
+
+    def agree(failed_here: bool) -> bool:
+        """Every rank, once, before the validator's first collective: go on only if no rank stopped or failed."""
+        agreed["stop"], agreed["failed"] = control.agree_between_steps(failed=failed_here)
+        return agreed["stop"] is None and not agreed["failed"]
+
+    metrics, error = {}, None
+    try:
+        metrics = validator.validate(encoder, train_dataset=train_dataset, val_dataset=val_dataset, world=world,
+                                     heads=heads, should_stop=control.stop_received, agree=agree)
+    except MonitorInterrupted:
+        pass
+    except Exception as err:  # noqa: BLE001 - any failure of the monitor: checkpoint first, then stop
+        error = err
+    if not agreed:  # the validator gave up before its agreement point
+        agree(error is not None)
+    if agreed["failed"]:
+        saved = checkpoint()
+        where = f"saved {saved}; `--resume` continues" if saved else "checkpoint saved by rank 0"
+        cause = f"{type(error).__name__}: {error}" if error is not None else "on another rank"
+        raise MonitorError(f"the monitor failed after epoch {epochs_done} ({cause}); {where} "
+                           f"(train.knn_every_epochs = 0 turns the monitor off)") from error
+    return metrics, agreed["stop"]
+
+
+class WarmupReport:
+    """How long this process took to its first step: `first_step_s` (process start to the end of that step: the
+    compile warm-up a user waits for) and `compiled_graphs`, recorded once; `recompiles` counts graphs compiled
+    after it."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        """Empty until the first step is recorded."""
+
+    def record(self, device: torch.device) -> str:
+        """Record the first step (a one-time host sync, so the time includes the step's device work); returns
+        the line the display shows."""
+        synchronize(device)
+        self.values = {"first_step_s": process_age_s(), "compiled_graphs": compiled_graph_count()}
+        return (f"first step done {self.values['first_step_s']:.1f} s after process start "
+                f"({self.values['compiled_graphs']} compiled graph(s))")
+
+    def recompiles(self) -> int:
+        """Graphs compiled after this process's first step: 0 when every step reuses the first compilation."""
+        if not self.values:
+            return 0
+        return compiled_graph_count() - int(self.values["compiled_graphs"])
+
+    def metrics(self) -> dict[str, float]:
+        """The report as metrics (none before the first step, but `recompiles`)."""
+        return {**self.values, "recompiles": self.recompiles()}

@@ -1,11 +1,11 @@
 """The pretraining job: build everything from a `Config`, run steps, log, checkpoint, resume exactly.
 
 Read top-down: `Trainer.__init__` resolves the run plan (`run_plan`: every "auto" decided once) into the
-one config of the run, then builds the world, data and the step (`step.build_step_context`) and, on
-resume, puts the saved run back (`run_state`). `train` is `relic-fast pretrain`'s run: passes over the
-loader until `last_step`, each step through `train_step`, checkpoints, the `Validator` (e.g. the kNN
-monitor, handed in) at epoch ends. `run_steps` is the same loop for N steps on any loader with an
-optional `StepTiming` hook and no checkpoint: what `bench train` and `profile` measure. Both log through a
+one config of the run, then builds the world, the data (`data_plan`), the networks and the step
+(`run_parts`) and, on resume, puts the saved run back (`run_state`). `train` is `relic-fast pretrain`'s
+run: passes over the loader until `last_step`, each step through `train_step`, checkpoints, the `Validator`
+(e.g. the kNN monitor, handed in) at epoch ends. `run_steps` is the same loop for N steps on any loader with
+an optional `StepTiming` hook and no checkpoint: what `bench train` and `profile` measure. Both log through a
 `LoggingWindow` (`loop`); `_log`, `save` are the bookkeeping. Only rank 0 writes.
 """
 
@@ -19,69 +19,27 @@ from typing import Any, Collection, Iterable, Iterator
 
 import torch
 from rich.markup import escape
-from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
-from dali_pipelines.dataset import DatasetSpec, find_monitor_split, resolve_dataset, resolve_split
-from dali_pipelines.loader import build_pretrain_loader
-from dali_pipelines.validate import filter_bad_files
 from relic_fast.checkpoint import list_checkpoints, remove_interrupted_writes, save_checkpoint
-from relic_fast.compiling import compile_cache_folder, use_compile_cache
 from relic_fast.config import Config, ConfigError, to_toml
-from relic_fast.data_plan import check_saliency_masks, describe_masks, describe_monitor
-from relic_fast.demo_data import ensure_demo_dataset
+from relic_fast.data_plan import (check_batch, check_saliency_masks, describe_masks, describe_monitor, describe_probe,
+                                  training_dataset)
 from relic_fast.distributed import World, all_reduce_mean, close_world, control_group, init_world, launch_rank
-from relic_fast.environment import compiled_graph_count, process_age_s, synchronize
-from relic_fast.errors import MonitorError, NothingToDo, ResumeMismatchError, RunStopped
-from relic_fast.loop import LoggingWindow, MonitorInterrupted, StepTiming, Validator, timed_batches
+from relic_fast.errors import NothingToDo, RunStopped
+from relic_fast.loop import LoggingWindow, StepTiming, Validator, WarmupReport, run_validator, timed_batches
 from relic_fast.loss import LOSS_METRICS
 from relic_fast.monitor import RunMonitor
-from relic_fast.online_probe import OnlineProbe, labelled_classes
 from relic_fast.plot import plot_run
 from relic_fast.resume_rule import Change, RunIdentity, check_accept_keys, dataset_fingerprint
 from relic_fast.run_control import RunControl
+from relic_fast.run_parts import online_probe, rank_loader, resolved_config, run_step_context
 from relic_fast.run_plan import RunPlan, planned_config, resolve_plan
 from relic_fast.run_state import find_saved_run, load_saved_run, training_state
 from relic_fast.runlock import RunLock
 from relic_fast.schedules import ema_tau, learning_rate, scaled_lr
 from relic_fast.stop_signals import StopSignals, torchrun_signal_warning
-from relic_fast.step import (NonFiniteGuard, NonFiniteLossError, StepContext, build_step_context, prepare_views,
-                             train_step)
-
-
-def training_dataset(config: Config, world: World) -> tuple[DatasetSpec, DatasetSpec | None]:
-    """The pretraining dataset (the built-in demo data when `data.path` is empty) and the monitor's labelled
-    val split, if one is found."""
-    path = config.data.path
-    if not path:
-        if world.distributed and not world.is_main:
-            torch.distributed.barrier()  # rank 0 generates the demo data once; the others then reuse it
-        path = str(ensure_demo_dataset(progress=world.is_main))
-        if world.distributed and world.is_main:
-            torch.distributed.barrier()
-    data = config.data
-    dataset = resolve_dataset(path, data.format, data.masks, classes=data.classes)
-    if data.on_bad_file == "skip" and dataset.kind != "webdataset":
-        dataset = without_bad_files(dataset, world, data.max_image_mb)
-    val = find_monitor_split(path, data.val, data.val_labels)
-    # resolved at start-up: a bad labels file or a class the train split lacks stops the run before training
-    return dataset, (resolve_split(val, train=dataset, labels=data.val_labels, classes=data.classes)
-                     if val is not None else None)
-
-
-def without_bad_files(dataset: DatasetSpec, world: World, max_image_mb: float) -> DatasetSpec:
-    """`data.on_bad_file = "skip"`: the dataset less its unreadable images (validated once, cached on disk)."""
-
-    if world.distributed and not world.is_main:
-        torch.distributed.barrier()  # rank 0 validates with a process pool; the others then hit its cache
-    dataset, rejected = filter_bad_files(dataset, max_image_mb=max_image_mb)
-    if world.distributed and world.is_main:
-        torch.distributed.barrier()
-    if rejected and world.is_main:
-        path, reason = rejected[0]
-        print(f"data.on_bad_file = 'skip': skipping {len(rejected)} unreadable image(s), e.g. {path} ({reason}); "
-              f"`relic-fast index` lists them all")
-    return dataset
+from relic_fast.step import NonFiniteGuard, NonFiniteLossError, prepare_views, train_step
 
 
 class Trainer:
@@ -115,20 +73,36 @@ class Trainer:
         self.monitor: RunMonitor | None = None
         """The display and metrics.jsonl, open while steps run (`train`, `run_steps`)."""
         self._stop_if_signalled("while the ranks joined")
+        self._resolve_data(config)
+        self._stop_if_signalled("while the dataset was resolved")
+        self._build_networks()
+        saved = find_saved_run(self.out_dir, self.identity, self.world, accept_changes) if resume else None
+        if saved is not None:
+            self.resume_notes += load_saved_run(saved, self.context, self.probe, self.world)
+            self.step, self.resumed_from, self.accepted_changes = saved.step, saved.path, saved.accepted_changes
+        self._stop_if_signalled("while the checkpoint was restored" if resume else "while the networks were built")
+        self._start_data(saved.loader_state(self.world.rank) if saved is not None else None)
+        self._stop_if_signalled("while the data pipeline started")
+
+    def _resolve_data(self, config: Config) -> None:
+        """The dataset and the monitor's split, the masks checked, and what `--resume` compares of the run."""
         self.dataset, self.val_dataset = training_dataset(self.config, self.world)
         self.mask_coverage = check_saliency_masks(self.dataset, self.config.views)
         """Images with a saliency mask when the recipe masks (None when `views.saliency_p` is 0)."""
-        self._stop_if_signalled("while the dataset was resolved")
-        self.identity = RunIdentity(config=config.to_dict(), resolved=self._resolved_config(),
+        self.identity = RunIdentity(config=config.to_dict(), resolved=resolved_config(self.config, self.plan),
                                     dataset=dataset_fingerprint(self.dataset, self.mask_coverage),
                                     ranks=self.world.world_size)
         """What a checkpoint records of this run and `--resume` compares (`relic_fast.resume_rule`)."""
-        self._check_batch()
+        check_batch(self.config, self.world.world_size, self.dataset)
+
+    def _build_networks(self) -> None:
+        """The step context (networks, LARS, the step) and the online probe, at step 0."""
+        train = self.config.train
         self.global_batch = train.batch_size
         self.peak_lr = scaled_lr(self.config.optim.base_lr, self.global_batch)
         torch.manual_seed(train.seed)  # identical initial weights on every rank
-        self.context = self._build_step_context()
-        self.probe = self._build_probe()
+        self.context = run_step_context(self.config, self.plan, self.world, self.out_dir, self.peak_lr)
+        self.probe = online_probe(self.config, self.dataset, self.online_module.encoder.feature_dim, self.world)
         torch.manual_seed(train.seed + self.world.rank)  # then per-rank randomness (negatives)
         self.step = 0
         self.accepted_changes: list[Change] = []
@@ -136,29 +110,22 @@ class Trainer:
         self.resume_notes: list[str] = []
         """What the resume says at the start of `train`: accepted changes, an online probe that restarts."""
         self.guard = NonFiniteGuard(self.world.device)
-        saved = find_saved_run(self.out_dir, self.identity, self.world, accept_changes) if resume else None
-        if saved is not None:
-            self.resume_notes += load_saved_run(saved, self.context, self.probe, self.world)
-            self.step, self.resumed_from, self.accepted_changes = saved.step, saved.path, saved.accepted_changes
-        self._stop_if_signalled("while the checkpoint was restored" if resume else "while the networks were built")
-        loader_state = saved.loader_state(self.world.rank) if saved is not None else None
-        self.loader = self._build_loader(loader_state)
-        self._stop_if_signalled("while the data pipeline started")
+
+    def _start_data(self, loader_state: str | None) -> None:
+        """This rank's loader (at the saved position, or at the saved step's epoch when a resume accepted a change
+        of the data or its order) and the schedule lengths in its epochs."""
+        self.loader = rank_loader(self.config, self.plan, self.world, self.dataset, state=loader_state,
+                                  start_step=self.step, resumed_from=self.resumed_from)
         self.steps_per_epoch = len(self.loader)
         """Batches per epoch of the run's own data: the unit of the schedules and of the logged epoch."""
         if self.accepted_changes:
             self._note_accepted_changes(data_restarts=loader_state is None)
+        train = self.config.train
         self.total_steps = train.epochs * self.steps_per_epoch
         self.last_step = min(self.total_steps, train.max_steps or self.total_steps)
         self.warmup_steps = round(self.config.optim.warmup_epochs * self.steps_per_epoch)
-        self.warmup_report: dict[str, float] = {}
-        """After this process's first step: `first_step_s` (process start to the end of that step: the
-        compile warm-up a user waits for) and `compiled_graphs`; every log adds `recompiles` since."""
-
-    @property
-    def online(self) -> torch.nn.Module:
-        """The multi-view online network as the step calls it (DDP-wrapped when distributed)."""
-        return self.context.online
+        self.warmup = WarmupReport()
+        """After this process's first step: how long start-up and compiling took; every log adds `recompiles`."""
 
     @property
     def online_module(self) -> torch.nn.Module:
@@ -169,85 +136,6 @@ class Trainer:
     def target(self) -> torch.nn.Module:
         """The EMA target network."""
         return self.context.target
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        """The LARS optimizer of the online network."""
-        return self.context.optimizer
-
-    @property
-    def scaler(self) -> torch.amp.GradScaler | None:
-        """The fp16 gradient scaler (None at bf16 and fp32)."""
-        return self.context.scaler
-
-    def _check_batch(self) -> None:
-        """The global batch must split evenly over ranks and fit the dataset."""
-        batch, world = self.config.train.batch_size, self.world.world_size
-        if batch % world:
-            raise ConfigError(f"train.batch_size = {batch} does not split over {world} ranks; "
-                              f"use a multiple of {world}")
-        if self.dataset.num_samples < batch and self.config.data.drop_last:
-            raise ConfigError(f"train.batch_size = {batch} exceeds the dataset's {self.dataset.num_samples} images "
-                              f"({self.dataset.root}); lower it or set data.drop_last = false")
-
-    def _build_step_context(self) -> StepContext:
-        """Networks (the online one DDP-wrapped when distributed), LARS and the step, from the shared builder."""
-        cfg, world = self.config, self.world
-        wrap = None
-        if world.distributed:
-            ids = [world.device.index] if world.device.type == "cuda" else None
-            wrap = lambda online: DistributedDataParallel(online, device_ids=ids, broadcast_buffers=False)  # noqa: E731
-        # SyncBatchNorm runs on CUDA only; gloo (CPU) runs keep per-rank BatchNorm statistics.
-        sync_batchnorm = world.distributed and cfg.model.sync_batchnorm and world.device.type == "cuda"
-        cache = compile_cache_folder(cfg.train.compile_cache, self.out_dir) if self.plan.compile else None
-        if cache is not None:
-            use_compile_cache(cache)  # before the first compile: inductor reads the folder at each lookup
-        return build_step_context(cfg.model, cfg.loss, cfg.optim, device=world.device, precision=cfg.train.precision,
-                                  channels_last=cfg.train.channels_last, compiled=self.plan.compile,
-                                  compile_mode=cfg.train.compile_mode, compile_scope=cfg.train.compile_scope,
-                                  lr=self.peak_lr, sync_batchnorm=sync_batchnorm, wrap=wrap)
-
-    def _build_probe(self) -> OnlineProbe | None:
-        """The online probe `eval.online_probe` asks for, on data whose samples all carry a label (else None)."""
-        classes = labelled_classes(self.dataset)
-        if not self.config.eval.online_probe or not classes:
-            return None
-        return OnlineProbe(self.online_module.encoder.feature_dim, classes, lr=self.config.eval.online_probe_lr,
-                           world=self.world)
-
-    def _monitor_plan(self) -> str:
-        """The plan's word on the monitor: the split it scores and what it logs, or why it is off."""
-        probe = ("online probe on" if self.probe is not None else
-                 "online probe off (the training data has no labels)" if self.config.eval.online_probe else
-                 "online probe off")
-        every = self.config.train.knn_every_epochs if self.validator is not None else 0
-        return f"monitor {describe_monitor(self.val_dataset, every)}; {probe}"
-
-    def _build_loader(self, state: str | None):
-        """This rank's shard of the pretraining pipeline: restored to `state` on resume, or, when a resume
-        accepted a change of the data or its order (no `state` then), started at the saved step.
-
-        The resume rule has compared everything the loader's own check compares, so its refusal (a ValueError)
-        cannot normally happen; should it, it is the same refusal, one line, not a traceback."""
-        try:
-            return build_pretrain_loader(self.dataset, self.config.views, self.config.data,
-                                         batch_size=self.config.train.batch_size // self.world.world_size,
-                                         seed=self.config.train.seed, shard_id=self.world.rank,
-                                         num_shards=self.world.world_size, device_id=self.plan.dali_device_id,
-                                         checkpoint=state, start_step=self.step if state is None else 0)
-        except ValueError as err:
-            if state is None:
-                raise
-            raise ResumeMismatchError(f"{self.resumed_from}: --resume cannot restore the data position: {err}; "
-                                      f"resume with the saved config (config.toml in the run folder), or start a "
-                                      f"new run in another --out folder") from None
-
-    def _resolved_config(self) -> dict[str, dict[str, Any]]:
-        """The config as it runs on this machine, every "auto" the resume rule compares resolved (views'
-        interpolation, the loss and LARS implementation, the pipeline's device)."""
-        resolved = self.config.to_dict()
-        resolved["data"]["device"] = "cpu" if self.plan.dali_device_id is None else "gpu"
-        return resolved
 
     def _stop_if_signalled(self, during: str) -> None:
         """Before the first step: raise `RunStopped` (exit 75) if any rank received a stop signal, every rank at
@@ -328,7 +216,9 @@ class Trainer:
             self.monitor = monitor
             monitor.message("plan: " + ", ".join(f"{key} {value}" for key, value in self.plan.rows()))
             monitor.message(f"saliency masks: {describe_masks(self.mask_coverage)}")
-            monitor.message(self._monitor_plan())
+            every = self.config.train.knn_every_epochs if self.validator is not None else 0
+            monitor.message(f"monitor {describe_monitor(self.val_dataset, every)}; "
+                            f"{describe_probe(self.probe is not None, self.config.eval.online_probe)}")
             try:
                 yield monitor
             except NonFiniteLossError as err:
@@ -371,7 +261,7 @@ class Trainer:
             if checkpoints_and_validation and self.step % self.steps_per_epoch == 0 and not stopped_by:
                 stopped_by = self._validate(self.step // self.steps_per_epoch)
         return {"final_loss": last.get("loss", math.nan), "images_per_s": last.get("images_per_s", math.nan),
-                "last_metrics": last, **self.warmup_report, "recompiles": self.recompiles(), "stopped_by": stopped_by}
+                "last_metrics": last, **self.warmup.metrics(), "stopped_by": stopped_by}
 
     def _train_on(self, batch, data_wait_s: float, window: LoggingWindow, step_timing: StepTiming | None) -> None:
         """One optimizer step on `batch` at this step's learning rate and EMA decay, timed by `step_timing`."""
@@ -393,22 +283,8 @@ class Trainer:
             step_timing.record(data_wait_s, time.perf_counter() - step_start)
         self.step += 1
         window.add(terms, data_wait_s, lr=lr, tau=tau)
-        if not self.warmup_report:
-            self._record_warmup()
-
-    def _record_warmup(self) -> None:
-        """Once, after this process's first step: how long start-up and compilation took, and how many
-        graphs were compiled (a one-time host sync, so the time includes the step's device work)."""
-        synchronize(self.world.device)
-        self.warmup_report = {"first_step_s": process_age_s(), "compiled_graphs": compiled_graph_count()}
-        self.monitor.message(f"first step done {self.warmup_report['first_step_s']:.1f} s after process start "
-                             f"({self.warmup_report['compiled_graphs']} compiled graph(s))")
-
-    def recompiles(self) -> int:
-        """Graphs compiled after this process's first step: 0 when every step reuses the first compilation."""
-        if not self.warmup_report:
-            return 0
-        return compiled_graph_count() - int(self.warmup_report["compiled_graphs"])
+        if not self.warmup.values:
+            self.monitor.message(self.warmup.record(self.world.device))
 
     def _log(self, window: LoggingWindow) -> dict[str, Any]:
         """Read the window's metrics from the device (a host sync point), hand them to the monitor, start a new window."""
@@ -418,7 +294,7 @@ class Trainer:
         metrics = {"epoch": self.step / self.steps_per_epoch, **losses, "lr": lr, "tau": tau,
                    "images_per_s": steps * self.global_batch / max(elapsed, 1e-9),
                    "data_wait_pct": 100.0 * data_wait / max(elapsed, 1e-9),
-                   **self.warmup_report, "recompiles": self.recompiles()}
+                   **self.warmup.metrics()}
         if self.probe is not None:
             metrics["online_probe_train_top1"] = self.probe.train_top1()
         self.monitor.log(self.step, metrics)
@@ -426,9 +302,9 @@ class Trainer:
 
     def _validate(self, epochs_done: int) -> str | None:
         """At an epoch's end, when the validator asks: the monitor's metrics of the online encoder (and of the
-        online probe), every rank taking part. Returns the stop signal that arrived meanwhile (the loop then
-        stops as after a step). An error in the monitor on any rank: every rank checkpoints, then stops with
-        `MonitorError`, so no work is lost to it."""
+        online probe), every rank taking part (`loop.run_validator`). Returns the stop signal that arrived
+        meanwhile (the loop then stops as after a step). An error in the monitor on any rank: every rank
+        checkpoints, then stops with `MonitorError`, so no work is lost to it."""
         if self.validator is None or self.val_dataset is None or not self.validator.should_validate(epochs_done):
             return None
         heads = {}
@@ -436,31 +312,9 @@ class Trainer:
             self.probe.sync_statistics()
             self.probe.eval()
             heads["online_probe_top1"] = self.probe
-        agreed: dict[str, Any] = {}
-
-        def agree(failed_here: bool) -> bool:
-            """Every rank, once, before the monitor's first collective: go on only if no rank stopped or failed."""
-            agreed["stop"], agreed["failed"] = self.control.agree_between_steps(failed=failed_here)
-            return agreed["stop"] is None and not agreed["failed"]
-
-        metrics, error = {}, None
-        try:
-            metrics = self.validator.validate(self.online_module.encoder, train_dataset=self.dataset,
-                                              val_dataset=self.val_dataset, world=self.world, heads=heads,
-                                              should_stop=self.control.stop_received, agree=agree)
-        except MonitorInterrupted:
-            pass
-        except Exception as err:  # noqa: BLE001 - any failure of the monitor: checkpoint first, then stop
-            error = err
-        if not agreed:  # the validator gave up before its agreement point
-            agree(error is not None)
-        stop, failed = agreed["stop"], agreed["failed"]
-        if failed:
-            saved = self.save()
-            where = f"saved {saved}; `--resume` continues" if saved else "checkpoint saved by rank 0"
-            cause = f"{type(error).__name__}: {error}" if error is not None else "on another rank"
-            raise MonitorError(f"the monitor failed after epoch {epochs_done} ({cause}); {where} "
-                               f"(train.knn_every_epochs = 0 turns the monitor off)") from error
+        metrics, stop = run_validator(self.validator, self.online_module.encoder, train_dataset=self.dataset,
+                                      val_dataset=self.val_dataset, world=self.world, heads=heads,
+                                      control=self.control, checkpoint=self.save, epochs_done=epochs_done)
         if stop is None:
             self.monitor.log(self.step, {"epoch": float(epochs_done), **metrics})
         return stop

@@ -183,7 +183,7 @@ def run(bench: LoaderBench, *, console=None) -> list[Result]:
     if bench.saliency_p > 0 and dataset.mask_root is None:
         raise ValueError(f"--saliency-p {bench.saliency_p} needs saliency masks for {bench.data}: "
                          "compute them with `relic-fast masks DATA --out MASKS` and pass --masks MASKS")
-    if dataset.kind == "webdataset":
+    if not dataset.format.image_files:
         raise ValueError("bench_loader compares readers on a folder tree or a file list; "
                          f"{bench.data} holds WebDataset shards")
     if dataset.num_samples < bench.batch_size:

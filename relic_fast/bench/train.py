@@ -82,7 +82,7 @@ def torchvision_loader(trainer, workers: int):
     """The torchvision + PIL baseline loader over the trainer's dataset and recipe (pinned on CUDA)."""
 
     dataset = trainer.dataset
-    if dataset.kind == "webdataset":
+    if not dataset.format.image_files:
         raise ValueError("the torchvision feed reads a folder tree or file list, not WebDataset shards")
     files = [dataset.root / f for f in dataset.files]
     return build_torchvision_loader(files, dataset.labels, trainer.config.views,
@@ -127,12 +127,12 @@ def run(config, out_dir: Path, *, feeds: Sequence[str] = ("dali", "synthetic"), 
         records = run_windows(trainer, torchvision_loader(trainer, torchvision_workers), window=tv_window, windows=1)
         rows.append(loop_row("trainer + torchvision", records, batch, recipe, threads=torchvision_workers))
     rows = add_ratios(rows, baseline=BASELINE, match=("recipe",))
-    if trainer.warmup_report:
-        warmup = trainer.warmup_report
+    if trainer.warmup.values:
+        warmup = trainer.warmup.values
         rows.append(Result(bench="train", pipeline="compile warm-up", recipe=recipe, batch_size=batch,
                            ms=1e3 * warmup["first_step_s"],
                            extra={"seconds": warmup["first_step_s"], "compiled_graphs": warmup["compiled_graphs"],
-                                  "recompiles_after_first_step": trainer.recompiles(),
+                                  "recompiles_after_first_step": trainer.warmup.recompiles(),
                                   "what": "process start to the end of the first training step"}))
     common = {"device": str(device), "precision": config.train.precision, "compile": config.train.compile,
               "channels_last": config.train.channels_last, "encoder": f"{config.model.encoder} {config.model.width}x",

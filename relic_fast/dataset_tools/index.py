@@ -5,7 +5,7 @@ tree `DIR/<class>/<image>` with labels from the sorted class-folder names, a dem
 `train/` split, a flat folder with its labels CSV (ImageNet's Kaggle `val/`), or an existing file
 list), checks each file in a process pool (`dali_pipelines.validate`), and writes:
 - the index (default `DIR/index.txt`; for a list `train.txt`, `train.index.txt`): a version-2 file list
-  (`dali_pipelines.dataset.file_list_text`), whose header names the classes, then one `path label` per
+  (`dali_pipelines.formats.file_list.file_list_text`), whose header names the classes, then one `path label` per
   line, a path or class name quoted where it must be (a leading `#`, a tab, ...: the list's quoting
   rule), so every file the folder reader lists comes back from the index. Readers resolve a list's
   paths relative to the list's own folder, so each path is written relative to the index file's folder
@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Callable
 
 from dali_pipelines.atomic import write_text_atomically
-from dali_pipelines.dataset import (DatasetError, DatasetSpec, can_record, displayed_name, file_list_text,
-                                    list_field, resolve_dataset)
-from dali_pipelines.validate import (DEFAULT_MAX_IMAGE_MB, DEFAULT_MAX_PIXELS, ImageCheck, reason_category,
-                                     validate_files)
+from dali_pipelines.dataset import DatasetError, DatasetSpec, resolve_dataset
+from dali_pipelines.formats.file_list import can_record, displayed_name, file_list_text, list_field
+from dali_pipelines.image_check import DEFAULT_MAX_IMAGE_MB, DEFAULT_MAX_PIXELS, ImageCheck, reason_category
+from dali_pipelines.validate import validate_files
 
 UNWRITABLE_NAME = "unwritable name: not valid UTF-8"
-"""Rejection reason of a file whose path a file list cannot hold (`dali_pipelines.dataset.can_record`)."""
+"""Rejection reason of a file whose path a file list cannot hold (`dali_pipelines.formats.file_list.can_record`)."""
 
 
 @dataclass
@@ -78,8 +78,8 @@ def resolve_image_source(source: str | os.PathLike, masks: str = "", labels: str
     one found by looking up) or file list; WebDataset shards are refused (their images are checked when
     `relic-fast pack` writes them). Raises `DatasetError` (a ValueError)."""
     spec = resolve_dataset(str(source), "auto", masks, labels)
-    if spec.kind == "webdataset":
-        raise DatasetError(f"{source} holds WebDataset shards; this tool reads folder trees and file lists")
+    if not spec.format.image_files:
+        raise DatasetError(f"{source} holds {spec.format.description}; this tool reads folder trees and file lists")
     return spec
 
 

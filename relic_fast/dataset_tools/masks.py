@@ -3,7 +3,7 @@
 For each image of a folder tree / demo root / file list (the sources `relic-fast index` reads) it
 computes a saliency map with a method of `saliency.METHODS` (batched torch, on the GPU when present),
 binarizes it and writes a 0/255 grayscale PNG at the image's decoded size (EXIF orientation applied,
-as DALI decodes it) where the readers look for it: `dali_pipelines.dataset.mask_file`, i.e.
+as DALI decodes it) where the readers look for it: `dali_pipelines.formats.base.mask_file`, i.e.
 `MASK_DIR/<relative image path with .png>` (absolute entries under `MASK_DIR/_abs/`). Masks already
 written are skipped, so an interrupted run resumes; each mask is written to a temporary name and
 renamed, so no half-written mask is ever mistaken for a finished one. No mask is written outside
@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from dali_pipelines.atomic import write_atomically
-from dali_pipelines.dataset import check_mask_root, mask_file
-from dali_pipelines.validate import decoded_size, upright
+from dali_pipelines.formats.base import check_mask_root, mask_file
+from dali_pipelines.image_check import decoded_size, upright
 from relic_fast.dataset_tools.index import resolve_image_source
 from relic_fast.dataset_tools.saliency import METHODS, centre_prior_mask, thresholds
 from relic_fast.devices import torch_device_for

@@ -8,15 +8,16 @@ samples; a sample `<key>` is
 - `<key>.cls`: the label as ASCII digits,
 - `<key>.mask.png`: the saliency mask, when one exists for the image.
 Keys are `<8-digit sample number>_<image path without suffix, [A-Za-z0-9_-] only>`: no dots (the key
-rule, `dali_pipelines.dataset.scan_tar`, ends a key at the first dot), traceable back to the source file.
+rule, `dali_pipelines.formats.shards.scan_tar`, ends a key at the first dot), traceable back to the source file.
 Samples are shuffled (seeded) before packing, since DALI's reader only shuffles within a buffer.
 Images are validated first (cached, see `dali_pipelines.validate`) and bad ones left out: one bad
 file in a shard would stop training. Next to each shard goes `shard-000000.idx`, the index DALI's
-`fn.readers.webdataset(index_paths=...)` reads (`dali_pipelines.dataset.write_wds_index`, the readers' own
-key rule and index writer); without it DALI must scan every tar at start-up. Beside the shards goes `classes.json`, the source's class names
-(`dali_pipelines.dataset.write_shard_classes`; the reader names the `.cls` labels by it), and last
-`manifest.json` (`dali_pipelines.dataset.write_shard_manifest`): per shard its sample count, size, mtime
-and SHA-256 and its index's, which the reader checks at every resolve.
+`fn.readers.webdataset(index_paths=...)` reads (`dali_pipelines.formats.shard_index.write_wds_index`, the
+readers' own key rule and index writer); without it DALI must scan every tar at start-up. Beside the shards
+goes `classes.json`, the source's class names (`dali_pipelines.formats.shards.write_shard_classes`; the
+reader names the `.cls` labels by it), and last `manifest.json`
+(`dali_pipelines.formats.shards.write_shard_manifest`): per shard its sample count, size, mtime and SHA-256
+and its index's, which the reader checks at every resolve.
 
 A set is written whole or not at all: everything goes into a hidden folder beside OUT
 (`.OUT.packing-*`), which replaces OUT only once complete (renames; the old set is removed after). A
@@ -43,9 +44,11 @@ from typing import Callable
 from PIL import Image
 
 from dali_pipelines.atomic import replace_folder, write_atomically
+from dali_pipelines.dataset import DatasetSpec, mask_file
+from dali_pipelines.formats.shard_index import write_wds_index
+from dali_pipelines.formats.shards import (WDS_CLASSES_FILE, WDS_MANIFEST_FILE, ShardRecord, write_shard_classes,
+                                           write_shard_manifest)
 from dali_pipelines.validate import validate_files
-from dali_pipelines.dataset import (WDS_CLASSES_FILE, WDS_MANIFEST_FILE, DatasetSpec, ShardRecord, mask_file,
-                                    write_shard_classes, write_shard_manifest, write_wds_index)
 from relic_fast.dataset_tools.index import resolve_image_source
 
 SHARD_PATTERN = re.compile(r"^shard-\d{6}\.(tar|idx)$")

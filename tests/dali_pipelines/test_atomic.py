@@ -11,7 +11,8 @@ import pytest
 
 from dali_pipelines import atomic
 from dali_pipelines.atomic import TEMPORARY_PREFIX, replace_folder, staged_file, write_atomically
-from dali_pipelines.dataset import ShardRecord, write_shard_classes, write_shard_manifest, write_wds_index
+from dali_pipelines.formats.shard_index import write_wds_index
+from dali_pipelines.formats.shards import ShardRecord, write_shard_classes, write_shard_manifest
 
 
 def leftovers(folder: Path) -> list[str]:

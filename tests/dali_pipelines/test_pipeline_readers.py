@@ -27,7 +27,7 @@ def test_resolve_the_three_layouts(identity_data):
     listed = resolve_dataset(str(identity_data.file_list))
     shards = resolve_dataset(str(identity_data.shards))
     demo_root = resolve_dataset(str(identity_data.folder.parent))  # a root holding train/
-    assert folder.kind == "folder" and listed.kind == "file_list" and shards.kind == "webdataset"
+    assert (folder.format.name, listed.format.name, shards.format.name) == ("folder", "file_list", "webdataset")
     assert folder.class_names == list(CLASSES) and folder.num_samples == identity_data.count
     assert folder.files == listed.files and folder.labels == listed.labels == shards.labels
     assert folder.mask_root == listed.mask_root == identity_data.masks  # <root>/../masks/<split>

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dali_pipelines.dataset import write_wds_index
-from dali_pipelines.readers import placeholder_mask, wds_index
+from dali_pipelines.formats.shard_index import wds_index, write_wds_index
+from dali_pipelines.private_cache import placeholder_mask
 from relic_fast.dataset_tools.pack import pack_dataset
 
 

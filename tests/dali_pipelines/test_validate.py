@@ -1,4 +1,4 @@
-"""dali_pipelines.validate: per-file reasons, sizes as DALI decodes them, the cache, filter_bad_files."""
+"""dali_pipelines.validate and image_check: per-file reasons, sizes as DALI decodes them, the cache, the filter."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from dali_pipelines.dataset import resolve_dataset
-from dali_pipelines.validate import (ImageCheck, ValidationCache, check_image, filter_bad_files,
-                                     image_info, reason_category, validate_files, validate_image)
+from dali_pipelines.image_check import ImageCheck, check_image, image_info, reason_category, validate_image
+from dali_pipelines.validate import ValidationCache, filter_bad_files, validate_files
 from image_zoo import HEIGHT, WIDTH, encode, noise_image, write_zoo
 
 

@@ -7,7 +7,6 @@ import pytest
 
 import cli_process
 from dali_pipelines.dataset import DatasetError, resolve_dataset
-from dali_pipelines.readers import mask_coverage
 from relic_fast.config import ViewsConfig
 from relic_fast.data_plan import check_saliency_masks, data_plan_rows, describe_masks
 from relic_fast.errors import ExitCode
@@ -45,7 +44,7 @@ def test_partial_coverage_is_counted(tiny_demo, tmp_path):
         mask.unlink()
     dataset = resolve_dataset(str(root / "train"))
     coverage = check_saliency_masks(dataset, ViewsConfig(saliency_p=0.5))
-    assert coverage == mask_coverage(dataset) == (len(masks) - len(masks[::2]), dataset.num_samples)
+    assert coverage == dataset.mask_coverage() == (len(masks) - len(masks[::2]), dataset.num_samples)
     line = describe_masks(coverage)
     assert f"{coverage.with_mask} / {dataset.num_samples} images have a mask" in line
     assert "never blended" in line  # what happens to them: tests/dali_pipelines/test_pipeline_views.py proves it

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dali_pipelines"))
 from image_zoo import write_zoo  # noqa: E402  (shared with tests/dali_pipelines)
 
-from dali_pipelines.validate import reason_category  # noqa: E402
+from dali_pipelines.image_check import reason_category  # noqa: E402
 from relic_fast.cli import app  # noqa: E402
 from dali_pipelines.dataset import resolve_dataset  # noqa: E402
 from relic_fast.dataset_tools.index import index_dataset  # noqa: E402

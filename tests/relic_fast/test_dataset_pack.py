@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dali_pipelines"))
 from image_zoo import write_zoo  # noqa: E402  (shared with tests/dali_pipelines)
 
 from relic_fast.cli import app  # noqa: E402
-from dali_pipelines.dataset import write_wds_index  # noqa: E402
+from dali_pipelines.formats.shard_index import write_wds_index  # noqa: E402
 from relic_fast.dataset_tools.pack import pack_dataset  # noqa: E402
 from relic_fast.demo_data import generate_demo_dataset  # noqa: E402
 
@@ -184,8 +184,8 @@ def test_one_key_rule_for_the_scan_and_both_indexes(tmp_path, monkeypatch):
     scan's key rule (`scan_tar`): a key ends at the first dot of the base name, extensions are read in lower
     case, a member without an extension belongs to no sample. (pack's own copy wrote `PNG`, which DALI's
     `ext="jpg;jpeg;png"` does not match, and made a sample of `README`.)"""
-    from dali_pipelines.dataset import scan_tar
-    from dali_pipelines.readers import wds_index
+    from dali_pipelines.formats.shard_index import wds_index
+    from dali_pipelines.formats.shards import scan_tar
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     shard = write_tar(tmp_path / "third-party.tar", [("README", b"notes"), ("dir.v1/UP.PNG", b"png"),
@@ -229,7 +229,7 @@ def test_pack_then_read_keys_with_dots_dashes_and_upper_case(tmp_path, monkeypat
     assert (report.samples, report.masks, report.rejected) == (3, 2, [])
     dataset = resolve_dataset(str(tmp_path / "shards"))
     assert dataset.num_samples == 3 and dataset.class_names == ["Cls.A-1", "b-B"]
-    plan = ReadPlan(dataset, np.arange(len(dataset.tar_paths)), read_wds_masks=True)
+    plan = ReadPlan(dataset, np.arange(len(dataset.tar_paths)), masks=True)
 
     @pipeline_def(batch_size=3, num_threads=1, device_id=None)
     def read():

@@ -11,7 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dali_pipelines.dataset import resolve_dataset
-from dali_pipelines.validate import DEFAULT_MAX_IMAGE_MB, check_image, filter_bad_files
+from dali_pipelines.image_check import DEFAULT_MAX_IMAGE_MB, check_image
+from dali_pipelines.validate import filter_bad_files
 from relic_fast.cli import app
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dali_pipelines.dataset import (BUILTIN_CLASS_LISTS, DatasetError, file_list_text, find_labels_file,
-                                    find_monitor_split, read_class_list, resolve_dataset, resolve_split)
+from dali_pipelines.dataset import (BUILTIN_CLASS_LISTS, DatasetError, find_monitor_split, read_class_list,
+                                    resolve_dataset, resolve_split)
+from dali_pipelines.formats.file_list import file_list_text
+from dali_pipelines.formats.flat import find_labels_file
 from imagenet_kaggle import MAPPING, WNIDS
 from relic_fast.cli import app
 from relic_fast.config import ConfigError, load_config
@@ -46,7 +48,7 @@ def error_line(output: str) -> str:
 def test_flat_val_reads_the_kaggle_labels_found_by_looking_up(imagenet_kaggle):
     assert find_labels_file(imagenet_kaggle.val) == imagenet_kaggle.solution.resolve()
     val = resolve_dataset(str(imagenet_kaggle.val))
-    assert val.kind == "file_list" and val.files == sorted(imagenet_kaggle.val_labels)
+    assert val.format.name == "flat" and val.files == sorted(imagenet_kaggle.val_labels)
     assert val.class_names == list(MAPPING)  # LOC_synset_mapping.txt's order, unused classes included
     assert [val.class_names[label] for label in val.labels] == [imagenet_kaggle.val_labels[f] for f in val.files]
     test = resolve_dataset(str(imagenet_kaggle.test))  # no LOC_test_solution.csv: unlabelled, fine to pretrain on
@@ -173,7 +175,7 @@ def test_pack_records_class_names_beside_the_shards(imagenet_kaggle, tmp_path):
     pack_dataset(imagenet_kaggle.val, tmp_path / "val", shard_size=4, workers=1)
     assert json.loads((tmp_path / "train" / "classes.json").read_text())["classes"] == list(WNIDS)
     train = resolve_dataset(str(tmp_path / "train"))
-    assert train.kind == "webdataset" and train.class_names == list(WNIDS)
+    assert train.format.name == "webdataset" and train.class_names == list(WNIDS)
     assert resolve_dataset(str(tmp_path / "val")).class_names == list(MAPPING)
     # The val shards' indices (mapping order) happen to equal train's for the classes they use.
     assert resolve_split(tmp_path / "val", train=train).class_names == list(WNIDS)

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from dali_pipelines.atomic import TEMPORARY_PREFIX
-from dali_pipelines.dataset import DatasetError, file_list_text, resolve_dataset
+from dali_pipelines.dataset import DatasetError, resolve_dataset
+from dali_pipelines.formats.file_list import file_list_text
 from relic_fast.dataset_tools.index import index_dataset, summary_rows
 from test_dataset_index import decode_with_dali
 

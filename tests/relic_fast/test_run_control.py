@@ -158,7 +158,7 @@ def test_torchrun_ranks_stop_at_the_same_step_and_rank_0_speaks_for_all(tiny_dem
     assert read_checkpoint(list_checkpoints(run)[-1])["step"] == 8
 
 
-SLOW_DATASET = ("import pathlib, time, relic_fast.trainer as t; real = t.resolve_dataset; "
+SLOW_DATASET = ("import pathlib, time, relic_fast.data_plan as t; real = t.resolve_dataset; "
                 "t.resolve_dataset = lambda *a, **k: (pathlib.Path({marker!r}).touch(), time.sleep({seconds}), "
                 "real(*a, **k))[2]; ")
 """A `prelude` that makes the trainer's dataset resolution announce itself (`marker`) and then take `seconds`:

@@ -129,9 +129,9 @@ def test_masks_resume_and_have_the_decoded_size(tmp_path):
 
 
 def test_an_unreadable_exif_block_reads_as_stored_for_the_validator_and_the_masks(tmp_path, monkeypatch):
-    """One orientation rule (`dali_pipelines.validate.exif_orientation`): an EXIF block PIL cannot parse
+    """One orientation rule (`dali_pipelines.image_check.exif_orientation`): an EXIF block PIL cannot parse
     leaves the image as stored. The validator kept such an image while `relic-fast masks` failed on it."""
-    from dali_pipelines.validate import check_image
+    from dali_pipelines.image_check import check_image
 
     path = tmp_path / "wide.jpg"
     Image.new("RGB", (40, 24), (90, 120, 150)).save(path)
