@@ -34,7 +34,7 @@ def test_bench_loader_tiny_run_writes_json_and_chart(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(json_path.read_text())
-    assert set(payload) == {"command", "machine", "results"}
+    assert set(payload) == {"command", "machine", "results", "provenance"}
     assert payload["command"].startswith("relic-fast bench loader --data")
     rows = payload["results"]
     assert sorted((r["pipeline"], r["recipe"]) for r in rows) == [

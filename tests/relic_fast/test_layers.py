@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     # 3: the pieces a run is made of
     ("relic_fast.models", "relic_fast.loss", "relic_fast.optim", "relic_fast.checkpoint", "relic_fast.export",
      "relic_fast.demo_data", "relic_fast.dataset_tools", "relic_fast.data_plan", "relic_fast.online_probe",
-     "relic_fast.resume_rule"),
+     "relic_fast.resume_rule", "relic_fast.provenance"),
     # 4: the plan of a run, its step and its saved state
     ("relic_fast.run_plan", "relic_fast.step", "relic_fast.synthetic", "relic_fast.loop", "relic_fast.run_state",
      "relic_fast.run_parts"),

@@ -126,7 +126,7 @@ def test_two_ranks_logistic_give_one_rank_result(tiny_demo, tmp_path):
             assert double["splits"][name][key] == pytest.approx(scores[key], abs=1e-6), (name, key)
     assert double["l2"] == single["l2"]
     torch.testing.assert_close(head(two)["mean"], head(one)["mean"], rtol=1e-4, atol=1e-5)  # the same features
-    assert double["cost"]["devices"] == 2 and double["cost"]["encoded_images"] == 40 + 10 + 10
+    assert double["cost"]["devices"] == 2 and double["cost"]["encoded_images"] == 40 + 3 * 10  # train; val, val_correlated, test
     assert double["cost"]["features_per_s_per_device"] > 0
 
 
@@ -153,7 +153,7 @@ def test_two_ranks_augmented_train_and_report(tiny_demo, tmp_path):
     records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     losses = [record["loss"] for record in records if "images_per_s" not in record]  # the epochs' ends
     assert len(losses) == 3 and losses[-1] < losses[0], losses  # one per epoch, and it learned
-    assert double["cost"]["encoded_images"] == 3 * 40 + 10 + 10
+    assert double["cost"]["encoded_images"] == 3 * 40 + 3 * 10  # 3 epochs of train; 3 splits
 
 
 # ---------------------------------------------------------------- SIGTERM and --resume (one process)
