@@ -21,6 +21,7 @@ from typing import Any
 from dali_pipelines.atomic import write_text_atomically
 from relic_fast.config import Config
 from relic_fast.environment import machine_info
+from relic_fast.run_plan import resolve_plan
 
 CODE_DIR = Path(__file__).resolve().parent
 """Where git is asked about the code that runs (its checkout, whatever the working directory)."""
@@ -80,8 +81,6 @@ def provenance(config: Config | None = None, config_path: str | os.PathLike | No
     record["config_file"] = config_file_record(config_path) if config_path is not None else None
     if config is not None:
         if plan is None:
-            from relic_fast.run_plan import resolve_plan
-
             plan = resolve_plan(config)
         record["config"] = config.to_dict()
         record["plan"] = dataclasses.asdict(plan) if dataclasses.is_dataclass(plan) else dict(plan)

@@ -29,10 +29,10 @@ LAYERS: list[tuple[str, ...]] = [
     # 3: the pieces a run is made of
     ("relic_fast.models", "relic_fast.loss", "relic_fast.optim", "relic_fast.checkpoint", "relic_fast.export",
      "relic_fast.demo_data", "relic_fast.dataset_tools", "relic_fast.data_plan", "relic_fast.online_probe",
-     "relic_fast.resume_rule", "relic_fast.provenance"),
+     "relic_fast.resume_rule"),
     # 4: the plan of a run, its step and its saved state
     ("relic_fast.run_plan", "relic_fast.step", "relic_fast.synthetic", "relic_fast.loop", "relic_fast.run_state",
-     "relic_fast.run_parts"),
+     "relic_fast.run_parts", "relic_fast.provenance"),
     # 5: the trainer
     ("relic_fast.trainer", "relic_fast.profile_report"),
     # 6: what runs a trainer or measures it, and the evaluation it is handed
