@@ -1,11 +1,11 @@
 """The RELICv2 pretraining pipeline: one DALI graph, CPU or GPU, yielding L large and S small views per image.
 
 Steps per image: read (sharded, seeded order) -> decode ONCE (`cpu`, or `mixed` = nvJPEG on the
-GPU) -> every augmentation's draws for all views at once -> per view, the augmentations' operators
-along the view's path (`augmentations.view_path`): the crop window (+ flip) cut and resized from the
-decoded image in uint8 -> large views only: saliency blend (p = `saliency_p`, masked images only) ->
-BYOL augmentation (jitter, grayscale, blur, solarize) -> output as HWC uint8 pixels (the trainer
-normalizes them on its own device, in one place: `relic_fast.step.prepare_views`).
+GPU) -> every augmentation's draws for all views at once (one random operator per image) -> per view,
+the augmentations' operators along the view's path (`augmentations.view_path`): the crop window (+ flip)
+cut and resized from the decoded image in uint8 -> large views only: saliency blend (p = `saliency_p`,
+masked images only) -> BYOL augmentation (jitter, grayscale, blur, solarize) -> output as HWC uint8 pixels
+(the trainer normalizes them on its own device, in one place: `relic_fast.step.prepare_views`).
 The device is a parameter: `device="gpu"` puts the decoder in `mixed` mode so that every image
 operator after it runs on the GPU; all random draws and crop windows stay on the CPU as per-sample
 arguments. Outputs, in order: `large0..large{L-1}`, `small0..small{S-1}`, `labels`, and with
@@ -13,14 +13,17 @@ arguments. Outputs, in order: `large0..large{L-1}`, `small0..small{S-1}`, `label
 augmentations' own columns (`STATS_FIELDS`: the window in relative coordinates, x0 > x1 when flipped,
 each augmentation's 0/1 decision, then drawn parameters such as the blur's sigma, drawn for every view).
 
-Reading the graph: `draw_views` makes every random choice of an image at once, each augmentation its
-own; each view then gets its `ViewSpec` (settings fixed when the graph is built: a Python `if` on the
-recipe decides which operators exist) and its `ViewDraws` (per-sample values: `if drawn(flag):` is
-DALI's per-sample conditional), and every augmentation on its path applies its operators.
+Reading the graph: `draw_views` makes every random choice of an image at once (one uniform draw for the
+columns every augmentation declares), each augmentation its own; each view then gets its `ViewSpec`
+(settings fixed when the graph is built: a Python `if` on the recipe decides which operators exist) and its
+`ViewDraws` (per-sample values sliced once: an `if` on a view's boolean coin is DALI's per-sample
+conditional, used on the CPU where the branch skips pixel work), and every augmentation on its path applies
+its operators. `graph_operators` counts the operators a graph holds, by kind.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
@@ -65,7 +68,7 @@ def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: boo
                for spec, view_draws in zip(views.view_specs(), each_view_draws(draws, views, units))]
     outputs.append(encoded.labels)
     if debug:
-        outputs.append(stats(draws, units))
+        outputs.append(stats(draws, views, units))
     return tuple(outputs)
 
 
@@ -76,3 +79,23 @@ def multi_view_pipeline(plan: ReadPlan, views: ViewsConfig, device: str = "cpu",
     `checkpoint=` to resume) like any `@pipeline_def`. `units`: the augmentations (a test may hand
     its own list; the debug `stats` columns are then `stats_fields(units)`)."""
     return multi_view_graph(plan, views, device, debug, units)
+
+
+def graph_operators(pipe) -> list[tuple[str, str]]:
+    """(operator kind, backend) of every operator of a constructed pipeline's graph: ("Resize", "gpu"),
+    ("Image", "mixed"), ("Split", "cpu")... (walked back from the outputs DALI keeps until the pipeline is built)."""
+    seen, stack = {}, list(pipe._graph_out)
+    while stack:
+        node = stack.pop()
+        if id(node.source) not in seen:
+            seen[id(node.source)] = node.source
+            stack += list(node.source.inputs)
+    return [(op.name.strip("_").rsplit("_", 1)[0], op._op.device) for op in seen.values()]
+
+
+def operator_counts(plan: ReadPlan, views: ViewsConfig, device: str) -> dict[str, int]:
+    """Operators by kind, most frequent first, in the graph of `views` on `device` ("cpu" or "gpu"; constructed
+    for device 0, never built, so a machine without a GPU counts the GPU graph too)."""
+    pipe = multi_view_pipeline(plan, views, device, False, batch_size=2, num_threads=1,
+                               device_id=0 if device == "gpu" else None)
+    return dict(Counter(kind for kind, _ in graph_operators(pipe)).most_common())

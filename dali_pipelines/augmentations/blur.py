@@ -1,9 +1,10 @@
 """Gaussian blur with probability `blur_p` per view setting (view k uses entry k mod len), sigma ~ U(`blur_sigma`).
 
 BYOL's kernel: radius int(size / 20), i.e. 23 taps at 224 and 9 at 96, cut to +-4 sigma where that is
-narrower (`TRUNCATE_SIGMAS`). CPU: two 1-D `fn.filter` passes with the view's weights, made once per
-image for all large views and once for all small views (`view_blur_kernels`); GPU: DALI's separable
-`fn.gaussian_blur`. A view whose probability is 1 is blurred without a conditional, 0 holds no blur.
+narrower (`TRUNCATE_SIGMAS`). CPU: two 1-D `fn.filter` passes with the view's weights, every view's kernel
+made at once per image (`blur_kernels`) and sliced once per view; GPU: DALI's separable `fn.gaussian_blur`,
+every view blurred, with a one-tap window where the blur was not drawn. A view whose probability is 1 is
+blurred without a conditional, 0 holds no blur.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
-from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, StatsColumns, StatsGroup, View
-from dali_pipelines.draws import constant, drawn, flags
+from dali_pipelines.augmentations.unit import (Augmentation, ImageInputs, StatsColumns, StatsGroup, View,
+                                               branch_skips_work)
+from dali_pipelines.draws import Coin, Uniform, Uniforms, coin_can_vary, constant
 from dali_pipelines.recipe import ViewsConfig, view_entry
 
 TRUNCATE_SIGMAS = 4.0
@@ -25,19 +27,23 @@ instead of 23."""
 
 
 class BlurDraws(NamedTuple):
-    """The unit's draws of one image: (V,) 0/1 flags and (V,) sigmas in pixels (drawn for every view)."""
+    """The unit's draws of one image: (V, 1) bool coins (None where no view's can vary), (V, 1) sigmas in pixels
+    (drawn for every view), the (V, 1) int32 window widths, and on the CPU the kernels (`blur_kernels`)."""
 
     blur: object
     sigma: object
+    width: object
+    rows: object = None      # (V, taps) normalized weights, view k's in its first width[k] entries
 
 
 class BlurView(NamedTuple):
-    """One view's record: its flag, its sigma, and its kernel (`view_blur_kernels`)."""
+    """One view's record: its decision (a scalar bool or a Python bool), sigma and window width, and on the
+    CPU its (1, w) kernel."""
 
     blur: object
     sigma: object
-    weights: object     # (1, taps) Gaussian weights at `sigma` (the CPU blur's filter)
-    half: object        # half-width of the blur window actually used
+    width: object
+    row: object = None
 
 
 def blur_taps(size: int) -> int:
@@ -45,39 +51,35 @@ def blur_taps(size: int) -> int:
     return 2 * int(size / 20) + 1
 
 
-def gaussian_rows(sigma, taps: int, count: int):
-    """(count, taps) normalized Gaussian weights for a (count,) vector of sigmas, and the (count,)
-    half-widths to keep: min(taps // 2, ceil(4 sigma))."""
-    offsets = constant(((np.arange(taps) - taps // 2) ** 2).reshape(1, taps))
-    weights = dmath.exp(offsets * fn.reshape(-0.5 / (sigma * sigma), shape=[count, 1]))
-    half = fn.cast(dmath.min(dmath.ceil(TRUNCATE_SIGMAS * sigma), float(taps // 2)), dtype=types.INT32)
-    return weights, half
+def view_halves(views: ViewsConfig) -> np.ndarray:
+    """(V, 1) the largest half-width of each view's window (BYOL's radius for its size)."""
+    sizes = [spec.size for spec in views.view_specs()]
+    return np.asarray([[blur_taps(size) // 2] for size in sizes], np.float32)
 
 
-def view_blur_kernels(sigma, views: ViewsConfig) -> list[tuple]:
-    """Each view's (weights (1, taps), half-width) for its drawn `sigma` ((V,) vector): one
-    `gaussian_rows` for the large views and one for the small views."""
-    kernels = []
-    for first, count, size in ((0, views.num_large, views.large_size),
-                               (views.num_large, views.num_small, views.small_size)):
-        if count:
-            weights, half = gaussian_rows(sigma[first:first + count], blur_taps(size), count)
-            kernels += [(weights[row:row + 1, :], half[row]) for row in range(count)]
-    return kernels
+def half_widths(sigma, views: ViewsConfig):
+    """(V, 1) half-widths kept: min(BYOL's radius, ceil(4 sigma))."""
+    halves = view_halves(views)
+    limit = float(halves[0, 0]) if (halves == halves[0, 0]).all() else constant(halves)
+    return dmath.min(dmath.ceil(TRUNCATE_SIGMAS * sigma), limit)
 
 
-def blur(x, view: BlurView, size: int, device: str):
-    """Gaussian blur at the view's sigma with BYOL's window for `size`, cut to +-4 sigma
-    (`TRUNCATE_SIGMAS`). CPU: two 1-D `fn.filter` passes (OpenCV's SIMD kernels, ~6x DALI's CPU
-    gaussian_blur; uint8 between the passes, reflect-101 border) with the view's kept weights. GPU:
-    DALI's separable `fn.gaussian_blur`."""
-    width = 2 * view.half + 1
+def blur_kernels(sigma, half, views: ViewsConfig):
+    """(V, taps) every view's normalized Gaussian weights at its sigma, left-aligned: view k's kernel is the
+    first 2 half[k] + 1 entries of row k (centre at half[k]); the rest are zeros."""
+    taps = int(view_halves(views).max()) * 2 + 1
+    offset = constant(np.arange(taps, dtype=np.float32).reshape(1, taps)) - half              # (V, taps)
+    weights = dmath.exp(offset * offset * (-0.5 / (sigma * sigma))) * (offset <= half)
+    return weights / fn.reductions.sum(weights, axes=[1], keep_dims=True)
+
+
+def blur(x, view: BlurView, device: str):
+    """Gaussian blur at the view's sigma over its window. CPU: two 1-D `fn.filter` passes (OpenCV's SIMD kernels,
+    ~6x DALI's CPU gaussian_blur; uint8 between the passes, reflect-101 border) with the view's kept weights.
+    GPU: DALI's separable `fn.gaussian_blur`."""
     if device == "gpu":
-        return fn.gaussian_blur(x, sigma=view.sigma, window_size=width)
-    start = fn.stack(0 * view.half, blur_taps(size) // 2 - view.half)
-    kept = fn.slice(view.weights, start=start, shape=fn.stack(1 + 0 * view.half, width), axes=[0, 1])
-    kept = kept / fn.reductions.sum(kept)
-    return fn.filter(fn.filter(x, kept), fn.reshape(kept, shape=[-1, 1]))
+        return fn.gaussian_blur(x, sigma=view.sigma, window_size=view.width)
+    return fn.filter(fn.filter(x, view.row), fn.reshape(view.row, shape=[-1, 1]))
 
 
 class Blur(Augmentation):
@@ -95,30 +97,57 @@ class Blur(Augmentation):
         """Blurring any view."""
         return any(p > 0 for p in views.blur_p)
 
-    def draw(self, image: ImageInputs, views: ViewsConfig, earlier) -> BlurDraws:
-        """Each view's coin (its own probability) and a sigma for every view."""
-        count = views.num_views
-        blur_flags = flags([view_entry(views.blur_p, k) for k in range(count)])
-        sigma = views.blur_sigma[0] + fn.random.uniform(range=[0.0, 1.0], shape=[count]) \
-            * (views.blur_sigma[1] - views.blur_sigma[0])
-        return BlurDraws(blur_flags, sigma)
+    def probabilities(self, views: ViewsConfig) -> tuple[float, ...]:
+        """Each view's blur probability."""
+        return tuple(view_entry(views.blur_p, k) for k in range(views.num_views))
+
+    def columns(self, views: ViewsConfig) -> tuple:
+        """A coin per view (where some view's can vary) and a sigma for every view."""
+        p = self.probabilities(views)
+        coin = (Coin("blur", p),) if any(coin_can_vary(q) for q in p) else ()
+        return coin + (Uniform("sigma", (views.blur_sigma[0],) * len(p), (views.blur_sigma[1],) * len(p)),)
+
+    def draw(self, image: ImageInputs, views: ViewsConfig, uniforms: Uniforms | None, earlier) -> BlurDraws:
+        """The coins, the sigmas and the windows; the CPU's kernels (the GPU's windows shrink to one tap where
+        the blur was not drawn, so that it can blur every view)."""
+        p = self.probabilities(views)
+        coins = uniforms.coin("blur") if any(coin_can_vary(q) for q in p) else None
+        sigma = uniforms.value("sigma")
+        half = half_widths(sigma, views)
+        if image.device == "gpu" and coins is not None:
+            half = half * coins
+        width = fn.cast(2.0 * half + 1.0, dtype=types.INT32)
+        if image.device == "gpu" or not any(q > 0 for q in p):
+            return BlurDraws(coins, sigma, width)
+        return BlurDraws(coins, sigma, width, blur_kernels(sigma, half, views))
 
     def per_view(self, draws: BlurDraws, views: ViewsConfig) -> list[BlurView]:
-        """Each view's flag, sigma and kernel."""
-        kernels = view_blur_kernels(draws.sigma, views)
-        return [BlurView(draws.blur[k], draws.sigma[k], *kernels[k]) for k in range(views.num_views)]
+        """Each view's decision (a Python bool where its probability is 0 or 1), sigma, width and kernels."""
+        records = []
+        for k, p in enumerate(self.probabilities(views)):
+            blur = draws.blur[k, 0] if coin_can_vary(p) else p >= 1.0
+            if p <= 0.0:
+                records.append(BlurView(blur, None, None))
+            elif draws.rows is None:
+                records.append(BlurView(blur, draws.sigma[k, 0], draws.width[k, 0]))
+            else:
+                records.append(BlurView(blur, None, None, draws.rows[k:k + 1, 0:draws.width[k, 0]]))
+        return records
 
     def apply(self, x, view: View):
-        """The blur where drawn: always at probability 1, never at 0 (no operator)."""
-        probability = view_entry(view.views.blur_p, view.spec.index)
+        """The blur where drawn: always at probability 1, never at 0 (no operator); on the GPU every view of a
+        varying probability (a one-tap window where not drawn)."""
         record = view.draws[self.name]
-        if probability >= 1.0:
-            x = blur(x, record, view.spec.size, view.device)
-        elif probability > 0.0:
-            if drawn(record.blur):
-                x = blur(x, record, view.spec.size, view.device)
+        if record.blur is False:
+            return x
+        if record.blur is True or not branch_skips_work(view.device):
+            return blur(x, record, view.device)
+        if record.blur:
+            x = blur(x, record, view.device)
         return x
 
-    def stats(self, draws: BlurDraws) -> tuple:
-        """The flags and the sigmas."""
-        return draws.blur, draws.sigma
+    def stats(self, draws: BlurDraws, views: ViewsConfig) -> tuple:
+        """The decisions (a view's probability where it is 0 or 1) and the sigmas."""
+        if draws.blur is None:
+            return constant([[float(p >= 1.0)] for p in self.probabilities(views)]), draws.sigma
+        return draws.blur * 1.0, draws.sigma

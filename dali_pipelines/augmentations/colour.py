@@ -1,14 +1,15 @@
 """BYOL's colour jitter and grayscale, one unit: both are colour matrices, applied in one pass.
 
 Colour jitter: brightness (TF's additive delta, or a DALI-style factor), contrast about each
-channel's image mean, saturation (chroma scale: at hue 0 exactly torchvision's blend with the luma
-gray image) and hue (rotation of the chroma plane about the gray axis, the linear form DALI's
-`fn.hsv` uses; TF rotates in HSV space). All four are affine colour maps, so without clipping
-between them they commute and compose into ONE 3x4 matrix: `jitter_clip = "end"` applies jitter
-and grayscale (weights 0.2989, 0.5870, 0.1140; saturation and hue keep luma, so gray(K x) = gray(x))
-in one pass, clipped once. `jitter_clip = "each"` is BYOL's exact form: four passes, one op each in a
-per-sample random order (`jitter_order`), clipped after each, then grayscale. Every piece works on
-uint8 HWC views; the colour maps of all views are made once per image.
+channel's image mean, saturation (chroma scale: exactly torchvision's blend with the luma gray image)
+and hue (rotation of the chroma plane about the gray axis, the linear form DALI's `fn.hsv` uses; TF
+rotates in HSV space). All four are affine colour maps, so without clipping between them they commute
+and compose into ONE map per view, y = M x + A mean(x) + T: `jitter_clip = "end"` applies jitter and
+grayscale (weights 0.2989, 0.5870, 0.1140; saturation and hue keep luma, so gray(K x) = gray(x): the
+grayscale just zeroes the chroma) in one pass, clipped once. `jitter_clip = "each"` is BYOL's exact form
+(`exact_maps`): four passes, one op each in a per-sample random order (`jitter_order`), clipped after
+each, then grayscale. Every piece works on uint8 HWC views; the maps of all views are made once per image
+from the unit's draw columns.
 """
 
 from __future__ import annotations
@@ -21,130 +22,157 @@ import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
-from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, StatsColumns, StatsGroup, View
-from dali_pipelines.draws import constant, drawn, flags, symmetric
+from dali_pipelines.augmentations.unit import (Augmentation, ImageInputs, StatsColumns, StatsGroup, View,
+                                               branch_skips_work)
+from dali_pipelines.draws import Coin, Uniform, Uniforms, as_float, coin_can_vary, constant
 from dali_pipelines.recipe import ViewsConfig
-
-ORDERS = list(itertools.permutations(range(4)))
-"""The 24 orders of the four jitter ops (brightness, contrast, saturation, hue)."""
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 """ITU-R 601 luma weights of BYOL's grayscale (tf.image.rgb_to_grayscale)."""
 
+GRAY_MATRIX = np.tile(np.asarray(GRAY_WEIGHTS, np.float32), (3, 1))
+"""Grayscale replicated to 3 channels, as a colour matrix: the luma part of every colour map."""
+IDENTITY = np.eye(3, dtype=np.float32)
+CHROMA_SCALE = IDENTITY - GRAY_MATRIX
+"""K = GRAY_MATRIX + s cos(t) CHROMA_SCALE + s sin(t) CHROMA_ROTATE: saturation s, hue angle t (at t = 0,
+torchvision's saturation: a blend of the image with its luma gray image)."""
+
 _CHROMA_ROWS = np.array([[0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])  # YIQ's I and Q rows (sum 0)
 _TO_YIQ = np.vstack([GRAY_WEIGHTS, _CHROMA_ROWS])
-_FROM_YIQ = np.linalg.inv(_TO_YIQ)
+CHROMA_ROTATE = (np.linalg.inv(_TO_YIQ) @ np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+                 @ _TO_YIQ).astype(np.float32)
+"""A quarter turn of YIQ's chroma plane, in RGB (+ angle: HSV hue up); luma is kept."""
+
+STRENGTHS = ("brightness", "contrast", "saturation", "hue")
+"""The jitter's four value columns, in this order: U(-strength, strength) each (hue as an angle)."""
 
 
-def _yiq_basis(block: np.ndarray) -> np.ndarray:
-    """RGB matrix of the YIQ-space matrix `block` (3x3)."""
-    return (_FROM_YIQ @ block @ _TO_YIQ).astype(np.float32)
+class ColourMaps(NamedTuple):
+    """Every view's fused map: `matrix` M (V, 3, 3) and `mean_shift` [A | T] (V, 3, 4), y = M x + A mean(x) + T."""
+
+    matrix: object
+    mean_shift: object
 
 
-LUMA_PART = _yiq_basis(np.diag([1.0, 0.0, 0.0]))
-"""K = LUMA_PART + s cos(t) CHROMA_SCALE + s sin(t) CHROMA_ROTATE: saturation s, hue angle t."""
-CHROMA_SCALE = _yiq_basis(np.diag([0.0, 1.0, 1.0]))
-CHROMA_ROTATE = _yiq_basis(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]))  # + angle: HSV hue up
-GRAY_MATRIX = np.tile(np.asarray(GRAY_WEIGHTS, np.float32), (3, 1))
-"""Grayscale replicated to 3 channels, as a colour matrix."""
-IDENTITY = np.eye(3, dtype=np.float32)
+class ColourView(NamedTuple):
+    """One view's record: `applied`, a scalar bool (or a Python bool) for its conditional, and its map(s): M
+    (3, 3) and [A | T] (3, 4) fused, fused (`ExactView` for the exact form)."""
+
+    applied: object
+    matrix: object
+    mean_shift: object
+
+
+def jitter_changes(uniforms: Uniforms, jitter):
+    """(V, 4) drawn changes [brightness, 1 - contrast, saturation - 1, angle], zero where the jitter was not drawn
+    (the neutral map): a change of brightness (a shift in pixel levels, or a factor - 1), of contrast (one minus
+    the factor: U(-c, c) either way round), of saturation and the hue's angle."""
+    changes = uniforms.block(STRENGTHS[0], 4)
+    return changes if jitter is True else changes * jitter
+
+
+def fused_maps(views: ViewsConfig, uniforms: Uniforms, jitter, keep) -> ColourMaps:
+    """Jitter + grayscale as one map per view: y = c f B x + (1 - c) f B mean(x) + shift, with B = GRAY + keep s
+    (cos t CHROMA_SCALE + sin t CHROMA_ROTATE) (keep: 0 where gray), f / c the brightness / contrast factors."""
+    count = views.num_views
+    changes = fn.reshape(jitter_changes(uniforms, jitter), shape=[count, 4, 1, 1, 1])
+    turn = dmath.cos(changes[:, 3] - constant(np.asarray([0.0, math.pi / 2]).reshape(2, 1, 1)))  # cos t, sin t
+    chroma = turn + turn * changes[:, 2]                                  # (V, 2, 1, 1): s cos t, s sin t
+    if keep is not True:                                                  # zero where gray
+        chroma = 0.0 * chroma if keep is False else chroma * fn.reshape(keep, shape=[count, 1, 1, 1])
+    base = constant(GRAY_MATRIX) + fn.reductions.sum(chroma * constant(np.stack([CHROMA_SCALE, CHROMA_ROTATE])),
+                                                     axes=[1])
+    brightness = changes[:, 0, 0]                                         # (V, 1, 1)
+    if views.brightness_mode == "multiplicative":
+        base = base + base * brightness                                  # f B
+    mean_matrix = base * changes[:, 1, 0]                                 # (1 - c) f B
+    if views.brightness_mode == "additive":
+        shift = brightness * constant(np.ones((1, 3, 1)))                 # 255 * delta, every channel
+    else:
+        shift = 0.0 * constant(np.ones((count, 3, 1)))
+    return ColourMaps(base - mean_matrix, fn.cat(mean_matrix, shift, axis=2))
+
+
+def fused_pass(x, view: ColourView, device: str):
+    """clip(M x + A mean(x) + T) with the view's map, uint8 out (rounded, clamped): CPU, the mean term folded
+    into the pass's translation; GPU, added after a float pass (a GPU tensor cannot be an operator argument)."""
+    mean = fn.reductions.mean(x, axes=[0, 1], keep_dims=True)                       # (1, 1, 3)
+    if device == "cpu":
+        shift = fn.coord_transform(mean, MT=view.mean_shift)[0, 0]                   # A mean + T, (3,)
+        return fn.coord_transform(x, M=view.matrix, T=shift, dtype=types.UINT8)
+    moved = fn.coord_transform(x, M=view.matrix, dtype=types.FLOAT)
+    return fn.cast(moved + fn.coord_transform(mean, MT=view.mean_shift), dtype=types.UINT8)
+
+
+ORDERS = list(itertools.permutations(range(4)))
+"""The 24 orders of the four jitter ops (brightness, contrast, saturation, hue)."""
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
-class ColourDraws(NamedTuple):
-    """The unit's draws of one image: per-sample (V,) float vectors (flags 0/1) unless noted."""
+class ExactView(NamedTuple):
+    """One view's record in BYOL's exact form: its jitter and colour-kept decisions (scalar bools or Python
+    bools) and the four slots' maps, each (M (3, 3), [A | T] (3, 4))."""
 
     jitter: object
-    gray: object
-    shift: object       # additive brightness in pixel levels (0 unless jitter, additive mode)
-    factor: object      # multiplicative brightness (1 unless jitter, multiplicative mode)
-    contrast: object
-    saturation: object
-    angle: object       # hue rotation, radians
-    order: object       # (V,) int32 index into ORDERS, or None (fixed order / fused jitter)
+    keep: object
+    slots: tuple
 
 
-class ColourMaps(NamedTuple):
-    """Per-view affine colour maps y = matrix x + shift + mean_matrix mean(x): (V,3,3), (V,3), (V,3,3)."""
-
-    matrix: object
-    shift: object
-    mean_matrix: object
-
-    def of_view(self, k: int) -> "ColourMaps":
-        """View `k`'s map: (3, 3), (3,), (3, 3)."""
-        return ColourMaps(self.matrix[k], self.shift[k], self.mean_matrix[k])
-
-
-class ColourView(NamedTuple):
-    """One view's record: its two flags and its colour map(s): one fused `ColourMaps` (jitter_clip "end")
-    or a tuple of the four slots' maps (jitter_clip "each")."""
-
-    jitter: object
-    gray: object
-    maps: object
-
-
-def _cube(vector, views: int):
-    """(V,) -> (V, 1, 1), to scale a (3, 3) matrix per view."""
-    return fn.reshape(vector, shape=[views, 1, 1])
-
-
-def _rows(vector, views: int):
-    """(V,) -> (V, 3): the same value for the three channels."""
-    return fn.reshape(vector, shape=[views, 1]) * constant(np.ones((1, 3)))
-
-
-def chroma(scale_cos, scale_sin):
-    """K per view: luma kept, chroma scaled/rotated (arguments (V, 1, 1): s cos t, s sin t)."""
-    return constant(LUMA_PART) + scale_cos * constant(CHROMA_SCALE) + scale_sin * constant(CHROMA_ROTATE)
-
-
-def fused_maps(draws: ColourDraws, views: int) -> ColourMaps:
-    """Jitter + grayscale as one map per view: y = b c B x + b (1 - c) B mean + shift, with B = K
-    (colour) or the gray matrix (grayscale drawn), b/c the brightness/contrast factors."""
-    gray = _cube(draws.gray, views)
-    colour = chroma(_cube(draws.saturation * dmath.cos(draws.angle), views),
-                    _cube(draws.saturation * dmath.sin(draws.angle), views))
-    base = colour * (1.0 - gray) + constant(GRAY_MATRIX) * gray
-    return ColourMaps(_cube(draws.factor * draws.contrast, views) * base, _rows(draws.shift, views),
-                      _cube(draws.factor * (1.0 - draws.contrast), views) * base)
-
-
-def exact_maps(draws: ColourDraws, views: int) -> list[ColourMaps]:
+def exact_maps(views: ViewsConfig, uniforms: Uniforms, jitter) -> list[ColourMaps]:
     """BYOL's exact jitter: per slot, the map of the op that slot applies (per sample and view)."""
-    eye = constant(IDENTITY)
-    matrices = [_cube(draws.factor, views) * eye, _cube(draws.contrast, views) * eye,
-                chroma(_cube(draws.saturation, views), 0.0 * _cube(draws.saturation, views)),
-                chroma(_cube(dmath.cos(draws.angle), views), _cube(dmath.sin(draws.angle), views))]
+    count = views.num_views
+    changes = jitter_changes(uniforms, jitter)
+    cube = [fn.reshape(changes[:, op], shape=[count, 1, 1]) for op in range(4)]      # (V, 1, 1) each
+    additive = views.brightness_mode == "additive"
+    eye, gray = constant(IDENTITY), constant(GRAY_MATRIX)
+    matrices = [eye if additive else (1.0 + cube[BRIGHTNESS]) * eye, (1.0 - cube[CONTRAST]) * eye,
+                gray + (1.0 + cube[SATURATION]) * constant(CHROMA_SCALE),
+                gray + dmath.cos(cube[HUE]) * constant(CHROMA_SCALE) + dmath.sin(cube[HUE]) * constant(CHROMA_ROTATE)]
+    shift = (cube[BRIGHTNESS] if additive else 0.0 * cube[BRIGHTNESS]) * constant(np.ones((1, 3, 1)))
+    mean_matrix = cube[CONTRAST] * eye                                                  # (1 - c) I
+    order = None
+    if views.jitter_order == "random":
+        order = fn.cast(dmath.floor(uniforms.value("order")[:, 0]), dtype=types.INT32)  # a cast alone would round
     slots = []
     for slot in range(4):
-        if draws.order is None:
+        if order is None:
             pick = [float(op == slot) for op in range(4)]
         else:
-            op = fn.lookup_table(draws.order, keys=list(range(len(ORDERS))),
-                                 values=[float(o[slot]) for o in ORDERS], dtype=types.INT32)
-            pick = [fn.cast(op == k, dtype=types.FLOAT) for k in range(4)]
-        cubes = [p if isinstance(p, float) else _cube(p, views) for p in pick]
-        matrix = sum(c * m for c, m in zip(cubes, matrices))
-        shift = pick[BRIGHTNESS] * draws.shift
-        mean_matrix = cubes[CONTRAST] * _cube(1.0 - draws.contrast, views) * eye
-        slots.append(ColourMaps(matrix, _rows(shift, views), mean_matrix))
+            op = fn.lookup_table(order, keys=list(range(len(ORDERS))), values=[float(o[slot]) for o in ORDERS],
+                                 dtype=types.INT32)
+            pick = [fn.reshape(fn.cast(op == k, dtype=types.FLOAT), shape=[count, 1, 1]) for k in range(4)]
+        matrix = sum(p * m for p, m in zip(pick, matrices))
+        slots.append(ColourMaps(matrix, fn.cat(pick[CONTRAST] * mean_matrix, pick[BRIGHTNESS] * shift, axis=2)))
     return slots
 
 
-def affine(x, maps: ColourMaps, device: str):
-    """clip(M x + shift + A mean(x)) with one view's `maps`, uint8 out (rounded, clamped).
+def exact_views(draws: dict, views: ViewsConfig) -> list[ExactView]:
+    """Each view's decisions and its four slots' maps."""
+    def of_view(coin, k):
+        return coin if isinstance(coin, bool) else coin[k, 0]
+    return [ExactView(of_view(draws["jitter"], k), of_view(draws["keep"], k),
+                      tuple(ColourView(True, slot.matrix[k], slot.mean_shift[k]) for slot in draws["maps"]))
+            for k in range(views.num_views)]
 
-    CPU: one `coord_transform` pass. GPU: the image mean is a GPU tensor, which cannot be an
-    operator argument, so its term is added after a float pass."""
-    mean = fn.reshape(fn.reductions.mean(x, axes=[0, 1]), shape=[1, 3])
-    if device == "cpu":
-        shift = fn.coord_transform(mean, M=maps.mean_matrix, T=maps.shift, dtype=types.FLOAT)
-        return fn.coord_transform(x, M=maps.matrix, T=fn.reshape(shift, shape=[3]), dtype=types.UINT8)
-    moved = fn.coord_transform(x, M=maps.matrix, T=maps.shift, dtype=types.FLOAT)
-    return fn.cast(moved + fn.coord_transform(mean, M=maps.mean_matrix, dtype=types.FLOAT), dtype=types.UINT8)
+
+def exact_passes(x, view: ExactView, device: str):
+    """BYOL's exact passes: where jittered, the four slots, each clipped; then grayscale where drawn."""
+    if view.jitter is True:
+        for slot in view.slots:
+            x = fused_pass(x, slot, device)
+    elif view.jitter is not False:
+        if view.jitter:
+            for slot in view.slots:
+                x = fused_pass(x, slot, device)
+    if view.keep is False:
+        x = grayscale(x)
+    elif view.keep is not True:
+        if view.keep:
+            pass
+        else:
+            x = grayscale(x)
+    return x
 
 
 def grayscale(x):
@@ -152,22 +180,19 @@ def grayscale(x):
     return fn.coord_transform(x, M=GRAY_MATRIX.flatten().tolist(), dtype=types.UINT8)
 
 
-def draw_colour(views: ViewsConfig) -> ColourDraws:
-    """The jitter and grayscale coins of every view, and the jitter's strengths (zero where not jittered)."""
-    count = views.num_views
-    jitter = flags([views.jitter_p] * count)
-    additive = views.brightness_mode == "additive"
-    shift = 255.0 * symmetric(views.brightness if additive else 0.0, jitter, count)
-    factor = 1.0 + symmetric(0.0 if additive else views.brightness, jitter, count)
-    order = None
-    if views.jitter_clip == "each" and views.jitter_order == "random":
-        uniform = fn.random.uniform(range=[0.0, float(len(ORDERS))], shape=[count])
-        order = fn.cast(dmath.floor(uniform), dtype=types.INT32)  # a cast alone would round
-    return ColourDraws(jitter=jitter, gray=flags([views.grayscale_p] * count), shift=shift, factor=factor,
-                       contrast=1.0 + symmetric(views.contrast, jitter, count),
-                       saturation=1.0 + symmetric(views.saturation, jitter, count),
-                       angle=2.0 * math.pi * symmetric(views.hue, jitter, count), order=order)
+def coin_of(uniforms: Uniforms | None, name: str, probability: float):
+    """(V, 1) bool coins `name`, or the Python bool a probability of 0 or 1 makes them."""
+    return uniforms.coin(name) if coin_can_vary(probability) else probability >= 1.0
 
+
+def recoloured(jitter, keep):
+    """Where the view changes colour: jitter drawn, or colour not kept (grayscale), for coins that may be
+    Python bools (no operator where one decides)."""
+    if jitter is True or keep is False:
+        return True
+    if jitter is False and keep is True:
+        return False
+    return keep <= jitter   # booleans: true unless kept without jitter
 
 class Colour(Augmentation):
     """Colour jitter (p = `jitter_p`) then grayscale (p = `grayscale_p`), fused or BYOL's exact passes."""
@@ -185,35 +210,57 @@ class Colour(Augmentation):
         """Jittering or graying at all."""
         return views.jitter_p > 0 or views.grayscale_p > 0
 
-    def draw(self, image: ImageInputs, views: ViewsConfig, earlier) -> ColourDraws:
-        """See `draw_colour`."""
-        return draw_colour(views)
-
-    def per_view(self, draws: ColourDraws, views: ViewsConfig) -> list[ColourView]:
-        """Each view's flags and colour map(s) for the jitter form in use."""
+    def columns(self, views: ViewsConfig) -> tuple:
+        """The jitter coins and the colour-kept coins (not grayscale), where they can vary, and when jittering
+        the four changes (and BYOL's random order of the exact form)."""
         count = views.num_views
-        if views.jitter_clip == "end":
-            fused = fused_maps(draws, count)
-            maps = [fused.of_view(k) for k in range(count)]
-        else:
-            slots = exact_maps(draws, count)
-            maps = [tuple(slot.of_view(k) for slot in slots) for k in range(count)]
-        return [ColourView(draws.jitter[k], draws.gray[k], maps[k]) for k in range(count)]
+        columns = [Coin(name, (p,) * count) for name, p in (("jitter", views.jitter_p), ("keep", 1 - views.grayscale_p))
+                   if coin_can_vary(p)]
+        if views.jitter_p > 0:
+            brightness = views.brightness * (255.0 if views.brightness_mode == "additive" else 1.0)
+            limits = (brightness, views.contrast, views.saturation, 2.0 * math.pi * views.hue)
+            columns += [Uniform(name, (-limit,) * count, (limit,) * count) for name, limit in zip(STRENGTHS, limits)]
+            if views.jitter_clip == "each" and views.jitter_order == "random":
+                columns.append(Uniform("order", (0.0,) * count, (float(len(ORDERS)),) * count))
+        return tuple(columns)
+
+    def draw(self, image: ImageInputs, views: ViewsConfig, uniforms: Uniforms | None, earlier) -> dict:
+        """The coins (Python bools where fixed) and, when jittering, every view's map(s)."""
+        jitter = coin_of(uniforms, "jitter", views.jitter_p)
+        keep = coin_of(uniforms, "keep", 1 - views.grayscale_p)
+        maps = None
+        if views.jitter_p > 0 and views.jitter_clip == "end":
+            maps = fused_maps(views, uniforms, jitter, keep)
+        elif views.jitter_p > 0:
+            maps = exact_maps(views, uniforms, jitter)
+        return {"jitter": jitter, "keep": keep, "maps": maps}
+
+    def per_view(self, draws: dict, views: ViewsConfig) -> list:
+        """Each view's decision(s) and map(s), sliced once."""
+        if views.jitter_clip == "each" and draws["maps"] is not None:
+            return exact_views(draws, views)
+        applied, maps = recoloured(draws["jitter"], draws["keep"]), draws["maps"]
+        return [ColourView(applied if isinstance(applied, bool) else applied[k, 0],
+                           None if maps is None else maps.matrix[k], None if maps is None else maps.mean_shift[k])
+                for k in range(views.num_views)]
 
     def apply(self, x, view: View):
-        """Jitter and grayscale in one pass (`jitter_clip = "end"`), or BYOL's passes."""
-        colour = view.draws[self.name]
-        if view.views.jitter_clip == "end":
-            if drawn(colour.jitter + colour.gray):  # the 16% drawing neither skip the pass
-                x = affine(x, colour.maps, view.device)
-        else:
-            if drawn(colour.jitter):
-                for slot in colour.maps:
-                    x = affine(x, slot, view.device)
-            if drawn(colour.gray):
-                x = grayscale(x)
+        """The fused pass where jitter or grayscale was drawn (every view where either is certain; on the GPU
+        every view, the undrawn ones through the identity map), or BYOL's exact passes."""
+        record = view.draws[self.name]
+        if isinstance(record, ExactView):
+            return exact_passes(x, record, view.device)
+        if record.applied is False:
+            return x
+        recolour = grayscale if record.matrix is None else lambda image: fused_pass(image, record, view.device)
+        if record.applied is True or (record.matrix is not None and not branch_skips_work(view.device)):
+            return recolour(x)
+        if record.applied:  # per sample: the 16% drawing neither skip the pass
+            x = recolour(x)
         return x
 
-    def stats(self, draws: ColourDraws) -> tuple:
-        """The jitter and grayscale flags."""
-        return draws.jitter, draws.gray
+    def stats(self, draws: dict, views: ViewsConfig) -> tuple:
+        """The jitter and grayscale decisions."""
+        keep = draws["keep"]
+        gray = (not keep) if isinstance(keep, bool) else 1.0 - keep
+        return as_float(draws["jitter"], views.num_views), as_float(gray, views.num_views)

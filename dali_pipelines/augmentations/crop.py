@@ -17,7 +17,7 @@ import nvidia.dali.math as dmath
 
 from dali_pipelines.augmentations.flip import Flip
 from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, Stage, StatsColumns, StatsGroup, View
-from dali_pipelines.draws import per_view
+from dali_pipelines.draws import Uniform, Uniforms, constant
 from dali_pipelines.recipe import ViewsConfig, default_interpolation
 
 
@@ -29,22 +29,18 @@ class Window(NamedTuple):
     end: object
 
 
-def crop_windows(shape, views: ViewsConfig, flip):
-    """(V, 4) one-attempt clamped windows for an image of `shape` (H, W, C), x swapped where `flip`."""
-    count = views.num_views
-    low = per_view([views.large_area[0]] * views.num_large + [views.small_area[0]] * views.num_small)
-    high = per_view([views.large_area[1]] * views.num_large + [views.small_area[1]] * views.num_small)
-    uniform = fn.random.uniform(range=[0.0, 1.0], shape=[3, count])
-    area = low + uniform[0] * (high - low)
-    log_low, log_high = math.log(views.aspect_ratio[0]), math.log(views.aspect_ratio[1])
-    ratio = dmath.exp(log_low + uniform[1] * (log_high - log_low))
-    aspect = fn.cast(shape[0], dtype=types.FLOAT) / fn.cast(shape[1], dtype=types.FLOAT)  # H / W
-    width = dmath.min(dmath.sqrt(area * ratio * aspect), 1.0)
-    height = dmath.min(dmath.sqrt(area / (ratio * aspect)), 1.0)
-    room = fn.random.uniform(range=[0.0, 1.0], shape=[2, count])
-    y0, x0 = room[0] * (1.0 - height), room[1] * (1.0 - width)
-    x_start, x_end = x0 + flip * width, x0 + width - flip * width
-    return fn.stack(y0, x_start, y0 + height, x_end, axis=1)
+def crop_windows(shape, views: ViewsConfig, uniforms: Uniforms, flip) -> Window:
+    """The (V, 2) starts and ends of every view's one-attempt clamped window for an image of `shape` (H, W, C),
+    x swapped where `flip` ((V, 2) bool (never, flip) coins: `Flip.draw`; or a Python bool)."""
+    area, log_ratio = uniforms.value("area"), uniforms.value("log_ratio")           # (V, 1) each
+    ratio = dmath.exp(log_ratio) * (shape[0] / shape[1])                            # r H / W
+    size = dmath.min(dmath.sqrt(area * dmath.pow(ratio, constant([[-1.0, 1.0]]))), 1.0)  # (V, 2): h, w
+    start = uniforms.block("room_y", 2) * (1.0 - size)                              # y0, x0
+    end = start + size
+    if flip is False:
+        return Window(start, end)
+    mirror = size * (constant([[0.0, 1.0]]) if flip is True else flip)              # 0, flip * w
+    return Window(start + mirror, end - mirror)
 
 
 def crop(image, window: Window, size: int, interp):
@@ -67,18 +63,28 @@ class Crop(Augmentation):
     stage = Stage.CUT
     stats_columns = (StatsColumns(("y0", "x0", "y1", "x1"), StatsGroup.WINDOW),)
 
-    def draw(self, image: ImageInputs, views: ViewsConfig, earlier) -> object:
-        """(V, 4) windows: y0, x0, y1, x1 relative; x0 > x1 where the flip was drawn."""
-        return crop_windows(image.shape, views, earlier[Flip.name])
+    def columns(self, views: ViewsConfig) -> tuple:
+        """Per view: the area (in the view's range), the log aspect ratio, the room above and left of the window."""
+        large, small = views.num_large, views.num_small
+        log_aspect = (math.log(views.aspect_ratio[0]), math.log(views.aspect_ratio[1]))
+        return (Uniform("area", (views.large_area[0],) * large + (views.small_area[0],) * small,
+                        (views.large_area[1],) * large + (views.small_area[1],) * small),
+                Uniform("log_ratio", (log_aspect[0],) * views.num_views, (log_aspect[1],) * views.num_views),
+                Uniform("room_y", (0.0,) * views.num_views, (1.0,) * views.num_views),
+                Uniform("room_x", (0.0,) * views.num_views, (1.0,) * views.num_views))
 
-    def per_view(self, draws, views: ViewsConfig) -> list[Window]:
+    def draw(self, image: ImageInputs, views: ViewsConfig, uniforms: Uniforms | None, earlier) -> Window:
+        """Every view's window: (V, 2) starts (y0, x0) and ends (y1, x1), relative; x0 > x1 where flipped."""
+        return crop_windows(image.shape, views, uniforms, earlier[Flip.name])
+
+    def per_view(self, draws: Window, views: ViewsConfig) -> list[Window]:
         """Each view's window."""
-        return [Window(draws[k, 0:2], draws[k, 2:4]) for k in range(views.num_views)]
+        return [Window(draws.start[k], draws.end[k]) for k in range(views.num_views)]
 
     def apply(self, x, view: View):
         """The view cut from the decoded image `x`."""
         return crop(x, view.draws[self.name], view.spec.size, interpolation_type(view.views, view.device))
 
-    def stats(self, draws) -> tuple:
-        """The windows."""
-        return (draws,)
+    def stats(self, draws: Window, views: ViewsConfig) -> tuple:
+        """The windows: y0, x0, y1, x1."""
+        return (fn.cat(draws.start, draws.end, axis=1),)

@@ -6,7 +6,9 @@ mask (0..255 -> 0..1) cut with the view's own crop window (same relative ROI, sa
 and mask stay aligned whatever their resolutions). Fills: the dataset mean colour, Gaussian noise
 with the dataset's per-channel mean and std (normalizes to N(0, 1)), or the same view of another
 image of the batch. The mask is decoded only for samples where some large view blends. It acts on
-the cut view, before BYOL's colour changes (`Stage.BACKGROUND`).
+the cut view, before BYOL's colour changes (`Stage.BACKGROUND`). On the CPU a view blends inside a per-sample
+conditional (10% of views: the branch skips the mask's resize and the blend); on the GPU every large view goes
+through the blend with a weight of 0 where it was not drawn (`unit.branch_skips_work`).
 """
 
 from __future__ import annotations
@@ -18,33 +20,41 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
 from dali_pipelines.augmentations.crop import Crop, crop
-from dali_pipelines.augmentations.flip import Flip
-from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, Stage, StatsColumns, StatsGroup, View
-from dali_pipelines.draws import drawn, flags
+from dali_pipelines.augmentations.unit import (Augmentation, ImageInputs, Stage, StatsColumns, StatsGroup, View,
+                                               branch_skips_work)
+from dali_pipelines.draws import Coin, Uniforms, as_float
 from dali_pipelines.recipe import ViewsConfig, pixel_scale
 
 
 class SaliencyDraws(NamedTuple):
-    """The unit's part of one image: (V,) 0/1 blend flags, and the decoded mask (None: no masks read)."""
+    """The unit's part of one image: (V, 1) bool blend decisions (False: no masks read, or p = 0), the masks as
+    weights (`mask_weights`), the fill colour, and on the GPU each view's share of the fill, 1 / 255 or 0 ((V, 1))."""
 
     blend: object
-    masks: object
+    weights: object = None
+    fill: object = None
+    share: object = None
 
 
-def draw_blends(views: ViewsConfig, has_mask):
-    """(V,) float flags: large view k blends with probability `saliency_p`, only where the image has a
-    mask; small views never."""
-    probabilities = [views.saliency_p] * views.num_large + [0.0] * views.num_small
-    return flags(probabilities) * fn.cast(has_mask, dtype=types.FLOAT)
+class SaliencyView(NamedTuple):
+    """One view's record: its decision (a scalar bool, or False), the image's mask weights and fill, and on the
+    GPU its share."""
+
+    blend: object
+    weights: object = None
+    fill: object = None
+    share: object = None
 
 
-def decode_masks(mask_bytes, blends, device: str):
-    """The grayscale (H, W, 1) masks of the samples where any view blends; a 1x1 foreground elsewhere."""
-    if fn.reductions.sum(blends) > 0.0:
+def mask_weights(mask_bytes, any_blend, device: str):
+    """The (H, W, 1) float weights of the decoded grayscale masks, for the samples where `any_blend`; a 1x1
+    foreground elsewhere. CPU: the foreground's, mask / 255 (0..1); GPU: the fill's before a view's share,
+    255 - mask (0..255)."""
+    if any_blend:
         masks = fn.decoders.image(mask_bytes, device="cpu", output_type=types.GRAY)
     else:
         masks = types.Constant(np.full((1, 1, 1), 255, np.uint8), layout="HWC")
-    return masks.gpu() if device == "gpu" else masks
+    return 255.0 - masks.gpu() if device == "gpu" else masks * (1.0 / 255.0)
 
 
 def other_images(view):
@@ -53,23 +63,33 @@ def other_images(view):
     return fn.permute_batch(view, indices=[(i + 1) % size for i in range(size)])
 
 
-def _fill(view, views: ViewsConfig, other):
-    """Float background for `view`: mean colour, Gaussian noise, or `other` (another image)."""
-    mean = types.Constant(pixel_scale(views.mean))
+def fill_colour(views: ViewsConfig):
+    """The float (3,) mean colour of the fills, once per image (the `mean` fill, and the `noise` fill's centre)."""
+    return types.Constant(pixel_scale(views.mean))
+
+
+def _fill(view, mean, views: ViewsConfig, other):
+    """Float background for `view`: the `mean` colour, Gaussian noise about it, or `other` (another image)."""
     if views.saliency_fill == "mean":
         return mean
     if views.saliency_fill == "noise":
-        std = types.Constant(pixel_scale(views.std))
-        return mean + std * fn.random.normal(view)
+        return mean + types.Constant(pixel_scale(views.std)) * fn.random.normal(view)
     return fn.cast(other, dtype=types.FLOAT)
 
 
-def blend(view, masks, window, size: int, views: ViewsConfig, other=None):
-    """`view` with its background replaced, its mask cut with the view's own `window`; call it inside
-    the `if drawn(...)` on the view's blend flag."""
-    alpha = fn.cast(crop(masks, window, size, types.INTERP_LINEAR), dtype=types.FLOAT) * (1.0 / 255.0)
-    mixed = fn.cast(view, dtype=types.FLOAT) * alpha + _fill(view, views, other) * (1.0 - alpha)
-    return fn.cast(mixed, dtype=types.UINT8)
+def blend(view, record: SaliencyView, window, size: int, views: ViewsConfig, other=None):
+    """`view` with its background replaced, its mask cut with the view's own `window`: fill + (view - fill) a,
+    a the mask on 0..1. Call it inside the `if` on the view's decision."""
+    alpha = crop(record.weights, window, size, types.INTERP_LINEAR)
+    fill = _fill(view, record.fill, views, other)
+    return fn.cast(fill + (view - fill) * alpha, dtype=types.UINT8)
+
+
+def weighted_blend(view, record: SaliencyView, window, size: int, views: ViewsConfig, other=None):
+    """The GPU's blend of every view, no conditional: view + (fill - view) w, w = share (255 - mask) / 255 cut
+    with the view's `window`: the blend where the view's share is 1 / 255, the view itself where it is 0."""
+    weight = crop(record.weights, window, size, types.INTERP_LINEAR) * record.share
+    return fn.cast(view + (_fill(view, record.fill, views, other) - view) * weight, dtype=types.UINT8)
 
 
 class Saliency(Augmentation):
@@ -88,26 +108,42 @@ class Saliency(Augmentation):
         """Blending at all."""
         return views.saliency_p > 0
 
-    def draw(self, image: ImageInputs, views: ViewsConfig, earlier) -> SaliencyDraws:
-        """The blend flags and the masks they need; without masks (or at p = 0), zero flags and no mask."""
-        if image.mask_bytes is None or views.saliency_p <= 0:
-            return SaliencyDraws(0.0 * earlier[Flip.name], None)  # zeros for the debug column
-        blends = draw_blends(views, image.has_mask)
-        return SaliencyDraws(blends, decode_masks(image.mask_bytes, blends, image.device))
+    def columns(self, views: ViewsConfig) -> tuple:
+        """A coin per view (large views at `saliency_p`, small ones never), when blending at all."""
+        if views.saliency_p <= 0:
+            return ()
+        return (Coin("saliency", (views.saliency_p,) * views.num_large + (0.0,) * views.num_small),)
 
-    def per_view(self, draws: SaliencyDraws, views: ViewsConfig) -> list[SaliencyDraws]:
-        """Each view's flag, and the image's mask."""
-        return [SaliencyDraws(draws.blend[k], draws.masks) for k in range(views.num_views)]
+    def draw(self, image: ImageInputs, views: ViewsConfig, uniforms: Uniforms | None, earlier) -> SaliencyDraws:
+        """The blend decisions (coin and mask) and the masks they need; without masks (or at p = 0), none."""
+        if image.mask_bytes is None or views.saliency_p <= 0:
+            return SaliencyDraws(False)
+        blends = uniforms.coin("saliency") & image.has_mask
+        share = blends * (1.0 / 255.0)
+        weights = mask_weights(image.mask_bytes, fn.reductions.max(share) > 0.0, image.device)
+        return SaliencyDraws(blends, weights, fill_colour(views), None if branch_skips_work(image.device) else share)
+
+    def per_view(self, draws: SaliencyDraws, views: ViewsConfig) -> list[SaliencyView]:
+        """Each large view's decision (and share), and the image's masks; small views never blend."""
+        if draws.blend is False:
+            return [SaliencyView(False)] * views.num_views
+        return [SaliencyView(draws.blend[k, 0], draws.weights, draws.fill,
+                             None if draws.share is None else draws.share[k, 0])
+                if spec.large else SaliencyView(False) for k, spec in enumerate(views.view_specs())]
 
     def apply(self, x, view: View):
-        """The blend where drawn, on large views of images with a mask."""
+        """The blend where drawn (CPU: a per-sample conditional; GPU: every large view, weighted by its share)."""
         record = view.draws[self.name]
-        if record.masks is not None and view.spec.large:
-            other = other_images(x) if view.views.saliency_fill == "other_image" else None
-            if drawn(record.blend):
-                x = blend(x, record.masks, view.draws[Crop.name], view.spec.size, view.views, other)
+        if record.blend is False:
+            return x
+        other = other_images(x) if view.views.saliency_fill == "other_image" else None
+        window = view.draws[Crop.name]
+        if record.share is not None:
+            return weighted_blend(x, record, window, view.spec.size, view.views, other)
+        if record.blend:
+            x = blend(x, record, window, view.spec.size, view.views, other)
         return x
 
-    def stats(self, draws: SaliencyDraws) -> tuple:
-        """The blend flags."""
-        return (draws.blend,)
+    def stats(self, draws: SaliencyDraws, views: ViewsConfig) -> tuple:
+        """The blend decisions."""
+        return (as_float(draws.blend, views.num_views),)

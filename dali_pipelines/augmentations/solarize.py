@@ -6,7 +6,7 @@ from __future__ import annotations
 from nvidia.dali import fn, types
 
 from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, StatsColumns, StatsGroup, View
-from dali_pipelines.draws import drawn, flags
+from dali_pipelines.draws import Coin, Uniforms, coin_can_vary, constant
 from dali_pipelines.recipe import ViewsConfig, view_entry
 
 SOLARIZE_TABLE = [float(v if v < 128 else 255 - v) for v in range(256)]
@@ -32,21 +32,36 @@ class Solarize(Augmentation):
         """Solarizing any view."""
         return any(p > 0 for p in views.solarize_p)
 
-    def draw(self, image: ImageInputs, views: ViewsConfig, earlier) -> object:
-        """(V,) 0/1 flags, each view at its own probability."""
-        return flags([view_entry(views.solarize_p, k) for k in range(views.num_views)])
+    def probabilities(self, views: ViewsConfig) -> tuple[float, ...]:
+        """Each view's solarization probability."""
+        return tuple(view_entry(views.solarize_p, k) for k in range(views.num_views))
+
+    def columns(self, views: ViewsConfig) -> tuple:
+        """A coin per view, where some view's can vary."""
+        p = self.probabilities(views)
+        return (Coin("solarize", p),) if any(coin_can_vary(q) for q in p) else ()
+
+    def draw(self, image: ImageInputs, views: ViewsConfig, uniforms: Uniforms | None, earlier) -> object:
+        """(V, 1) bool coins, or None where no view's can vary."""
+        return uniforms.coin("solarize") if self.columns(views) else None
 
     def per_view(self, draws, views: ViewsConfig) -> list:
-        """Each view's flag."""
-        return [draws[k] for k in range(views.num_views)]
+        """Each view's decision: a scalar bool, or a Python bool where its probability is 0 or 1."""
+        return [draws[k, 0] if coin_can_vary(p) else p >= 1.0 for k, p in enumerate(self.probabilities(views))]
 
     def apply(self, x, view: View):
-        """The lookup table where drawn (no operator at probability 0)."""
-        if view_entry(view.views.solarize_p, view.spec.index) > 0.0:
-            if drawn(view.draws[self.name]):
+        """The lookup table where drawn (always at probability 1, no operator at 0). A conditional on the GPU
+        too: a per-sample lookup table would need a blend of two uint8 images."""
+        decision = view.draws[self.name]
+        if decision is True:
+            return solarize(x)
+        if decision is not False:
+            if decision:
                 x = solarize(x)
         return x
 
-    def stats(self, draws) -> tuple:
-        """The flags."""
-        return (draws,)
+    def stats(self, draws, views: ViewsConfig) -> tuple:
+        """The decisions (a view's probability where no view's can vary)."""
+        if draws is None:
+            return (constant([[float(p >= 1.0)] for p in self.probabilities(views)]),)
+        return (draws * 1.0,)

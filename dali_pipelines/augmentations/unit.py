@@ -4,11 +4,18 @@ A unit owns its augmentation end to end, so that adding one is its own file plus
 `AUGMENTATIONS`:
 - `settings`: the `[views]` keys it reads (declared, documented and checked in `recipe.ViewsConfig`, the
   typed config section);
-- `draw`: its per-sample random draws of one image, (V,) vectors for all V views at once;
+- `columns`: the random numbers it needs per view (coins and uniform values: `draws.Column`), drawn for
+  every unit at once by one operator per image (`draws.draw_uniforms`);
+- `draw`: its per-sample draws of one image from those columns, (V, n) blocks for all V views at once;
 - `per_view`: each view's part of those draws, with what is derived from them once per image;
 - `apply`: its DALI operators on one view;
 - `is_on`, `off`, `ablation_group`, `ablation_advice`: the profiler's ablation of it;
 - `stats_columns`, `stats`: its debug columns (`ViewBatch.stats`).
+
+Operators cost the pipeline's host per sample whatever their size, so a unit computes on the blocks (a
+few operators per image), leaves out what a setting makes a no-op (probability 0 or 1: a Python `if` on
+the config), and uses a per-sample conditional only where the branch skips real pixel work on the host
+(`branch_skips_work`).
 
 `stage` places it on a view's path (cut, then background, then pixels); within a stage, and for the
 draws and the debug columns, the order is `AUGMENTATIONS`'.
@@ -17,9 +24,12 @@ draws and the debug columns, the order is `AUGMENTATIONS`'.
 from __future__ import annotations
 
 import enum
-from typing import Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 from dali_pipelines.recipe import ViewsConfig, ViewSpec
+
+if TYPE_CHECKING:
+    from dali_pipelines.draws import Column, Uniforms
 
 
 class Stage(enum.IntEnum):
@@ -46,7 +56,7 @@ class StatsGroup(enum.IntEnum):
 
 class StatsColumns(NamedTuple):
     """Names of a block of debug columns and the group they sit in. The block's values (`Augmentation.stats`)
-    are a (V,) vector for one name, a (V, n) matrix for n names."""
+    are a (V, n) float matrix for n names."""
 
     names: tuple[str, ...]
     group: StatsGroup
@@ -104,9 +114,14 @@ class Augmentation:
         """Whether `views` uses the augmentation (an ablation leaves out units already off)."""
         return True
 
-    def draw(self, image: ImageInputs, views: ViewsConfig, earlier: Mapping[str, Any]) -> Any:
-        """The unit's per-sample draws of one image, for all views at once (`earlier`: the draws of the
-        units before it in `AUGMENTATIONS`)."""
+    def columns(self, views: ViewsConfig) -> tuple["Column", ...]:
+        """The random numbers the unit needs per view (names unique across units); none by default."""
+        return ()
+
+    def draw(self, image: ImageInputs, views: ViewsConfig, uniforms: "Uniforms | None",
+             earlier: Mapping[str, Any]) -> Any:
+        """The unit's per-sample draws of one image, for all views at once, from its `columns` in `uniforms`
+        (`earlier`: the draws of the units before it in `AUGMENTATIONS`)."""
         return None
 
     def per_view(self, draws: Any, views: ViewsConfig) -> list:
@@ -117,6 +132,14 @@ class Augmentation:
         """The unit's operators on one view `x` (uint8 HWC; the decoded image at `Stage.CUT`)."""
         return x
 
-    def stats(self, draws: Any) -> tuple:
-        """One (V,) or (V, n) float node per entry of `stats_columns`, from the unit's `draws`."""
+    def stats(self, draws: Any, views: ViewsConfig) -> tuple:
+        """One (V, n) float node per entry of `stats_columns`, from the unit's `draws`."""
         return ()
+
+
+def branch_skips_work(device: str) -> bool:
+    """Whether a per-sample conditional pays for itself on `device`: on the CPU a branch skips pixel work that
+    the host would do (a colour pass, a blur, a blend), worth far more than the conditional's split and merge;
+    on the GPU the skipped work is device work, while the pipeline's limit is its host side (docs/performance.md),
+    so a unit computes every view and weights the result by its 0/1 decision instead."""
+    return device == "cpu"

@@ -8,7 +8,10 @@ Each configuration warms up, then times `--repeats` windows of `--batches` batch
 median images/s with its interquartile spread, the ratio to torchvision and to the decode ceiling,
 and the CPU milliseconds per image (all threads and worker processes) with its ratio to torchvision
 ("x torchvision cpu"): on a machine shared with other work, wall-clock rates drop with the load
-while the CPU cost per image does not, so that column is the steadier judge of efficiency.
+while the CPU cost per image does not, so that column is the steadier judge of efficiency. A DALI
+row also counts the operators of its recipe's graph, on the CPU and on the GPU (the GPU graph is
+constructed for device 0, never built, so a CPU machine counts it too), with their kinds below the
+table: the host cost per image grows with them, so a change to the graph shows its cost here.
 
     relic-fast bench loader --data DIR --json loader.json --png loader.png
     python -m benchmarks.bench_loader --data DIR   (the same options; without --data, a 400-image
@@ -26,11 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from relic_fast.bench.benchmark import Benchmark, Report, UsageError
-from relic_fast.bench.harness import Result, add_ratios, measure
+from relic_fast.bench.harness import Result, add_ratios, measure, table_columns
 from dali_pipelines.recipe import DataConfig, ViewsConfig
 from relic_fast.environment import endless
 from dali_pipelines.loader import build_pretrain_loader
+from dali_pipelines.pretrain import operator_counts
+from dali_pipelines.readers import ReadPlan
 from relic_fast.bench.torchvision_recipe import build_torchvision_loader
 from relic_fast.bench.decode_only import build_decode_pipeline, decode_step
 from dali_pipelines.dataset import resolve_dataset
@@ -131,17 +138,27 @@ def view_sizes(views: ViewsConfig) -> str:
     return text + (f"+{views.num_small}x{views.small_size}" if views.num_small else "")
 
 
+def graph_operators(dataset, views: ViewsConfig) -> dict[str, dict[str, int]]:
+    """Operators by kind of the pretraining graph of `views` over `dataset`, for the CPU and the GPU pipeline."""
+    plan = ReadPlan(dataset, np.arange(dataset.num_samples),
+                    masks=views.saliency_p > 0 and dataset.format.can_read_masks(dataset))
+    return {device: operator_counts(plan, views, device) for device in ("cpu", "gpu")}
+
+
 def measure_dali(bench: LoaderBench, dataset, recipe: str, threads: int) -> Result:
-    """Images/s of the product's DALI pipeline on `recipe` with `threads` CPU threads."""
+    """Images/s of the product's DALI pipeline on `recipe` with `threads` CPU threads, and its graphs' operators."""
 
     views = views_for(recipe, bench)
+    operators = graph_operators(dataset, views)
     data = DataConfig(path=bench.data, device=bench.device, num_threads=threads)
     loader = build_pretrain_loader(dataset, views, data, batch_size=bench.batch_size, seed=bench.seed,
                                    device_id=0 if bench.device == "gpu" else None)
     step = consume(endless(loader), bench.batches)
     row = timed(bench, f"dali-{bench.device}", step, recipe=recipe, threads=threads,
                 extra={"views": view_sizes(views), "output_dtype": "uint8",
-                       "saliency_p": views.saliency_p, "interpolation": views.interpolation})
+                       "saliency_p": views.saliency_p, "interpolation": views.interpolation,
+                       "operators": {device: sum(kinds.values()) for device, kinds in operators.items()},
+                       "operators_by_kind": operators})
     del step, loader
     gc.collect()  # free the pipeline's threads and buffers before the next configuration runs
     return row
@@ -260,5 +277,35 @@ def run_from_args(args: argparse.Namespace, console) -> Report:
     return Report(run(bench, console=console), f"loader throughput: {data}, batch {bench.batch_size}, {bench.device}")
 
 
+def operators_cell(row: Result) -> str:
+    """"CPU / GPU" operators of a DALI row's graphs ("" for other rows)."""
+    counts = row.extra.get("operators")
+    return f"{counts['cpu']} / {counts['gpu']}" if counts else ""
+
+
+def show(report: Report, console) -> None:
+    """The harness table with each DALI row's operators (CPU graph / GPU graph) next to its rates, then the
+    operators by kind of each DALI row's graphs."""
+    from rich.table import Table
+
+    table = Table(title=report.title)
+    columns = table_columns(report.rows) + [("operators CPU / GPU graph", operators_cell)]
+    for header, _ in columns:
+        table.add_column(header, justify="left" if header in ("pipeline", "recipe") else "right")
+    for row in report.rows:
+        table.add_row(*(cell(row) for _, cell in columns))
+    console.print(table)
+    for row in report.rows:
+        counts = row.extra.get("operators_by_kind")
+        if counts:
+            kinds = Table(title=f"operators by kind: {row.pipeline} {row.recipe} ({row.extra['views']})")
+            for header in ("kind", *counts):
+                kinds.add_column(header, justify="left" if header == "kind" else "right")
+            for kind in dict.fromkeys(kind for by_kind in counts.values() for kind in by_kind):
+                kinds.add_row(kind, *(str(by_kind.get(kind, 0)) for by_kind in counts.values()))
+            kinds.add_row("all", *(str(sum(by_kind.values())) for by_kind in counts.values()))
+            console.print(kinds)
+
+
 BENCHMARK = Benchmark(description=__doc__, add_arguments=add_arguments, run=run_from_args,
-                      chart_title="loader images/s")
+                      chart_title="loader images/s", show=show)

@@ -51,4 +51,8 @@ def test_bench_loader_tiny_run_writes_json_and_chart(tmp_path):
         assert row["ratios"]["torchvision cpu"] == pytest.approx(
             torchvision["cpu_ms_per_image"] / row["cpu_ms_per_image"])
     assert {r["views"] for r in dali} == {"2x32", "1x32+1x16"}
+    for row in dali:  # the graphs' operators, by kind, next to the rates
+        assert row["operators"] == {device: sum(kinds.values()) for device, kinds in row["operators_by_kind"].items()}
+        assert set(row["operators"]) == {"cpu", "gpu"} and row["operators_by_kind"]["cpu"]["Uniform"] == 1
+    assert "operators" in result.output and "Uniform" in result.output  # the kinds table
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE

@@ -17,7 +17,7 @@ from dali_pipelines.augmentations import (AUGMENTATIONS, ablation_advice, ablati
                                           without_augmentations)
 from dali_pipelines.augmentations.unit import Augmentation, StatsColumns, StatsGroup
 from dali_pipelines.dataset import resolve_dataset
-from dali_pipelines.draws import drawn, flags, stats_fields
+from dali_pipelines.draws import Coin, stats_fields
 from dali_pipelines.pretrain import STATS_FIELDS, multi_view_pipeline
 from dali_pipelines.readers import ReadPlan
 from dali_pipelines.recipe import ViewsConfig
@@ -81,19 +81,22 @@ class Darken(Augmentation):
     def __init__(self, probabilities: list[float]):
         self.probabilities = probabilities
 
-    def draw(self, image, views, earlier):
-        return flags(self.probabilities)
+    def columns(self, views):
+        return (Coin("darken", tuple(self.probabilities)),)
+
+    def draw(self, image, views, uniforms, earlier):
+        return uniforms.coin("darken")
 
     def per_view(self, draws, views):
-        return [draws[k] for k in range(views.num_views)]
+        return [draws[k, 0] for k in range(views.num_views)]
 
     def apply(self, x, view):
-        if drawn(view.draws[self.name]):
+        if view.draws[self.name]:
             x = fn.lookup_table(x, keys=list(range(256)), values=[float(v // 2) for v in range(256)], dtype=types.UINT8)
         return x
 
-    def stats(self, draws):
-        return (draws,)
+    def stats(self, draws, views):
+        return (draws * 1.0,)
 
 
 def test_a_unit_handed_to_the_graph_draws_applies_and_reports(pattern_data):
@@ -107,7 +110,7 @@ def test_a_unit_handed_to_the_graph_draws_applies_and_reports(pattern_data):
     views = ViewsConfig(num_large=3, num_small=0, large_size=SIDE, large_area=(1.0, 1.0), aspect_ratio=(1.0, 1.0),
                         flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.0)
     dataset = resolve_dataset(str(pattern_data.folder))
-    plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=None)
+    plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=False)
     pipe = multi_view_pipeline(plan, views, "cpu", True, units, batch_size=32, num_threads=2, device_id=None, seed=1)
     pipe.build()
     outputs = pipe.run()

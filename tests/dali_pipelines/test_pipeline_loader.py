@@ -11,7 +11,7 @@ from PIL import Image
 
 from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.loader import BadImageError, build_eval_loader, build_pretrain_loader
-from dali_pipelines.pretrain import multi_view_pipeline
+from dali_pipelines.pretrain import graph_operators, multi_view_pipeline, operator_counts
 from dali_pipelines.readers import ReadPlan
 from dali_pipelines.recipe import DataConfig, ViewsConfig
 
@@ -105,17 +105,6 @@ def test_eval_loader_contract(indexed_data):
     assert sorted(parts[0] + parts[1]) == list(range(indexed_data.count))
 
 
-def graph_ops(outputs) -> list[tuple[str, str]]:
-    """(operator kind, backend) of every operator feeding `outputs`: "Resize", "gpu" / "Image", "mixed"."""
-    seen, stack = {}, list(outputs)
-    while stack:
-        node = stack.pop()
-        if id(node.source) not in seen:
-            seen[id(node.source)] = node.source
-            stack += list(node.source.inputs)
-    return [(op.name.strip("_").rsplit("_", 1)[0], op._op.device) for op in seen.values()]
-
-
 def test_gpu_graph_is_the_same_definition_on_the_gpu(identity_data):
     """Constructed (not built: no GPU here) for device 0: the nvJPEG `mixed` decoder, every image operator
     on the GPU, the readers, random draws and crop windows on the CPU."""
@@ -125,7 +114,7 @@ def test_gpu_graph_is_the_same_definition_on_the_gpu(identity_data):
     pipe = multi_view_pipeline(plan, views, "gpu", False, batch_size=2, num_threads=1, device_id=0)
     outputs = pipe._graph_out  # the graph's outputs, kept by DALI until build
     assert [o.device for o in outputs] == ["gpu", "gpu", "gpu", "cpu"]
-    ops = set(graph_ops(outputs[:3]))
+    ops = set(graph_operators(pipe))
     assert ("Image", "mixed") in ops                     # images decoded by nvJPEG
     for kind in ("Resize", "CoordTransform", "GaussianBlur", "LookupTable"):
         assert (kind, "gpu") in ops and (kind, "cpu") not in ops, kind
@@ -146,7 +135,7 @@ def test_the_config_decides_which_operators_the_graph_holds(identity_data, devic
         views = ViewsConfig(num_large=2, num_small=1, large_size=16, small_size=8, **changes)
         pipe = multi_view_pipeline(plan, views, device, False, batch_size=2, num_threads=1,
                                    device_id=0 if device == "gpu" else None)
-        return [kind for kind, _ in graph_ops(pipe._graph_out)]
+        return [kind for kind, _ in graph_operators(pipe)]
 
     none = kinds(blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.5)
     assert blur_op not in none and "LookupTable" not in none
@@ -154,5 +143,28 @@ def test_the_config_decides_which_operators_the_graph_holds(identity_data, devic
     always = kinds(blur_p=(1.0,), solarize_p=(0.0,))
     sometimes = kinds(blur_p=(0.5,), solarize_p=(0.0,))
     assert blur_op in always and blur_op in sometimes
-    assert always.count("Split") < sometimes.count("Split")
+    if device == "cpu":
+        assert always.count("Split") < sometimes.count("Split")   # a conditional skips the blur's pixel work
+    else:
+        assert always.count("Split") == sometimes.count("Split")  # GPU: every view blurred, one tap where not drawn
     assert "LookupTable" in kinds(solarize_p=(0.3,))
+    bare = kinds(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.0)
+    assert bare.count("Uniform") == 1 and "CoordTransform" not in bare and "Split" not in bare  # crops only
+
+
+OPERATOR_BUDGET = {"cpu": 290, "gpu": 200}
+"""Operators of the default graph (4 large + 2 small views at 224/96, saliency 0.1, masks read): the host cost
+per image grows with them (docs/performance.md), so a change that adds some shows here first."""
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_the_default_graph_keeps_its_operator_budget(identity_data, device):
+    """One random operator per image; the GPU graph has conditionals only where they skip host work (the mask
+    decode, the solarize lookup table); both stay within their budgets."""
+    dataset = resolve_dataset(str(identity_data.folder))
+    plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=True)
+    counts = operator_counts(plan, ViewsConfig(saliency_p=0.1), device)
+    assert counts["Uniform"] == 1
+    assert sum(counts.values()) <= OPERATOR_BUDGET[device], counts
+    if device == "gpu":
+        assert counts["Split"] <= 5 and counts["Merge"] <= 4, counts
