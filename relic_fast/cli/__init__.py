@@ -215,6 +215,22 @@ def experiment_command(
     console.print(f"[bold green]wrote[/] {out / 'experiment.json'}")
 
 
+@app.command("views")
+def views_command(
+        config: ConfigPath = None,
+        data: Annotated[Optional[str], typer.Option("--data", help="Images (as for pretrain): a folder tree, demo-data root or file list. Omitted: the recipe's data.path, else the built-in demo dataset.")] = None,
+        out: Annotated[Path, typer.Option("--out", help="Picture to write (PNG).")] = Path("views.png"),
+        images: Annotated[int, typer.Option("--images", min=1, help="Images to show, one row each: the first of the dataset.")] = 4,
+        overrides: SetOption = None) -> None:
+    """Draw the views the trainer would get: per image, the image and its mask, then every large and small view as
+    the loader emits it (uint8, before normalization), each captioned with its draws (crop window, flip, jitter,
+    gray, blur sigma, solarize, saliency)."""
+    from relic_fast.views import write_views
+
+    sheet = write_views(resolve_config(config, overrides, data=data), out, images)
+    console.print(f"wrote {sheet.path}: {sheet.rows} images, {sheet.columns} panels each")
+
+
 @app.command("profile")
 def profile_command(
         config: ConfigPath = None,

@@ -35,8 +35,8 @@ LAYERS: list[tuple[str, ...]] = [
      "relic_fast.run_parts", "relic_fast.provenance"),
     # 5: the trainer
     ("relic_fast.trainer", "relic_fast.profile_report"),
-    # 6: what runs a trainer or measures it, and the evaluation it is handed
-    ("relic_fast.profiler", "relic_fast.selftest", "relic_fast.evaluation"),
+    # 6: what runs a trainer or measures it (or shows its views), and the evaluation it is handed
+    ("relic_fast.profiler", "relic_fast.selftest", "relic_fast.evaluation", "relic_fast.views"),
     # 7: experiments and benchmarks, over trainer and evaluation
     ("relic_fast.experiments", "relic_fast.bench"),
     # 8: the command line
