@@ -20,7 +20,7 @@ With n >= N-1 every column is a candidate and the all-negatives path runs (the s
 
 `relicv2_core_reference` is the plain PyTorch ground truth that the fused Triton kernel
 (`relic_fast.kernels.relicv2_fused.relicv2_core_fused`) must match; the slow loop oracle in
-`tests/relic_fast/loss_oracle.py` checks both. No gradient reaches `target` nor flows through q.
+`tests/support/loss_oracle.py` checks both. No gradient reaches `target` nor flows through q.
 """
 
 from __future__ import annotations

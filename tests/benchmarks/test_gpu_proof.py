@@ -14,7 +14,8 @@ import pytest
 
 from benchmarks.gpu_report import collect, markdown
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 H100 = REPO / "benchmarks" / "results" / "2026-11-25-h100"
 
 

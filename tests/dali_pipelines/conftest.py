@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_data import (Layouts, has_mask, identity_image, identity_mask, pattern_image,  # noqa: E402
-                           write_layouts)
+from tests.support.pipeline_data import Layouts, has_mask, identity_image, identity_mask, pattern_image, write_layouts
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,9 @@ the units, the profiler's ablations switch one unit off each, and a unit handed 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 from nvidia.dali import fn, types
-
-sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_data import SIDE, pattern_image  # noqa: E402
 
 from dali_pipelines.augmentations import (AUGMENTATIONS, ablation_advice, ablations, view_path,
                                           without_augmentations)
@@ -21,6 +16,8 @@ from dali_pipelines.draws import Coin, stats_fields
 from dali_pipelines.pretrain import STATS_FIELDS, multi_view_pipeline
 from dali_pipelines.readers import ReadPlan
 from dali_pipelines.recipe import ViewsConfig
+
+from tests.support.pipeline_data import SIDE, pattern_image
 
 LAYOUT = {"num_large", "num_small", "mean", "std"}
 """The `[views]` keys no augmentation owns: how many views, and the normalization."""

@@ -4,7 +4,6 @@ a dataset is; the mask table of a dataset is built once and shared by the start-
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from dali_pipelines.formats.registry import FORMATS, detect, format_named
 from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.recipe import DataConfig, ViewsConfig
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def test_each_format_is_registered_once_and_found_by_its_name():

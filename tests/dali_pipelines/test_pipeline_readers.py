@@ -3,20 +3,18 @@ seeded reproducible orders."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_data import CLASSES, SIDE, has_mask  # noqa: E402
-
 from dali_pipelines.dataset import DatasetError, mask_file, resolve_dataset
 from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.readers import rank_samples, steps_per_epoch
 from dali_pipelines.recipe import DataConfig, ViewsConfig
+
+from tests.support.pipeline_data import CLASSES, SIDE, has_mask
 
 TINY = ViewsConfig(num_large=1, num_small=0, large_size=8, jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,),
                    solarize_p=(0.0,), saliency_p=0.0)

@@ -4,21 +4,19 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_data import SIDE, has_mask, mask_width, pattern_image, sample_colour  # noqa: E402
-
 from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.batch import normalize_views
 from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.pretrain import STATS_FIELDS
 from dali_pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ViewsConfig
+
+from tests.support.pipeline_data import SIDE, has_mask, mask_width, pattern_image, sample_colour
 
 COLUMN = {name: i for i, name in enumerate(STATS_FIELDS)}
 MEAN_FILL = np.round(np.asarray(IMAGENET_MEAN) * 255)

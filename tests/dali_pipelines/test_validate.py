@@ -11,7 +11,8 @@ from PIL import Image
 from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.image_check import ImageCheck, check_image, image_info, reason_category, validate_image
 from dali_pipelines.validate import ValidationCache, filter_bad_files, validate_files
-from image_zoo import HEIGHT, WIDTH, encode, noise_image, write_zoo
+
+from tests.support.image_zoo import HEIGHT, WIDTH, encode, noise_image, write_zoo
 
 
 @pytest.fixture(scope="module")

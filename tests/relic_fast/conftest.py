@@ -7,8 +7,8 @@ import pytest
 
 from relic_fast.config import load_config
 
-from imagenet_kaggle import KaggleImageNet, write_imagenet_kaggle
-from tiny_recipe import BROKEN, DEMO_RECIPE, TINY_OVERRIDES
+from tests.support.imagenet_kaggle import KaggleImageNet, write_imagenet_kaggle
+from tests.support.tiny_recipe import BROKEN, DEMO_RECIPE, TINY_OVERRIDES
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def messy_tree(tiny_demo, tmp_path):
 
 @pytest.fixture()
 def imagenet_kaggle(tmp_path) -> KaggleImageNet:
-    """ImageNet as Kaggle ships it, in miniature (tests/relic_fast/imagenet_kaggle.py): class-folder
+    """ImageNet as Kaggle ships it, in miniature (tests/support/imagenet_kaggle.py): class-folder
     train/, a flat val/ labelled by LOC_val_solution.csv at the download's root, LOC_synset_mapping.txt,
     an unlabelled flat test/; 3 wnids, 24 px JPEGs. Fresh per test (tests may damage it)."""
     return write_imagenet_kaggle(tmp_path / "imagenet")

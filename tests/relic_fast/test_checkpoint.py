@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli_process
 from relic_fast import checkpoint
 from relic_fast.checkpoint import (CheckpointError, checkpoint_path, latest_checkpoint, list_checkpoints,
                                    read_checkpoint, save_checkpoint)
 from relic_fast.errors import ExitCode, NoSpaceError
+
+from tests.support import REPO, cli_process
 
 
 class CreatesAFile:
@@ -212,7 +213,7 @@ def test_cli_on_an_old_torch_refuses_in_one_line(tmp_path, monkeypatch):
 def test_pyproject_requires_the_torch_whose_weights_only_loading_is_safe():
     import tomllib
 
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     dependencies = pyproject["project"]["dependencies"]
     assert "torch>=2.6" in dependencies and "torchvision>=0.21" in dependencies, dependencies
     assert checkpoint.SAFE_TORCH == (2, 6)  # the run-time refusal and the requirement name the same torch

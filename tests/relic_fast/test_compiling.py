@@ -13,7 +13,8 @@ from relic_fast.compiling import CACHE_ENV, compile_cache_folder, compile_step, 
 from relic_fast.config import ConfigError, ModelConfig, load_config
 from relic_fast.environment import compiled_graph_count
 from relic_fast.models import build_networks
-from tiny_recipe import DEMO_RECIPE, TINY_OVERRIDES
+
+from tests.support.tiny_recipe import DEMO_RECIPE, TINY_OVERRIDES
 
 TINY_MODEL = ModelConfig(encoder="resnet18", small_stem=True, projector_hidden=32, predictor_hidden=32,
                          embedding_dim=16)

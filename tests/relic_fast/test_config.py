@@ -8,7 +8,9 @@ from relic_fast.config import (Config, ConfigError, load_config, load_run_config
                                to_toml)
 from relic_fast.config_fields import field_docs
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+from tests.support import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,13 +5,13 @@ import shutil
 
 import pytest
 
-import cli_process
 from dali_pipelines.dataset import DatasetError, resolve_dataset
 from relic_fast.config import ViewsConfig
 from relic_fast.data_plan import check_saliency_masks, data_plan_rows, describe_masks
 from relic_fast.errors import ExitCode
-from test_cli_errors import one_error_line
-from tiny_recipe import REPO
+
+from tests.relic_fast.cli.test_cli_errors import one_error_line
+from tests.support import REPO, cli_process
 
 
 @pytest.fixture()

@@ -210,7 +210,7 @@ def test_the_sidecar_says_whose_batchnorm_statistics_the_weights_carry(make_run,
 
 
 def test_an_old_torch_loads_no_exported_or_checkpoint_file(make_run, tmp_path, monkeypatch):
-    from test_checkpoint import assert_refused_for_old_torch, pretend_old_torch
+    from tests.relic_fast.test_checkpoint import assert_refused_for_old_torch, pretend_old_torch
 
     run, *_ = make_run(encoder="resnet18")
     exported = export_encoder(run, tmp_path / "backbone.pt").weights

@@ -12,7 +12,8 @@ import os
 import pytest
 
 from relic_fast.trainer import pretrain
-from tiny_recipe import REPO
+
+from tests.support import REPO
 
 GOLDEN = REPO / "tests" / "assets" / "losses" / "tiny_cpu.json"
 STEPS = 6
@@ -29,7 +30,7 @@ def test_the_first_steps_follow_the_golden_curve(tiny_config, tmp_path):
     curve = {name: [row[name] for row in rows if "loss" in row] for name in ("loss", "contrastive", "invariance")}
     assert len(curve["loss"]) == STEPS
     if os.environ.get("RELIC_FAST_UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps({"recipe": "tests/relic_fast/tiny_recipe.py on the tiny_demo fixture",
+        GOLDEN.write_text(json.dumps({"recipe": "tests/support/tiny_recipe.py on the tiny_demo fixture",
                                       "steps": STEPS, **curve}, indent=1) + "\n")
     golden = json.loads(GOLDEN.read_text())
     for name, values in curve.items():

@@ -16,10 +16,11 @@ from dali_pipelines.dataset import (BUILTIN_CLASS_LISTS, DatasetError, find_moni
                                     resolve_dataset, resolve_split)
 from dali_pipelines.formats.file_list import file_list_text
 from dali_pipelines.formats.flat import find_labels_file
-from imagenet_kaggle import MAPPING, WNIDS
 from relic_fast.cli import app
 from relic_fast.config import ConfigError, load_config
 from relic_fast.evaluation.runner import EvalSplits, split_datasets
+
+from tests.support.imagenet_kaggle import MAPPING, WNIDS
 
 TINY = ["model.encoder=resnet18", "model.small_stem=true", "eval.image_size=16", "eval.linear_epochs=2",
         "eval.linear_batch_size=8", "eval.linear_mode=cached_features", "train.device=cpu", "data.device=cpu",

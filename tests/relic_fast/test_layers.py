@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 LAYERS: list[tuple[str, ...]] = [
     # 0: the DALI graphs and loaders, which know nothing of training

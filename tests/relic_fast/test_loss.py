@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from relic_fast.loss import (LossTerms, draw_negative_offsets, relicv2_core_reference, relicv2_loss,
                              relicv2_loss_terms)
-from loss_oracle import oracle_core, oracle_loss
+
+from tests.support.loss_oracle import oracle_core, oracle_loss
 
 
 def test_hand_computed_two_samples_two_dims():

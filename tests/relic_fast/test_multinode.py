@@ -14,11 +14,12 @@ import torch
 
 from relic_fast.checkpoint import checkpoint_path, list_checkpoints
 
-from test_trainer import _free_port, assert_same_weights
-from multinode_worker import compare_on_two_ranks
-from tiny_recipe import DEMO_RECIPE, TINY_OVERRIDES
+from tests.relic_fast.test_trainer import _free_port, assert_same_weights
+from tests.support import REPO
+from tests.support.multinode_worker import compare_on_two_ranks
+from tests.support.tiny_recipe import DEMO_RECIPE, TINY_OVERRIDES
 
-WORKER = Path(__file__).with_name("multinode_worker.py")
+WORKER = REPO / "tests" / "support" / "multinode_worker.py"
 LAUNCH_TIMEOUT_S = 300
 """A launch that has not finished by then is killed (both nodes) and the test fails: CI never hangs."""
 
@@ -27,7 +28,7 @@ def launch_two_nodes(command: list[str], log_dir: Path) -> None:
     """Run `command` under two torchrun launchers (node ranks 0 and 1) sharing a rendezvous endpoint on localhost."""
     endpoint = f"127.0.0.1:{_free_port()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     launchers = []
     for node_rank in (0, 1):
         log = open(log_dir / f"node{node_rank}.log", "w")

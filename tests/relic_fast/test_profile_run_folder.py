@@ -18,7 +18,7 @@ from relic_fast.config import load_config
 from relic_fast.errors import ExitCode, RunInUseError
 from relic_fast.runlock import LOCK_NAME, RunLock
 
-from runlock_worker import Worker
+from tests.support.runlock_worker import Worker
 
 RUN_CONFIG = 'title = "a pretraining run of its own"\n'
 

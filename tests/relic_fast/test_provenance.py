@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
 from relic_fast import provenance as prov
 from relic_fast.config import load_config
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 DEMO = REPO / "configs" / "demo_cpu.toml"
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 import torchvision
 
-import cli_process
 from relic_fast.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
-from tiny_recipe import REPO
+
+from tests.support import REPO, cli_process
 
 SECTION = "## ImageNet, end to end"
 DATA_ROOT = "/data/imagenet"

@@ -8,10 +8,11 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
-import cli_process
 from relic_fast.checkpoint import checkpoint_dir, list_checkpoints
 from relic_fast.cli import app
 from relic_fast.errors import ExitCode
+
+from tests.support import cli_process
 
 
 @pytest.fixture(scope="module")

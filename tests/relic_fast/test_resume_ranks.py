@@ -5,9 +5,10 @@ import shutil
 
 import pytest
 
-import cli_process
 from relic_fast.checkpoint import checkpoint_path, read_checkpoint
-from test_trainer import assert_same_weights
+
+from tests.relic_fast.test_trainer import assert_same_weights
+from tests.support import cli_process
 
 NEGATIVES = ("--set", "loss.num_negatives=2")
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import cli_process
 from relic_fast.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
 from relic_fast.cli import app
 from relic_fast.config import section_names, section_type
 from relic_fast.errors import ExitCode
 from relic_fast.resume_rule import MAY_CHANGE, PSEUDO_KEYS, REFUSED, RULES
-from test_trainer import assert_same_weights
-from tiny_recipe import REPO
+
+from tests.relic_fast.test_trainer import assert_same_weights
+from tests.support import REPO, cli_process
 
 PROBE = ("--set", "eval.online_probe=true")
 """Every run here trains the online probe, so that a resume can show it restarting."""

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli_process
 from relic_fast.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
 from relic_fast.errors import ExitCode
 from relic_fast.run_control import Decision, RunControl
+
+from tests.support import cli_process
 
 
 def test_a_stop_signal_is_acted_on_at_the_next_step():

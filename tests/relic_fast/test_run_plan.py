@@ -103,7 +103,7 @@ def test_info_shows_the_run_plan_of_a_recipe(monkeypatch):
     from typer.testing import CliRunner
 
     from relic_fast.cli import app
-    from tiny_recipe import DEMO_RECIPE
+    from tests.support.tiny_recipe import DEMO_RECIPE
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = CliRunner().invoke(app, ["info", "--config", str(DEMO_RECIPE), "--set", "train.compile=on"], env={"COLUMNS": "160"})

@@ -19,7 +19,8 @@ import pytest
 from relic_fast import runlock
 from relic_fast.errors import RunInUseError
 from relic_fast.runlock import LOCK_NAME, RunLock, process_start
-from runlock_worker import Worker
+
+from tests.support.runlock_worker import Worker
 
 ROUNDS = 30
 SLOW_READ_S = 0.02

@@ -13,14 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import cli_process
 from relic_fast.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
 from relic_fast.cli import app
 from relic_fast.errors import ExitCode
 from relic_fast.loss import LOSS_TERMS
 from relic_fast.step import NonFiniteLossError
 from relic_fast.trainer import Trainer, pretrain
-from tiny_recipe import REPO, TINY_OVERRIDES
+
+from tests.support import REPO, cli_process
+from tests.support.tiny_recipe import TINY_OVERRIDES
 
 
 def with_train(config, **changes):

@@ -8,7 +8,8 @@ import pytest
 from dali_pipelines.loader import BadImageError
 from relic_fast.dataset_tools.index import index_dataset
 from relic_fast.trainer import pretrain
-from tiny_recipe import BROKEN
+
+from tests.support.tiny_recipe import BROKEN
 
 def configured(config, path, **data):
     """The tiny recipe on `path` (a tree without masks: no saliency masking) for 2 steps."""

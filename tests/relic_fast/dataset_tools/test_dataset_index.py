@@ -3,20 +3,18 @@ the cache makes a re-run skip work, and the index resolves from wherever it is w
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dali_pipelines"))
-from image_zoo import write_zoo  # noqa: E402  (shared with tests/dali_pipelines)
+from dali_pipelines.image_check import reason_category
+from relic_fast.cli import app
+from dali_pipelines.dataset import resolve_dataset
+from relic_fast.dataset_tools.index import index_dataset
 
-from dali_pipelines.image_check import reason_category  # noqa: E402
-from relic_fast.cli import app  # noqa: E402
-from dali_pipelines.dataset import resolve_dataset  # noqa: E402
-from relic_fast.dataset_tools.index import index_dataset  # noqa: E402
+from tests.support.image_zoo import write_zoo
 
 
 def read_file_list(path: Path):

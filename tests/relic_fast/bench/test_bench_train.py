@@ -4,7 +4,6 @@ and the saliency option of `bench loader` (which needs masks)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -14,7 +13,9 @@ from relic_fast.bench.train import BASELINE, loop_row
 from relic_fast.bench.corpus import make_photo_corpus
 from relic_fast.cli import app
 
-DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.toml"
+from tests.support import REPO
+
+DEMO_RECIPE = REPO / "configs" / "demo_cpu.toml"
 TINY = ["model.encoder=resnet18", "model.small_stem=true", "model.projector_hidden=64", "model.embedding_dim=32",
         "model.predictor_hidden=64", "views.num_large=2", "views.num_small=1", "views.large_size=32",
         "views.small_size=16", "views.saliency_p=0", "data.device=cpu", "data.num_threads=1", "train.batch_size=4", "train.device=cpu",

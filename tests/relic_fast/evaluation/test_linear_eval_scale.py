@@ -12,9 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import cli_process
 from relic_fast.cli import app
 from relic_fast.errors import ExitCode
+
+from tests.support import cli_process
 
 TINY = ["model.encoder=resnet18", "model.small_stem=true", "eval.image_size=16", "eval.linear_epochs=2",
         "eval.linear_batch_size=16", "train.device=cpu", "data.device=cpu", "data.num_threads=1"]

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from relic_fast.kernels import relicv2_fused as fused
 from relic_fast.loss import relicv2_core_reference, relicv2_loss_terms
-from loss_oracle import oracle_core
+
+from tests.support import REPO
+from tests.support.loss_oracle import oracle_core
 
 WEIGHTS = torch.tensor([1.0, 0.3, -0.7], dtype=torch.float64)  # <w, [total, contr, inv]>: every path
 
@@ -37,7 +39,7 @@ def test_interpreter_suite():
     if fused.interpreting():
         pytest.skip("already interpreting: the tests run in this process")
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    root = Path(__file__).resolve().parents[2]
+    root = REPO
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu",
                           str(Path(__file__).resolve())], cwd=root, env=env, capture_output=True,
                          text=True, timeout=600)

@@ -8,7 +8,6 @@ import json
 import re
 import sys
 import types
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -19,7 +18,7 @@ from relic_fast.bench.harness import measure
 from relic_fast.cli import app
 from relic_fast.environment import endless, peak_memory_gib, reset_peak_memory, synchronize
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def test_every_registered_benchmark_is_one_benchmark_object():

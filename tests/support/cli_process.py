@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from tiny_recipe import DEMO_RECIPE, REPO, TINY_OVERRIDES
+from tests.support import REPO
+from tests.support.tiny_recipe import DEMO_RECIPE, TINY_OVERRIDES
 
 SLOW_STEPS = ("import time, relic_fast.trainer as t; real = t.train_step; "
               "t.train_step = lambda *a, **k: (time.sleep({seconds}), real(*a, **k))[1]; ")
@@ -36,9 +37,9 @@ def command(args: list[str], prelude: str = "", ranks: int = 0) -> list[str]:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """This environment with the repository and these test modules importable (for a prelude). The
+    """This environment with the repository importable (`tests.support` too, for a prelude). The
     thread count stays this process's: a run resumed in-process must compute as the child did."""
-    path = [str(REPO), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    path = [str(REPO), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     env.pop("RELIC_FAST_DEBUG", None)
     return {**env, **extra}

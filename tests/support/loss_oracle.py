@@ -4,8 +4,7 @@ Shared by `test_loss.py` and the fused-kernel tests: it loops over online view i
 and local row b, builds the candidate set C_b as a Python list and evaluates the formulas term by
 term, so that it shares no batching trick with `relic_fast.loss.relicv2_core_reference` or with
 the Triton kernel. Differentiable w.r.t. `online_n` only (targets and q carry no gradient).
-Tests import it as `from loss_oracle import oracle_core, oracle_loss` (pytest puts this folder,
-which has no `__init__.py`, on sys.path).
+Tests import it as `from tests.support.loss_oracle import oracle_core, oracle_loss`.
 """
 
 from __future__ import annotations

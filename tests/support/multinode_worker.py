@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_recipe import DEMO_RECIPE, TINY_OVERRIDES
+from tests.support.tiny_recipe import DEMO_RECIPE, TINY_OVERRIDES
 
 
 def main(data: str, out: str, steps: str, report: str) -> None:

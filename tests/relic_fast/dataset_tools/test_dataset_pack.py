@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 import tarfile
 from collections import defaultdict
 from pathlib import Path
@@ -14,13 +13,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dali_pipelines"))
-from image_zoo import write_zoo  # noqa: E402  (shared with tests/dali_pipelines)
+from relic_fast.cli import app
+from dali_pipelines.formats.shard_index import write_wds_index
+from relic_fast.dataset_tools.pack import pack_dataset
+from relic_fast.demo_data import generate_demo_dataset
 
-from relic_fast.cli import app  # noqa: E402
-from dali_pipelines.formats.shard_index import write_wds_index  # noqa: E402
-from relic_fast.dataset_tools.pack import pack_dataset  # noqa: E402
-from relic_fast.demo_data import generate_demo_dataset  # noqa: E402
+from tests.support.image_zoo import write_zoo
 
 
 @pytest.fixture()

@@ -7,10 +7,11 @@ import subprocess
 
 import pytest
 
-import cli_process
 from relic_fast.checkpoint import checkpoint_path, list_checkpoints
 from relic_fast.errors import ExitCode
 from relic_fast.runlock import LOCK_NAME, process_start
+
+from tests.support import cli_process
 
 
 def one_error_line(output: str, label: str) -> str:

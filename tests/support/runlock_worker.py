@@ -1,7 +1,7 @@
 """A process that takes and gives back run locks on command, for the run-lock tests; `Worker` starts
 one and talks to it.
 
-Usage: `python runlock_worker.py DELAY_S`; then one command per line on stdin, one answer per line on
+Usage: `python -m tests.support.runlock_worker DELAY_S`; then one command per line on stdin, one answer per line on
 stdout: `acquire RUN_DIR` answers `won` or `lost: <message>` (the lock stays held until `release`),
 `release` answers `released`. With DELAY_S > 0 every owner record the lock module parses takes that
 much longer to read: the time between reading a lock's owner and acting on it, where two processes
@@ -15,12 +15,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from relic_fast import runlock
 from relic_fast.errors import RunInUseError
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def child_env() -> dict[str, str]:

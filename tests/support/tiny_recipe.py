@@ -1,8 +1,7 @@
 """The tiny CPU pretraining recipe the trainer-side tests share (imported by conftest and tests)."""
 
-from pathlib import Path
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPE = REPO / "configs" / "demo_cpu.toml"
 
 TINY_OVERRIDES = [

@@ -14,7 +14,8 @@ from dali_pipelines.atomic import TEMPORARY_PREFIX
 from dali_pipelines.dataset import DatasetError, resolve_dataset
 from dali_pipelines.formats.file_list import file_list_text
 from relic_fast.dataset_tools.index import index_dataset, summary_rows
-from test_dataset_index import decode_with_dali
+
+from tests.relic_fast.dataset_tools.test_dataset_index import decode_with_dali
 
 ODD_CLASSES = ["#x", " cat", "dog "]
 ODD_FILES = ["a b.jpg", "#h.jpg", '"q".jpg', " lead.jpg", "tab\tx.jpg", "nl\nx.jpg", "back\\slash.jpg",

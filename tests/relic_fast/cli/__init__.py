@@ -1,0 +1,1 @@
+"""Tests of `relic_fast.cli`."""
