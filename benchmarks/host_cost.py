@@ -28,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Run inside each side's tree, so it cannot import today's `dali_pipelines.pretrain.graph_operators`: commits
+# before the graph's rework lack it, and the count must be made the same way on both sides.
 COUNT_OPERATORS = r"""
 import collections, json, sys
 import numpy as np
