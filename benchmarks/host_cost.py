@@ -148,7 +148,9 @@ def main(argv=None) -> dict:
         new["ratio_to_old"] = {key: new[key] / old[key] for key in
                                ("cpu_ms_per_image", "images_per_s", "operators_cpu_graph", "operators_gpu_graph")}
         rows += [old, new]
-    from relic_fast.environment import machine_info
+    from relic_fast.provenance import provenance, write_results_json
+
+    record = provenance()
     loads = [load for row in rows for load in row["load_average_rounds"] if load is not None]
     cpus = os.cpu_count() or 1
     note = (f"the machine was shared with other work while it measured (1-minute load average {min(loads):.1f} to "
@@ -160,14 +162,11 @@ def main(argv=None) -> dict:
                         "--saliency-p 0.1 on a generated photo corpus with masks; each side's figure is the median "
                         "over interleaved rounds of the benchmark's median (process CPU time: every thread and "
                         "child, not wall); operators of the default graph (224/96, saliency 0.1, masks)"),
-               "machine": {**machine_info(), "commit": git_output("rev-parse", "--short", "HEAD"),
-                           "uncommitted": git_output("status", "--porcelain", "--untracked-files=no").splitlines(),
-                           "date": date.today().isoformat()},
+               "machine": {**record["machine"], "commit": (record["git"]["commit"] or "")[:7],
+                           "uncommitted": record["git"]["uncommitted"], "date": date.today().isoformat()},
                "note": note, "operators": ops, "rows": rows}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_results_json(args.json, payload, record)}")
     for row in rows:
         print(row["side"], row["views"], f"{row['cpu_ms_per_image']:.2f} CPU-ms/img",
               f"{row['images_per_s']:.1f} img/s", row.get("ratio_to_old", ""))
