@@ -64,6 +64,8 @@ def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: boo
                                output_type=types.RGB)
     inputs = ImageInputs(fn.peek_image_shape(encoded.images), encoded.mask_bytes, encoded.has_mask, device)
     draws = draw_views(inputs, views, units)
+    for unit in units:
+        images = unit.prepare(images, inputs, views)
     outputs = [make_view(images, spec, view_draws, views, device, units)
                for spec, view_draws in zip(views.view_specs(), each_view_draws(draws, views, units))]
     outputs.append(encoded.labels)

@@ -1,15 +1,19 @@
 """Gaussian blur with probability `blur_p` per view setting (view k uses entry k mod len), sigma ~ U(`blur_sigma`).
 
 BYOL's kernel: radius int(size / 20), i.e. 23 taps at 224 and 9 at 96, cut to +-4 sigma where that is
-narrower (`TRUNCATE_SIGMAS`). CPU: two 1-D `fn.filter` passes with the view's weights, every view's kernel
-made at once per image (`blur_kernels`) and sliced once per view; GPU: DALI's separable `fn.gaussian_blur`,
-every view blurred, with a one-tap window where the blur was not drawn. A view whose probability is 1 is
-blurred without a conditional, 0 holds no blur.
+narrower (`TRUNCATE_SIGMAS`); below 20 px it is one tap, the identity, and such a view holds no blur operator
+(its coin is still drawn and reported). CPU: two 1-D `fn.filter` passes with the view's weights, every view's
+kernel made at once per image (`blur_kernels`) and sliced once per view; a view of a varying probability
+blurs inside a conditional from `BRANCH_FROM_SIZE` up, below it every such view is filtered, with a one-tap
+kernel where the blur was not drawn. GPU: DALI's separable `fn.gaussian_blur`, every view blurred, with a
+one-tap window where the blur was not drawn. A view whose probability is 1 is blurred without a conditional,
+0 holds no blur.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from nvidia.dali import fn, types
@@ -26,6 +30,12 @@ TRUNCATE_SIGMAS = 4.0
 instead of 23."""
 
 
+BRANCH_FROM_SIZE = 64
+"""The smallest CPU view whose blur of a varying probability sits in a conditional (`unit.branch_skips_work`):
+at BYOL's 0.1 the undrawn 90 % skip 0.9 x the two passes (19 µs at 96 px, 4 at 32), which outweighs the
+conditional's four operators (~12 µs) from about 64 px."""
+
+
 class BlurDraws(NamedTuple):
     """The unit's draws of one image: (V, 1) bool coins (None where no view's can vary), (V, 1) sigmas in pixels
     (drawn for every view), the (V, 1) int32 window widths, and on the CPU the kernels (`blur_kernels`)."""
@@ -33,7 +43,8 @@ class BlurDraws(NamedTuple):
     blur: object
     sigma: object
     width: object
-    rows: object = None      # (V, taps) normalized weights, view k's in its first width[k] entries
+    rows: object = None      # (V, taps) normalized weights (`blur_kernels`)
+    filtered: tuple = ()     # per view: filtered whatever its coin (`filtered_views`)
 
 
 class BlurView(NamedTuple):
@@ -57,20 +68,46 @@ def view_halves(views: ViewsConfig) -> np.ndarray:
     return np.asarray([[blur_taps(size) // 2] for size in sizes], np.float32)
 
 
+def full_windows(views: ViewsConfig) -> bool:
+    """Whether every view keeps BYOL's whole window at any drawn sigma (4 sigma reaches its radius from the
+    smallest sigma up, e.g. 32 px views: radius 1): the windows are then known when the graph is built."""
+    return math.ceil(TRUNCATE_SIGMAS * views.blur_sigma[0]) >= int(view_halves(views).max())
+
+
 def half_widths(sigma, views: ViewsConfig):
-    """(V, 1) half-widths kept: min(BYOL's radius, ceil(4 sigma))."""
+    """(V, 1) half-widths kept: min(BYOL's radius, ceil(4 sigma)); BYOL's radius itself where the windows are
+    full (`full_windows`)."""
     halves = view_halves(views)
+    if full_windows(views):
+        return constant(halves)
     limit = float(halves[0, 0]) if (halves == halves[0, 0]).all() else constant(halves)
     return dmath.min(dmath.ceil(TRUNCATE_SIGMAS * sigma), limit)
 
 
 def blur_kernels(sigma, half, views: ViewsConfig):
-    """(V, taps) every view's normalized Gaussian weights at its sigma, left-aligned: view k's kernel is the
-    first 2 half[k] + 1 entries of row k (centre at half[k]); the rest are zeros."""
-    taps = int(view_halves(views).max()) * 2 + 1
-    offset = constant(np.arange(taps, dtype=np.float32).reshape(1, taps)) - half              # (V, taps)
-    weights = dmath.exp(offset * offset * (-0.5 / (sigma * sigma))) * (offset <= half)
+    """(V, taps) every view's normalized Gaussian weights at its sigma. Left-aligned: view k's kernel is the first
+    2 half[k] + 1 entries of row k (centre at half[k]), the rest zeros. Where the windows are full
+    (`full_windows`), centred on BYOL's radius r[k] instead, so that a view's kernel is the fixed slice of its
+    first 2 r[k] + 1 entries, zeros beyond half[k] from the centre (a one-tap identity where half[k] is 0)."""
+    halves = view_halves(views)
+    taps = int(halves.max()) * 2 + 1
+    centre = constant(halves) if full_windows(views) else half
+    offset = constant(np.arange(taps, dtype=np.float32).reshape(1, taps)) - centre            # (V, taps)
+    kept = dmath.abs(offset) <= half if full_windows(views) else offset <= half
+    weights = dmath.exp(offset * offset * (-0.5 / (sigma * sigma))) * kept
     return weights / fn.reductions.sum(weights, axes=[1], keep_dims=True)
+
+
+def filtered_views(views: ViewsConfig, probabilities: Sequence[float], device: str) -> list[bool]:
+    """Per view, whether it is filtered without a conditional although its probability varies (its kernel a
+    one-tap identity where the blur was not drawn): every such view on the GPU, the small ones on the CPU."""
+    return [coin_can_vary(p) and blurs(spec.size) and not branch_skips_work(device, spec.size, BRANCH_FROM_SIZE)
+            for p, spec in zip(probabilities, views.view_specs())]
+
+
+def blurs(size: int) -> bool:
+    """Whether BYOL's kernel does anything at a view side of `size` (below 20 px it is one tap)."""
+    return blur_taps(size) > 1
 
 
 def blur(x, view: BlurView, device: str):
@@ -114,33 +151,40 @@ class Blur(Augmentation):
         coins = uniforms.coin("blur") if any(coin_can_vary(q) for q in p) else None
         sigma = uniforms.value("sigma")
         half = half_widths(sigma, views)
-        if image.device == "gpu" and coins is not None:
+        filtered = tuple(filtered_views(views, p, image.device))
+        if any(filtered):
             half = half * coins
-        width = fn.cast(2.0 * half + 1.0, dtype=types.INT32)
-        if image.device == "gpu" or not any(q > 0 for q in p):
-            return BlurDraws(coins, sigma, width)
-        return BlurDraws(coins, sigma, width, blur_kernels(sigma, half, views))
+        if image.device == "gpu":
+            return BlurDraws(coins, sigma, fn.cast(2.0 * half + 1.0, dtype=types.INT32), None, filtered)
+        if not any(q > 0 and blurs(spec.size) for q, spec in zip(p, views.view_specs())):
+            return BlurDraws(coins, sigma, None, None, filtered)
+        width = None if full_windows(views) else fn.cast(2.0 * half + 1.0, dtype=types.INT32)
+        return BlurDraws(coins, sigma, width, blur_kernels(sigma, half, views), filtered)
 
     def per_view(self, draws: BlurDraws, views: ViewsConfig) -> list[BlurView]:
-        """Each view's decision (a Python bool where its probability is 0 or 1), sigma, width and kernels."""
+        """Each view's decision (a Python bool where its probability is 0 or 1, or where the view is filtered
+        whatever its coin), sigma, width and kernels; no blur where BYOL's kernel is one tap."""
         records = []
-        for k, p in enumerate(self.probabilities(views)):
-            blur = draws.blur[k, 0] if coin_can_vary(p) else p >= 1.0
-            if p <= 0.0:
-                records.append(BlurView(blur, None, None))
+        for k, (p, spec) in enumerate(zip(self.probabilities(views), views.view_specs())):
+            blur = True if draws.filtered[k] else draws.blur[k, 0] if coin_can_vary(p) else p >= 1.0
+            if p <= 0.0 or not blurs(spec.size):
+                records.append(BlurView(False, None, None))
             elif draws.rows is None:
                 records.append(BlurView(blur, draws.sigma[k, 0], draws.width[k, 0]))
+            elif draws.width is None:
+                records.append(BlurView(blur, None, None, draws.rows[k:k + 1, 0:blur_taps(spec.size)]))
             else:
                 records.append(BlurView(blur, None, None, draws.rows[k:k + 1, 0:draws.width[k, 0]]))
         return records
 
     def apply(self, x, view: View):
-        """The blur where drawn: always at probability 1, never at 0 (no operator); on the GPU every view of a
-        varying probability (a one-tap window where not drawn)."""
+        """The blur where drawn: always at probability 1, never at 0 or below 20 px (no operator); every view of a
+        varying probability on the GPU and below `BRANCH_FROM_SIZE` on the CPU (a one-tap kernel where not
+        drawn), a conditional above."""
         record = view.draws[self.name]
         if record.blur is False:
             return x
-        if record.blur is True or not branch_skips_work(view.device):
+        if record.blur is True:
             return blur(x, record, view.device)
         if record.blur:
             x = blur(x, record, view.device)

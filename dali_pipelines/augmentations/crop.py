@@ -5,6 +5,12 @@ r = exp(U(log range)), relative width sqrt(a r H / W) and height sqrt(a W / (r H
 1 (the whole side), offset uniform over the remaining room. Where the flip (`flip.py`) was drawn the
 window's x start and end are swapped (x0 > x1): `fn.resize` then mirrors for free. The view is cut
 and resized from the decoded image in uint8, antialiased.
+
+On the CPU, a decoded photo with at least 4x the pixels that its smallest window needs (`shrink_area`) is first
+halved, once, with an exact 2x2 box (`halved`: a filter and a nearest-neighbour resize, ~0.5 CPU-ms for a 500 x 375
+photo): the antialiased resize of six windows from the full photo costs far more (docs/performance.md), and every
+window still has at least the view's side in pixels, so each view is still a downscale. Windows are relative,
+so neither they nor the saliency masks (cut with the same windows at their own resolution) change.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
@@ -55,6 +62,30 @@ def interpolation_type(views: ViewsConfig, device: str):
     return types.INTERP_CUBIC if interpolation == "cubic" else types.INTERP_LINEAR
 
 
+def shrink_area(views: ViewsConfig) -> float:
+    """The fewest pixels (H x W) an image needs for its smallest window of any view to keep the view's side in
+    pixels: a window of area a and aspect r has sides sqrt(a H W r) and sqrt(a H W / r), the shorter at least
+    sqrt(a H W m), m = min(r, 1 / r) over the aspect range."""
+    m = min(min(r, 1.0 / r) for r in views.aspect_ratio)        # min(r, 1 / r) peaks at r = 1: an end is lowest
+    kinds = [(views.large_size, views.large_area[0])] * bool(views.num_large)
+    kinds += [(views.small_size, views.small_area[0])] * bool(views.num_small)
+    return max(size * size / (area * m) for size, area in kinds)
+
+
+BOX_2X2 = np.full((2, 2), 0.25, np.float32)
+"""The 2x2 mean: centred by `fn.filter` on the pixel's lower-right corner, so the odd rows and columns of its
+output are the means of the 2x2 blocks."""
+
+
+def halved(image, shape):
+    """`image` (of `shape`, (H, W, C)) at half its size, each pixel the mean of a 2x2 block (an odd last row or
+    column dropped): the box filter, then its odd rows and columns, which a nearest-neighbour resize to exactly
+    half picks (DALI 2.4's strided subscript `x[1::2, 1::2]` returned wrong rows past the 15th of a 240 px image)."""
+    half = fn.cast(shape[0:2] // 2, dtype=types.FLOAT)
+    return fn.resize(fn.filter(image, types.Constant(BOX_2X2)), size=half, interp_type=types.INTERP_NN,
+                     antialias=False)
+
+
 class Crop(Augmentation):
     """Every view's window (drawn after the flip, which it reads) and the resize that cuts the view."""
 
@@ -80,6 +111,15 @@ class Crop(Augmentation):
     def per_view(self, draws: Window, views: ViewsConfig) -> list[Window]:
         """Each view's window."""
         return [Window(draws.start[k], draws.end[k]) for k in range(views.num_views)]
+
+    def prepare(self, image, inputs: ImageInputs, views: ViewsConfig):
+        """On the CPU, the decoded image halved where it has at least 4x the pixels its smallest window needs
+        (`shrink_area`); as decoded elsewhere, and on the GPU (its pixel work is not the pipeline's limit)."""
+        if inputs.device != "cpu":
+            return image
+        if inputs.shape[0] * inputs.shape[1] >= 4.0 * shrink_area(views):
+            image = halved(image, inputs.shape)
+        return image
 
     def apply(self, x, view: View):
         """The view cut from the decoded image `x`."""

@@ -47,14 +47,14 @@ class SaliencyView(NamedTuple):
 
 
 def mask_weights(mask_bytes, any_blend, device: str):
-    """The (H, W, 1) float weights of the decoded grayscale masks, for the samples where `any_blend`; a 1x1
-    foreground elsewhere. CPU: the foreground's, mask / 255 (0..1); GPU: the fill's before a view's share,
-    255 - mask (0..255)."""
+    """The (H, W, 1) weights of the decoded grayscale masks, for the samples where `any_blend`; a 1x1 foreground
+    elsewhere. CPU: the uint8 masks themselves (0..255: a view's cut is scaled to 0..1, not the whole mask);
+    GPU: the fill's float weight before a view's share, 255 - mask (0..255)."""
     if any_blend:
         masks = fn.decoders.image(mask_bytes, device="cpu", output_type=types.GRAY)
     else:
         masks = types.Constant(np.full((1, 1, 1), 255, np.uint8), layout="HWC")
-    return 255.0 - masks.gpu() if device == "gpu" else masks * (1.0 / 255.0)
+    return 255.0 - masks.gpu() if device == "gpu" else masks
 
 
 def other_images(view):
@@ -79,8 +79,9 @@ def _fill(view, mean, views: ViewsConfig, other):
 
 def blend(view, record: SaliencyView, window, size: int, views: ViewsConfig, other=None):
     """`view` with its background replaced, its mask cut with the view's own `window`: fill + (view - fill) a,
-    a the mask on 0..1. Call it inside the `if` on the view's decision."""
-    alpha = crop(record.weights, window, size, types.INTERP_LINEAR)
+    a the mask on 0..1 (cut in uint8, then scaled: the view's pixels, not the whole mask's). Call it inside the
+    `if` on the view's decision."""
+    alpha = crop(record.weights, window, size, types.INTERP_LINEAR) * (1.0 / 255.0)
     fill = _fill(view, record.fill, views, other)
     return fn.cast(fill + (view - fill) * alpha, dtype=types.UINT8)
 

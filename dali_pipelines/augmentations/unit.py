@@ -8,14 +8,15 @@ A unit owns its augmentation end to end, so that adding one is its own file plus
   every unit at once by one operator per image (`draws.draw_uniforms`);
 - `draw`: its per-sample draws of one image from those columns, (V, n) blocks for all V views at once;
 - `per_view`: each view's part of those draws, with what is derived from them once per image;
+- `prepare`: its work on the decoded image, once, before any view is cut from it (the crop's shrink);
 - `apply`: its DALI operators on one view;
 - `is_on`, `off`, `ablation_group`, `ablation_advice`: the profiler's ablation of it;
 - `stats_columns`, `stats`: its debug columns (`ViewBatch.stats`).
 
 Operators cost the pipeline's host per sample whatever their size, so a unit computes on the blocks (a
-few operators per image), leaves out what a setting makes a no-op (probability 0 or 1: a Python `if` on
-the config), and uses a per-sample conditional only where the branch skips real pixel work on the host
-(`branch_skips_work`).
+few operators per image), leaves out what a setting makes a no-op (probability 0 or 1, a one-tap blur: a
+Python `if` on the config), and uses a per-sample conditional only where the branch skips more pixel work on
+the host than its own operators cost (`branch_skips_work`).
 
 `stage` places it on a view's path (cut, then background, then pixels); within a stage, and for the
 draws and the debug columns, the order is `AUGMENTATIONS`'.
@@ -128,6 +129,11 @@ class Augmentation:
         """Each view's record of the unit's `draws` (V entries, large views first)."""
         return [None] * views.num_views
 
+    def prepare(self, image, inputs: ImageInputs, views: ViewsConfig):
+        """The unit's work on the decoded `image` (uint8 HWC), once per image before any view is cut from it;
+        none by default."""
+        return image
+
     def apply(self, x, view: View):
         """The unit's operators on one view `x` (uint8 HWC; the decoded image at `Stage.CUT`)."""
         return x
@@ -137,9 +143,11 @@ class Augmentation:
         return ()
 
 
-def branch_skips_work(device: str) -> bool:
-    """Whether a per-sample conditional pays for itself on `device`: on the CPU a branch skips pixel work that
-    the host would do (a colour pass, a blur, a blend), worth far more than the conditional's split and merge;
-    on the GPU the skipped work is device work, while the pipeline's limit is its host side (docs/performance.md),
-    so a unit computes every view and weights the result by its 0/1 decision instead."""
-    return device == "cpu"
+def branch_skips_work(device: str, size: int = 0, smallest: int = 0) -> bool:
+    """Whether a per-sample conditional pays for itself on `device` for a view of side `size`. A conditional costs
+    the host its own operators (the decision's slice, a split per input, a merge: ~3 µs each per image on the
+    CPU, docs/performance.md); on the CPU it pays where the pixel work it skips costs more, which a unit states
+    as the `smallest` view side at which it does (its pass measured at 32, 96 and 224 px: colour 11 / 78 / 340
+    µs a view, blur 4 / 19 / 61). On the GPU the skipped work is device work, while the pipeline's limit is its
+    host side, so a unit computes every view and weights the result by its 0/1 decision instead."""
+    return device == "cpu" and size >= smallest

@@ -110,7 +110,7 @@ def test_gpu_graph_is_the_same_definition_on_the_gpu(identity_data):
     on the GPU, the readers, random draws and crop windows on the CPU."""
     dataset = resolve_dataset(str(identity_data.folder))
     plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=True)
-    views = ViewsConfig(num_large=2, num_small=1, large_size=16, small_size=8, saliency_p=0.5)
+    views = ViewsConfig(num_large=2, num_small=1, large_size=24, small_size=8, saliency_p=0.5)
     pipe = multi_view_pipeline(plan, views, "gpu", False, batch_size=2, num_threads=1, device_id=0)
     outputs = pipe._graph_out  # the graph's outputs, kept by DALI until build
     assert [o.device for o in outputs] == ["gpu", "gpu", "gpu", "cpu"]
@@ -126,30 +126,40 @@ def test_gpu_graph_is_the_same_definition_on_the_gpu(identity_data):
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_the_config_decides_which_operators_the_graph_holds(identity_data, device):
     """A probability of 0 leaves its operator out of the graph, 1 puts it in without a per-sample
-    conditional; saliency without masks builds no mask decoder."""
+    conditional, and so does a one-tap blur (views under 20 px); a conditional only where it skips enough
+    pixel work (CPU views from the unit's size up); saliency without masks builds no mask decoder."""
     dataset = resolve_dataset(str(identity_data.folder))
     plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=False)
     blur_op = "GaussianBlur" if device == "gpu" else "Filter"
 
-    def kinds(**changes) -> list[str]:
-        views = ViewsConfig(num_large=2, num_small=1, large_size=16, small_size=8, **changes)
+    def kinds(large_size: int = 96, **changes) -> list[str]:
+        views = ViewsConfig(num_large=2, num_small=1, large_size=large_size, small_size=8, **changes)
         pipe = multi_view_pipeline(plan, views, device, False, batch_size=2, num_threads=1,
                                    device_id=0 if device == "gpu" else None)
         return [kind for kind, _ in graph_operators(pipe)]
 
+    def blurs(graph: list[str]) -> int:
+        """The blur's filter operators (on the CPU one Filter is the crop's shrink: `crop.halved`)."""
+        return graph.count(blur_op) - (device == "cpu")
+
     none = kinds(blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.5)
-    assert blur_op not in none and "LookupTable" not in none
+    assert blurs(none) == 0 and "LookupTable" not in none
     assert none.count("Image") == 1                       # the images' decoder only: no masks to decode
+    assert blurs(kinds(large_size=16, blur_p=(1.0,), solarize_p=(0.0,))) == 0   # a one-tap kernel everywhere
     always = kinds(blur_p=(1.0,), solarize_p=(0.0,))
     sometimes = kinds(blur_p=(0.5,), solarize_p=(0.0,))
-    assert blur_op in always and blur_op in sometimes
+    assert blurs(always) == blurs(sometimes) == (2 if device == "gpu" else 4)   # the two large views, not 8 px
+    small_always = kinds(large_size=32, blur_p=(1.0,), solarize_p=(0.0,))
+    small_sometimes = kinds(large_size=32, blur_p=(0.5,), solarize_p=(0.0,))
+    assert small_always.count("Split") == small_sometimes.count("Split")  # 32 px: filtered, one tap where undrawn
     if device == "cpu":
-        assert always.count("Split") < sometimes.count("Split")   # a conditional skips the blur's pixel work
+        assert always.count("Split") < sometimes.count("Split")   # 96 px: a conditional skips the blur's work
     else:
         assert always.count("Split") == sometimes.count("Split")  # GPU: every view blurred, one tap where not drawn
     assert "LookupTable" in kinds(solarize_p=(0.3,))
     bare = kinds(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.0)
-    assert bare.count("Uniform") == 1 and "CoordTransform" not in bare and "Split" not in bare  # crops only
+    assert bare.count("Uniform") == 1 and "CoordTransform" not in bare                           # crops only,
+    assert bare.count("Merge") == (device == "cpu")               # one conditional: the CPU's shrink of large photos
 
 
 OPERATOR_BUDGET = {"cpu": 290, "gpu": 200}

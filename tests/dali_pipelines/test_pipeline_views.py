@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dali_pipelines.augmentations import blur as blur_unit, colour as colour_unit
 from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.batch import normalize_views
 from dali_pipelines.loader import build_pretrain_loader
@@ -113,7 +114,17 @@ def binomial_ok(flags: np.ndarray, p: float, sigmas: float = 4.5) -> bool:
     return abs(flags.mean() - p) <= sigmas * math.sqrt(p * (1 - p) / flags.size) + 1e-9
 
 
-def test_augmentation_rates_and_effects(pattern_data):
+@pytest.fixture(params=["size rule", "always a conditional"])
+def branch_rule(request, monkeypatch):
+    """The CPU units' conditionals as the size rule places them (none at these 32 px views), or forced on every
+    view (the path of views from `BRANCH_FROM_SIZE` up): the same decisions must show in the pixels either way."""
+    if request.param == "always a conditional":
+        monkeypatch.setattr(blur_unit, "BRANCH_FROM_SIZE", 0)
+        monkeypatch.setattr(colour_unit, "BRANCH_FROM_SIZE", 0)
+    return request.param
+
+
+def test_augmentation_rates_and_effects(pattern_data, branch_rule):
     """Flip, grayscale, blur and solarize: per-sample rates match their probabilities per view setting,
     and every recorded decision is visible in the pixels (pattern image, identity crops, no jitter)."""
     views = plain_views(4, 2, flip_p=0.5, grayscale_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))
@@ -142,7 +153,7 @@ def test_augmentation_rates_and_effects(pattern_data):
             assert amplitude < 0.8 * stripes
 
 
-def test_jitter_rate_and_untouched_views(pattern_data):
+def test_jitter_rate_and_untouched_views(pattern_data, branch_rule):
     """Jitter p = 0.8 per view; views that drew neither jitter nor grayscale are the image itself."""
     views = plain_views(4, 2, jitter_p=0.8)
     got = batches(pattern_data.folder, views, batch_size=32, count=2)
