@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from dali_pipelines.dataset import BUILTIN_CLASS_LISTS
+from dali_pipelines.formats.registry import FORMATS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,6 +66,10 @@ def check_probability(value: float, field: str) -> None:
     check(0.0 <= value <= 1.0, field, f"a probability must lie in [0, 1], got {value}")
 
 
+FormatName = Literal[("auto", *(dataset_format.name for dataset_format in FORMATS))]
+"""`data.format`'s choices: auto, or a registered format's name (`formats.registry.FORMATS`)."""
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images are and how the DALI loader reads them (`[data]`)."""
@@ -76,9 +81,9 @@ class DataConfig:
     (`val_labels`; ImageNet's validation set as Kaggle ships it) or a folder of WebDataset `.tar` shards.
     Empty: the built-in demo dataset, generated on first use. `--data` on the CLI sets it."""
 
-    format: Literal["auto", "folder", "file_list", "webdataset"] = "auto"
+    format: FormatName = "auto"
     """Reader to use; `auto` infers it from `path` (a `.txt` file: file_list; a folder of `.tar`
-    files: webdataset; a folder with images and no subfolder: a flat folder; else folder)."""
+    files: webdataset; a folder with images and no subfolder: flat; else folder)."""
 
     masks: str = ""
     """Root of the saliency-mask tree parallel to the image tree (`<masks>/<same relative path

@@ -12,6 +12,7 @@ from dali_pipelines.formats.image_files import ImageFiles
 from dali_pipelines.formats.registry import FORMATS, detect, format_named
 from dali_pipelines.loader import build_pretrain_loader
 from dali_pipelines.recipe import DataConfig, ViewsConfig
+from relic_fast.config import load_config
 
 from tests.support import REPO
 
@@ -22,6 +23,12 @@ def test_each_format_is_registered_once_and_found_by_its_name():
     assert all(format_named(name).name == name for name in names)
     with pytest.raises(DatasetError, match=r"unknown dataset format 'lmdb' \(expected auto, .*folder"):
         format_named("lmdb")
+
+
+@pytest.mark.parametrize("name", [f.name for f in FORMATS])
+def test_every_registered_format_is_a_data_format_choice(name):
+    """`data.format` accepts each registered format by name (the choices come from the registry)."""
+    assert load_config(None, [f"data.format={name}"]).data.format == name
 
 
 def test_each_layout_is_detected_as_its_format(identity_data, tmp_path):
