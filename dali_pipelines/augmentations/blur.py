@@ -145,8 +145,9 @@ class Blur(Augmentation):
         return coin + (Uniform("sigma", (views.blur_sigma[0],) * len(p), (views.blur_sigma[1],) * len(p)),)
 
     def draw(self, image: ImageInputs, views: ViewsConfig, uniforms: Uniforms | None, earlier) -> BlurDraws:
-        """The coins, the sigmas and the windows; the CPU's kernels (the GPU's windows shrink to one tap where
-        the blur was not drawn, so that it can blur every view)."""
+        """The coins, the sigmas and the windows; the CPU's kernels. Where views are filtered whatever their coin
+        (`filtered_views`: every view on the GPU, the small ones on the CPU) the windows shrink to one tap where
+        the blur was not drawn."""
         p = self.probabilities(views)
         coins = uniforms.coin("blur") if any(coin_can_vary(q) for q in p) else None
         sigma = uniforms.value("sigma")
