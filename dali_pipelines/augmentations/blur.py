@@ -91,9 +91,9 @@ def blur_kernels(sigma, half, views: ViewsConfig):
     first 2 r[k] + 1 entries, zeros beyond half[k] from the centre (a one-tap identity where half[k] is 0)."""
     halves = view_halves(views)
     taps = int(halves.max()) * 2 + 1
-    centre = constant(halves) if full_windows(views) else half
-    offset = constant(np.arange(taps, dtype=np.float32).reshape(1, taps)) - centre            # (V, taps)
-    kept = dmath.abs(offset) <= half if full_windows(views) else offset <= half
+    full = full_windows(views)
+    offset = constant(np.arange(taps, dtype=np.float32).reshape(1, taps)) - (constant(halves) if full else half)
+    kept = dmath.abs(offset) <= half if full else offset <= half
     weights = dmath.exp(offset * offset * (-0.5 / (sigma * sigma))) * kept
     return weights / fn.reductions.sum(weights, axes=[1], keep_dims=True)
 
@@ -138,6 +138,10 @@ class Blur(Augmentation):
         """Each view's blur probability."""
         return tuple(view_entry(views.blur_p, k) for k in range(views.num_views))
 
+    def blurred(self, views: ViewsConfig) -> list[bool]:
+        """Per view, whether it can be blurred at all: a probability above 0 and a kernel of more than one tap."""
+        return [p > 0.0 and blurs(spec.size) for p, spec in zip(self.probabilities(views), views.view_specs())]
+
     def columns(self, views: ViewsConfig) -> tuple:
         """A coin per view (where some view's can vary) and a sigma for every view."""
         p = self.probabilities(views)
@@ -157,7 +161,7 @@ class Blur(Augmentation):
             half = half * coins
         if image.device == "gpu":
             return BlurDraws(coins, sigma, fn.cast(2.0 * half + 1.0, dtype=types.INT32), None, filtered)
-        if not any(q > 0 and blurs(spec.size) for q, spec in zip(p, views.view_specs())):
+        if not any(self.blurred(views)):
             return BlurDraws(coins, sigma, None, None, filtered)
         width = None if full_windows(views) else fn.cast(2.0 * half + 1.0, dtype=types.INT32)
         return BlurDraws(coins, sigma, width, blur_kernels(sigma, half, views), filtered)
@@ -166,11 +170,13 @@ class Blur(Augmentation):
         """Each view's decision (a Python bool where its probability is 0 or 1, or where the view is filtered
         whatever its coin), sigma, width and kernels; no blur where BYOL's kernel is one tap."""
         records = []
+        blurred = self.blurred(views)
         for k, (p, spec) in enumerate(zip(self.probabilities(views), views.view_specs())):
-            blur = True if draws.filtered[k] else draws.blur[k, 0] if coin_can_vary(p) else p >= 1.0
-            if p <= 0.0 or not blurs(spec.size):
+            if not blurred[k]:
                 records.append(BlurView(False, None, None))
-            elif draws.rows is None:
+                continue
+            blur = True if draws.filtered[k] else draws.blur[k, 0] if coin_can_vary(p) else p >= 1.0
+            if draws.rows is None:
                 records.append(BlurView(blur, draws.sigma[k, 0], draws.width[k, 0]))
             elif draws.width is None:
                 records.append(BlurView(blur, None, None, draws.rows[k:k + 1, 0:blur_taps(spec.size)]))
