@@ -18,7 +18,8 @@ columns every augmentation declares), each augmentation its own; each view then 
 (settings fixed when the graph is built: a Python `if` on the recipe decides which operators exist) and its
 `ViewDraws` (per-sample values sliced once: an `if` on a view's boolean coin is DALI's per-sample
 conditional, used on the CPU where the branch skips pixel work), and every augmentation on its path applies
-its operators. `graph_operators` counts the operators a graph holds, by kind.
+its operators, to all of the image's views at once (`make_views`). `graph_operators` counts the operators a
+graph holds, by kind.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dali_pipelines.augmentations import AUGMENTATIONS, view_path
 from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, View
 from dali_pipelines.draws import ViewDraws, draw_views, each_view_draws, stats, stats_fields
 from dali_pipelines.readers import ReadPlan, read_encoded
-from dali_pipelines.recipe import ViewsConfig, ViewSpec
+from dali_pipelines.recipe import ViewsConfig
 
 STATS_FIELDS = stats_fields(AUGMENTATIONS)
 """Columns of the debug `stats` output, one row per view: the augmentations' own (`Augmentation.stats_columns`)."""
@@ -44,15 +45,16 @@ def output_names(views: ViewsConfig, debug: bool = False) -> list[str]:
     return names + ["labels"] + (["stats"] if debug else [])
 
 
-def make_view(image, spec: ViewSpec, draws: ViewDraws, views: ViewsConfig, device: str,
-              units: Sequence[Augmentation]):
-    """One output view: every augmentation's operators along the view's path, starting from the decoded
-    `image` (the crop cuts the view from it)."""
-    view = View(spec, draws, views, device)
-    x = image
+def make_views(image, draws: Sequence[ViewDraws], views: ViewsConfig, device: str,
+               units: Sequence[Augmentation]) -> list:
+    """Every output view of an image: each augmentation along the views' path (`view_path`) acts on all of them
+    at once (`Augmentation.apply_views`: one operator may serve several views), starting from the decoded `image`
+    (the crop cuts each view from it); `draws[k]` is view k's record."""
+    records = [View(spec, view_draws, views, device) for spec, view_draws in zip(views.view_specs(), draws)]
+    pixels = [image] * len(records)
     for unit in view_path(units):
-        x = unit.apply(x, view)
-    return x
+        pixels = unit.apply_views(pixels, records)
+    return pixels
 
 
 def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: bool,
@@ -66,8 +68,7 @@ def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: boo
     draws = draw_views(inputs, views, units)
     for unit in units:
         images = unit.prepare(images, inputs, views)
-    outputs = [make_view(images, spec, view_draws, views, device, units)
-               for spec, view_draws in zip(views.view_specs(), each_view_draws(draws, views, units))]
+    outputs = make_views(images, each_view_draws(draws, views, units), views, device, units)
     outputs.append(encoded.labels)
     if debug:
         outputs.append(stats(draws, views, units))

@@ -9,7 +9,9 @@ grayscale (weights 0.2989, 0.5870, 0.1140; saturation and hue keep luma, so gray
 grayscale just zeroes the chroma) in one pass, clipped once. `jitter_clip = "each"` is BYOL's exact form
 (`exact_maps`): four passes, one op each in a per-sample random order (`jitter_order`), clipped after
 each, then grayscale. Every piece works on uint8 HWC views; the maps of all views are made once per image
-from the unit's draw columns.
+from the unit's draw columns. The fused pass runs on every view (the identity map where neither jitter nor
+grayscale was drawn): on the CPU in a compiled kernel, several views per operator (`colour_kernel`: DALI's CPU
+`coord_transform` costs ~10x more), on the GPU as `coord_transform`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
-from dali_pipelines.augmentations.unit import (Augmentation, ImageInputs, StatsColumns, StatsGroup, View,
-                                               branch_skips_work)
+from dali_pipelines.augmentations.colour_kernel import VIEWS_PER_OPERATOR, colour_views
+from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, StatsColumns, StatsGroup, View
 from dali_pipelines.draws import Coin, Uniform, Uniforms, as_float, coin_can_vary, constant
 from dali_pipelines.recipe import ViewsConfig
 
@@ -43,11 +45,6 @@ CHROMA_ROTATE = (np.linalg.inv(_TO_YIQ) @ np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 
                  @ _TO_YIQ).astype(np.float32)
 """A quarter turn of YIQ's chroma plane, in RGB (+ angle: HSV hue up); luma is kept."""
 
-BRANCH_FROM_SIZE = 112
-"""The smallest CPU view whose colour pass sits in a conditional (`unit.branch_skips_work`): the 16 % of views
-that draw neither jitter nor grayscale skip 0.16 x its cost (340 µs at 224 px, 78 at 96), which outweighs the
-conditional's five operators (~15 µs) from about 112 px."""
-
 STRENGTHS = ("brightness", "contrast", "saturation", "hue")
 """The jitter's four value columns, in this order: U(-strength, strength) each (hue as an angle)."""
 
@@ -60,12 +57,15 @@ class ColourMaps(NamedTuple):
 
 
 class ColourView(NamedTuple):
-    """One view's record: `applied`, a scalar bool (or a Python bool) for its conditional, and its map(s): M
-    (3, 3) and [A | T] (3, 4) fused, fused (`ExactView` for the exact form)."""
+    """One view's record in the fused form (`ExactView` for the exact one): `applied`, a scalar bool (or a Python
+    bool) for its conditional, its map M (3, 3) and [A | T] (3, 4), and for the CPU's kernel the image's packed
+    maps (`packed_maps`) with the view's row in them."""
 
     applied: object
     matrix: object
     mean_shift: object
+    packed: object = None
+    index: int = 0
 
 
 def jitter_changes(uniforms: Uniforms, jitter):
@@ -96,6 +96,27 @@ def fused_maps(views: ViewsConfig, uniforms: Uniforms, jitter, keep) -> ColourMa
     else:
         shift = 0.0 * constant(np.ones((count, 3, 1)))
     return ColourMaps(base - mean_matrix, fn.cat(mean_matrix, shift, axis=2))
+
+
+def packed_maps(maps: ColourMaps):
+    """(V, 3, 7) every view's map packed for the CPU's kernel: [M | A | T] (`colour_kernel.MAP_COLUMNS`)."""
+    return fn.cat(maps.matrix, maps.mean_shift, axis=2)
+
+
+def kernel_views(pixels: list, records: list[ColourView]) -> list:
+    """The views `pixels` through their fused maps by the CPU's kernel, `VIEWS_PER_OPERATOR` per operator; every
+    record from one image's `packed_maps`, rows of consecutive views sliced at once."""
+    coloured = []
+    for first in range(0, len(records), VIEWS_PER_OPERATOR):
+        chunk = records[first:first + VIEWS_PER_OPERATOR]
+        rows = [record.index for record in chunk]
+        packed = chunk[0].packed
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            maps = packed[rows[0]:rows[-1] + 1]
+        else:
+            maps = fn.stack(*[packed[row] for row in rows])
+        coloured += colour_views(pixels[first:first + VIEWS_PER_OPERATOR], maps)
+    return coloured
 
 
 def fused_pass(x, view: ColourView, device: str):
@@ -199,6 +220,11 @@ def recoloured(jitter, keep):
         return False
     return keep <= jitter   # booleans: true unless kept without jitter
 
+def uses_kernel(record) -> bool:
+    """Whether a view's CPU pass is the compiled kernel: a fused map, applied to some samples at least."""
+    return isinstance(record, ColourView) and record.packed is not None and record.applied is not False
+
+
 class Colour(Augmentation):
     """Colour jitter (p = `jitter_p`) then grayscale (p = `grayscale_p`), fused or BYOL's exact passes."""
 
@@ -245,26 +271,36 @@ class Colour(Augmentation):
         if views.jitter_clip == "each" and draws["maps"] is not None:
             return exact_views(draws, views)
         applied, maps = recoloured(draws["jitter"], draws["keep"]), draws["maps"]
+        packed = None if maps is None else packed_maps(maps)
         return [ColourView(applied if isinstance(applied, bool) else applied[k, 0],
-                           None if maps is None else maps.matrix[k], None if maps is None else maps.mean_shift[k])
+                           None if maps is None else maps.matrix[k], None if maps is None else maps.mean_shift[k],
+                           packed, k)
                 for k in range(views.num_views)]
 
     def apply(self, x, view: View):
-        """The fused pass where jitter or grayscale was drawn (every view where either is certain; on the GPU,
-        and on the CPU below `BRANCH_FROM_SIZE`, every view, the undrawn ones through the identity map), or
+        """One view's pass where jitter or grayscale was drawn: the fused map on every view where jitter is drawn
+        at all (the identity where neither was), grayscale alone in a conditional where jitter never is, or
         BYOL's exact passes."""
         record = view.draws[self.name]
         if isinstance(record, ExactView):
             return exact_passes(x, record, view.device)
         if record.applied is False:
             return x
-        recolour = grayscale if record.matrix is None else lambda image: fused_pass(image, record, view.device)
-        if record.applied is True or (record.matrix is not None
-                                      and not branch_skips_work(view.device, view.spec.size, BRANCH_FROM_SIZE)):
-            return recolour(x)
-        if record.applied:  # per sample: the 16% drawing neither skip the pass
-            x = recolour(x)
+        if record.matrix is not None:
+            return fused_pass(x, record, view.device)
+        if record.applied is True:
+            return grayscale(x)
+        if record.applied:  # per sample: grayscale where drawn
+            x = grayscale(x)
         return x
+
+    def apply_views(self, pixels: list, views: list[View]) -> list:
+        """Every view by `apply`, except on the CPU the fused maps: all such views of the image through the
+        compiled kernel (`colour_kernel`), a few per operator."""
+        in_kernel = [k for k, view in enumerate(views) if view.device == "cpu" and uses_kernel(view.draws[self.name])]
+        coloured = kernel_views([pixels[k] for k in in_kernel], [views[k].draws[self.name] for k in in_kernel])
+        by_view = dict(zip(in_kernel, coloured))
+        return [by_view[k] if k in by_view else self.apply(x, view) for k, (x, view) in enumerate(zip(pixels, views))]
 
     def stats(self, draws: dict, views: ViewsConfig) -> tuple:
         """The jitter and grayscale decisions."""

@@ -9,7 +9,8 @@ A unit owns its augmentation end to end, so that adding one is its own file plus
 - `draw`: its per-sample draws of one image from those columns, (V, n) blocks for all V views at once;
 - `per_view`: each view's part of those draws, with what is derived from them once per image;
 - `prepare`: its work on the decoded image, once, before any view is cut from it (the crop's shrink);
-- `apply`: its DALI operators on one view;
+- `apply`: its DALI operators on one view (`apply_views`: on all of an image's views, where one operator serves
+  several);
 - `is_on`, `off`, `ablation_group`, `ablation_advice`: the profiler's ablation of it;
 - `stats_columns`, `stats`: its debug columns (`ViewBatch.stats`).
 
@@ -25,7 +26,7 @@ draws and the debug columns, the order is `AUGMENTATIONS`'.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 from dali_pipelines.recipe import ViewsConfig, ViewSpec
 
@@ -138,6 +139,12 @@ class Augmentation:
         """The unit's operators on one view `x` (uint8 HWC; the decoded image at `Stage.CUT`)."""
         return x
 
+    def apply_views(self, pixels: list, views: Sequence[View]) -> list:
+        """The unit's operators on all of an image's views at once (`pixels[k]`: view k so far, `views[k]`: its
+        record); each view by `apply` by default. A unit overrides it where one operator serves several views
+        (the CPU's colour kernel)."""
+        return [self.apply(x, view) for x, view in zip(pixels, views)]
+
     def stats(self, draws: Any, views: ViewsConfig) -> tuple:
         """One (V, n) float node per entry of `stats_columns`, from the unit's `draws`."""
         return ()
@@ -147,7 +154,7 @@ def branch_skips_work(device: str, size: int = 0, smallest: int = 0) -> bool:
     """Whether a per-sample conditional pays for itself on `device` for a view of side `size`. A conditional costs
     the host its own operators (the decision's slice, a split per input, a merge: ~3 µs each per image on the
     CPU, docs/performance.md); on the CPU it pays where the pixel work it skips costs more, which a unit states
-    as the `smallest` view side at which it does (its pass measured at 32, 96 and 224 px: colour 11 / 78 / 340
-    µs a view, blur 4 / 19 / 61). On the GPU the skipped work is device work, while the pipeline's limit is its
-    host side, so a unit computes every view and weights the result by its 0/1 decision instead."""
+    as the `smallest` view side at which it does (the blur's pass measured at 32, 96 and 224 px: 4 / 19 / 61 µs a
+    view). On the GPU the skipped work is device work, while the pipeline's limit is its host side, so a unit
+    computes every view and weights the result by its 0/1 decision instead."""
     return device == "cpu" and size >= smallest

@@ -158,11 +158,11 @@ def test_the_config_decides_which_operators_the_graph_holds(identity_data, devic
         assert always.count("Split") == sometimes.count("Split")  # GPU: every view blurred, one tap where not drawn
     assert "LookupTable" in kinds(solarize_p=(0.3,))
     bare = kinds(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.0)
-    assert bare.count("Uniform") == 1 and "CoordTransform" not in bare                           # crops only,
+    assert bare.count("Uniform") == 1 and "CoordTransform" not in bare and "NumbaFunction" not in bare  # crops only,
     assert bare.count("Merge") == (device == "cpu")               # one conditional: the CPU's shrink of large photos
 
 
-OPERATOR_BUDGET = {"cpu": 290, "gpu": 200}
+OPERATOR_BUDGET = {"cpu": 250, "gpu": 200}
 """Operators of the default graph (4 large + 2 small views at 224/96, saliency 0.1, masks read): the host cost
 per image grows with them (docs/performance.md), so a change that adds some shows here first."""
 

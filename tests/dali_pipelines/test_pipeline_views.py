@@ -114,17 +114,19 @@ def binomial_ok(flags: np.ndarray, p: float, sigmas: float = 4.5) -> bool:
     return abs(flags.mean() - p) <= sigmas * math.sqrt(p * (1 - p) / flags.size) + 1e-9
 
 
-@pytest.fixture(params=["size rule", "always a conditional"])
-def branch_rule(request, monkeypatch):
-    """The CPU units' conditionals as the size rule places them (none at these 32 px views), or forced on every
-    view (the path of views from `BRANCH_FROM_SIZE` up): the same decisions must show in the pixels either way."""
-    if request.param == "always a conditional":
+@pytest.fixture(params=["default", "blur in a conditional", "colour by coord_transform"])
+def cpu_paths(request, monkeypatch):
+    """The CPU graph as built (the blur's size rule: no conditional at these 32 px views; colour in the compiled
+    kernel), the blur's conditional forced on every view (its path from `BRANCH_FROM_SIZE` up), or colour by
+    DALI's per-view `coord_transform` (the GPU's pass): the same decisions must show in the pixels every way."""
+    if request.param == "blur in a conditional":
         monkeypatch.setattr(blur_unit, "BRANCH_FROM_SIZE", 0)
-        monkeypatch.setattr(colour_unit, "BRANCH_FROM_SIZE", 0)
+    if request.param == "colour by coord_transform":
+        monkeypatch.setattr(colour_unit, "uses_kernel", lambda record: False)
     return request.param
 
 
-def test_augmentation_rates_and_effects(pattern_data, branch_rule):
+def test_augmentation_rates_and_effects(pattern_data, cpu_paths):
     """Flip, grayscale, blur and solarize: per-sample rates match their probabilities per view setting,
     and every recorded decision is visible in the pixels (pattern image, identity crops, no jitter)."""
     views = plain_views(4, 2, flip_p=0.5, grayscale_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))
@@ -153,7 +155,7 @@ def test_augmentation_rates_and_effects(pattern_data, branch_rule):
             assert amplitude < 0.8 * stripes
 
 
-def test_jitter_rate_and_untouched_views(pattern_data, branch_rule):
+def test_jitter_rate_and_untouched_views(pattern_data, cpu_paths):
     """Jitter p = 0.8 per view; views that drew neither jitter nor grayscale are the image itself."""
     views = plain_views(4, 2, jitter_p=0.8)
     got = batches(pattern_data.folder, views, batch_size=32, count=2)
