@@ -10,7 +10,7 @@ grayscale just zeroes the chroma) in one pass, clipped once. `jitter_clip = "eac
 (`exact_maps`): four passes, one op each in a per-sample random order (`jitter_order`), clipped after
 each, then grayscale. Every piece works on uint8 HWC views; the maps of all views are made once per image
 from the unit's draw columns. The fused pass runs on every view (the identity map where neither jitter nor
-grayscale was drawn): on the CPU in a compiled kernel, several views per operator (`colour_kernel`: DALI's CPU
+grayscale was drawn): on the CPU in a compiled kernel, several views per operator (`cpu_kernels`: DALI's CPU
 `coord_transform` costs ~10x more), on the GPU as `coord_transform`.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
-from dali_pipelines.augmentations.colour_kernel import VIEWS_PER_OPERATOR, colour_views
+from dali_pipelines.augmentations.cpu_kernels import VIEWS_PER_OPERATOR, colour_views
 from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, StatsColumns, StatsGroup, View
 from dali_pipelines.draws import Coin, Uniform, Uniforms, as_float, coin_can_vary, constant
 from dali_pipelines.recipe import ViewsConfig
@@ -99,7 +99,7 @@ def fused_maps(views: ViewsConfig, uniforms: Uniforms, jitter, keep) -> ColourMa
 
 
 def packed_maps(maps: ColourMaps):
-    """(V, 3, 7) every view's map packed for the CPU's kernel: [M | A | T] (`colour_kernel.MAP_COLUMNS`)."""
+    """(V, 3, 7) every view's map packed for the CPU's kernel: [M | A | T] (`cpu_kernels.MAP_COLUMNS`)."""
     return fn.cat(maps.matrix, maps.mean_shift, axis=2)
 
 
@@ -296,7 +296,7 @@ class Colour(Augmentation):
 
     def apply_views(self, pixels: list, views: list[View]) -> list:
         """Every view by `apply`, except on the CPU the fused maps: all such views of the image through the
-        compiled kernel (`colour_kernel`), a few per operator."""
+        compiled kernel (`cpu_kernels.colour_views`), a few per operator."""
         in_kernel = [k for k, view in enumerate(views) if view.device == "cpu" and uses_kernel(view.draws[self.name])]
         coloured = kernel_views([pixels[k] for k in in_kernel], [views[k].draws[self.name] for k in in_kernel])
         by_view = dict(zip(in_kernel, coloured))

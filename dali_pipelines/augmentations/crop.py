@@ -7,9 +7,9 @@ window's x start and end are swapped (x0 > x1): `fn.resize` then mirrors for fre
 and resized from the decoded image in uint8, antialiased.
 
 On the CPU, a decoded photo with at least 4x the pixels that its smallest window needs (`shrink_area`) is first
-halved, once, with an exact 2x2 box (`halved`: a filter and a nearest-neighbour resize, ~0.5 CPU-ms for a 500 x 375
-photo): the antialiased resize of six windows from the full photo costs far more (docs/performance.md), and every
-window still has at least the view's side in pixels, so each view is still a downscale. Windows are relative,
+halved, once, with an exact 2x2 box (`cpu_kernels.halved`, one compiled pass): the antialiased resize of six
+windows from the full photo costs far more (docs/performance.md), and every window still has at least the view's
+side in pixels, so each view is still a downscale. Windows are relative,
 so neither they nor the saliency masks (cut with the same windows at their own resolution) change.
 """
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
+from dali_pipelines.augmentations.cpu_kernels import halved
 from dali_pipelines.augmentations.flip import Flip
 from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, Stage, StatsColumns, StatsGroup, View
 from dali_pipelines.draws import Uniform, Uniforms, constant
@@ -72,20 +72,6 @@ def shrink_area(views: ViewsConfig) -> float:
     return max(size * size / (area * m) for size, area in kinds)
 
 
-BOX_2X2 = np.full((2, 2), 0.25, np.float32)
-"""The 2x2 mean: centred by `fn.filter` on the pixel's lower-right corner, so the odd rows and columns of its
-output are the means of the 2x2 blocks."""
-
-
-def halved(image, shape):
-    """`image` (of `shape`, (H, W, C)) at half its size, each pixel the mean of a 2x2 block (an odd last row or
-    column dropped): the box filter, then its odd rows and columns, which a nearest-neighbour resize to exactly
-    half picks (DALI 2.4's strided subscript `x[1::2, 1::2]` returned wrong rows past the 15th of a 240 px image)."""
-    half = fn.cast(shape[0:2] // 2, dtype=types.FLOAT)
-    return fn.resize(fn.filter(image, types.Constant(BOX_2X2)), size=half, interp_type=types.INTERP_NN,
-                     antialias=False)
-
-
 class Crop(Augmentation):
     """Every view's window (drawn after the flip, which it reads) and the resize that cuts the view."""
 
@@ -118,7 +104,7 @@ class Crop(Augmentation):
         if inputs.device != "cpu":
             return image
         if inputs.shape[0] * inputs.shape[1] >= 4.0 * shrink_area(views):
-            image = halved(image, inputs.shape)
+            image = halved(image)
         return image
 
     def apply(self, x, view: View):

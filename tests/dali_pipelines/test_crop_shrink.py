@@ -11,7 +11,8 @@ from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 
 from dali_pipelines.augmentations import AUGMENTATIONS
-from dali_pipelines.augmentations.crop import Crop, halved, shrink_area
+from dali_pipelines.augmentations.cpu_kernels import halved
+from dali_pipelines.augmentations.crop import Crop, shrink_area
 from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.pretrain import graph_operators, multi_view_pipeline
 from dali_pipelines.readers import ReadPlan
@@ -63,13 +64,13 @@ def views_of(folder, units) -> list[np.ndarray]:
 
 
 def test_halved_is_the_mean_of_each_2x2_block():
-    """Odd sides drop the last row and column; each pixel the rounded mean of its block, all rows (a strided
-    subscript got the first few right only)."""
+    """Odd sides drop the last row and column; each pixel the rounded mean of its block, all rows (DALI's strided
+    subscript, tried for it, got the first few right only)."""
     image = np.random.default_rng(0).integers(0, 256, (67, 91, 3)).astype(np.uint8)
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipe():
-        return halved(types.Constant(image, layout="HWC"), types.Constant(np.asarray(image.shape, np.int64)))
+        return halved(types.Constant(image, layout="HWC"))
 
     built = pipe()
     built.build()
@@ -108,12 +109,13 @@ def test_photos_below_four_times_the_need_are_cut_as_decoded(photos):
 
 
 def test_only_the_cpu_graph_holds_the_shrink(photos):
-    """The GPU's pixel work is not its pipeline's limit: its graph has no shrink (no filter, no conditional)."""
+    """The GPU's pixel work is not its pipeline's limit: its graph has no shrink (no kernel, no conditional)."""
     dataset = resolve_dataset(str(photos / "240"))
     plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=False)
     bare = VIEWS.replace(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,), solarize_p=(0.0,))
-    for device, filters in (("cpu", 1), ("gpu", 0)):
+    for device, shrinks in (("cpu", 1), ("gpu", 0)):
         pipe = multi_view_pipeline(plan, bare, device, False, batch_size=2, num_threads=1,
                                    device_id=0 if device == "gpu" else None)
         kinds = [kind for kind, _ in graph_operators(pipe)]
-        assert kinds.count("Filter") == filters and kinds.count("Merge") == filters, (device, kinds)
+        assert kinds.count("NumbaFunction") == shrinks and kinds.count("Merge") == shrinks, (device, kinds)
+        assert "Filter" not in kinds, (device, kinds)

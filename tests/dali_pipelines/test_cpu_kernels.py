@@ -1,5 +1,6 @@
-"""The CPU's compiled colour pass (`augmentations.colour_kernel`): the fused map's formula to the rounding, any
-number of views per operator, the same views as DALI's `coord_transform` pass, and where it sits in the graphs."""
+"""The CPU's compiled colour pass (`augmentations.cpu_kernels`): the fused map's formula to the rounding, any
+number of views per operator, the same views as DALI's `coord_transform` pass, and where it sits in the graphs
+(the kernel's halving of large photos: test_crop_shrink.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from dali_pipelines.augmentations import AUGMENTATIONS
 from dali_pipelines.augmentations.colour import Colour
-from dali_pipelines.augmentations.colour_kernel import MAP_COLUMNS, VIEWS_PER_OPERATOR, colour_views
+from dali_pipelines.augmentations.cpu_kernels import MAP_COLUMNS, VIEWS_PER_OPERATOR, colour_views
 from dali_pipelines.augmentations.unit import Augmentation
 from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.pretrain import graph_operators, multi_view_pipeline
@@ -120,8 +121,8 @@ def test_the_kernel_gives_the_views_of_the_coord_transform_pass(photos):
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_only_the_cpu_graph_colours_in_the_kernel(photos, device):
-    """CPU: one kernel operator per five views, no `coord_transform` and no mean left; the GPU (constructed for
-    device 0, never built) keeps DALI's `coord_transform`."""
+    """CPU: one kernel operator per five views (and the crop's halving), no `coord_transform` and no mean left; the
+    GPU (constructed for device 0, never built) keeps DALI's `coord_transform`."""
     dataset = resolve_dataset(str(photos))
     plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=False)
     views = ViewsConfig(num_large=4, num_small=3, large_size=64, small_size=32, saliency_p=0.0)
@@ -129,6 +130,6 @@ def test_only_the_cpu_graph_colours_in_the_kernel(photos, device):
                                device_id=0 if device == "gpu" else None)
     kinds = [kind for kind, _ in graph_operators(pipe)]
     if device == "cpu":
-        assert kinds.count("NumbaFunction") == 2 and "CoordTransform" not in kinds and "Mean" not in kinds
+        assert kinds.count("NumbaFunction") == 2 + 1 and "CoordTransform" not in kinds and "Mean" not in kinds
     else:
         assert "NumbaFunction" not in kinds and kinds.count("CoordTransform") == 2 * views.num_views
