@@ -4,12 +4,9 @@ number of views per operator, the same views as DALI's `coord_transform` pass, a
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from nvidia.dali import fn, pipeline_def
-from PIL import Image
 
 from dali_pipelines.augmentations import AUGMENTATIONS
 from dali_pipelines.augmentations.colour import Colour
@@ -19,6 +16,8 @@ from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.pretrain import graph_operators, multi_view_pipeline
 from dali_pipelines.readers import ReadPlan
 from dali_pipelines.recipe import ViewsConfig
+
+from tests.support.photos import cpu_views, write_photos
 
 
 def reference(image: np.ndarray, packed: np.ndarray) -> np.ndarray:
@@ -83,28 +82,13 @@ PER_VIEW = tuple(PerViewColour() if isinstance(unit, Colour) else unit for unit 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """Four photo-like PNGs (smooth colour waves and noise), two classes."""
-    root = tmp_path_factory.mktemp("colour")
-    y, x = np.mgrid[0:180, 0:200] / 180
-    for i in range(4):
-        rng = np.random.default_rng(i)
-        channels = [128 + 100 * np.sin(2 * math.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y))
-                    for _ in range(3)]
-        photo = np.clip(np.stack(channels, -1) + rng.normal(0, 4, (180, 200, 3)), 0, 255).astype(np.uint8)
-        folder = root / f"class{i % 2}"
-        folder.mkdir(exist_ok=True)
-        Image.fromarray(photo).save(folder / f"{i}.png")
-    return root
+    """Four photo-like PNGs, 180 x 200 px, two classes."""
+    return write_photos(tmp_path_factory.mktemp("colour"), 180, 200)
 
 
 def views_of(photos, views: ViewsConfig, units) -> list[np.ndarray]:
     """Every view of one CPU batch of the 4 photos, seed 5 (the same draws for either colour unit)."""
-    dataset = resolve_dataset(str(photos))
-    plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=False)
-    pipe = multi_view_pipeline(plan, views, "cpu", False, units, batch_size=4, num_threads=1, device_id=None, seed=5)
-    pipe.build()
-    outputs = pipe.run()
-    return [np.stack([np.asarray(t) for t in outputs[k]]).astype(int) for k in range(views.num_views)]
+    return cpu_views(photos, views, units, seed=5)
 
 
 def test_the_kernel_gives_the_views_of_the_coord_transform_pass(photos):

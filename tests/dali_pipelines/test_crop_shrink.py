@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from nvidia.dali import fn, pipeline_def, types
-from PIL import Image
+from nvidia.dali import pipeline_def, types
 
 from dali_pipelines.augmentations import AUGMENTATIONS
 from dali_pipelines.augmentations.cpu_kernels import halved
@@ -17,6 +16,8 @@ from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.pretrain import graph_operators, multi_view_pipeline
 from dali_pipelines.readers import ReadPlan
 from dali_pipelines.recipe import ViewsConfig
+
+from tests.support.photos import cpu_views, write_photos
 
 
 class Unshrunk(Crop):
@@ -32,35 +33,18 @@ VIEWS = ViewsConfig(num_large=2, num_small=2, large_size=24, small_size=12, sali
 """Small views (the shrink's case): shrink_area = 24^2 / (0.08 * 0.75) = 9,600 pixels."""
 
 
-def smooth_photo(side: int, seed: int) -> np.ndarray:
-    """A photo-like image: low-frequency colour waves (what a 2x2 box leaves nearly as it is) plus mild noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:side, 0:side] / side
-    channels = [128 + 90 * np.sin(2 * math.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y + rng.uniform()))
-                for _ in range(3)]
-    return np.clip(np.stack(channels, -1) + rng.normal(0, 3, (side, side, 3)), 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """Two folders of PNG photos: 240 px (6x shrink_area: halved) and 160 px (2.7x: as decoded)."""
     root = tmp_path_factory.mktemp("shrink")
     for side in (240, 160):
-        for i in range(4):
-            folder = root / str(side) / f"class{i % 2}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(smooth_photo(side, i)).save(folder / f"{i}.png")
+        write_photos(root / str(side), side, side)
     return root
 
 
 def views_of(folder, units) -> list[np.ndarray]:
     """Every view of one CPU batch of the 4 photos under `folder`, seed 3 (the same draws for any units)."""
-    dataset = resolve_dataset(str(folder))
-    plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=False)
-    pipe = multi_view_pipeline(plan, VIEWS, "cpu", False, units, batch_size=4, num_threads=1, device_id=None, seed=3)
-    pipe.build()
-    outputs = pipe.run()
-    return [np.stack([np.asarray(t) for t in outputs[k]]).astype(int) for k in range(VIEWS.num_views)]
+    return cpu_views(folder, VIEWS, units, seed=3)
 
 
 def test_halved_is_the_mean_of_each_2x2_block():
