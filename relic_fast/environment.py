@@ -138,6 +138,7 @@ def fast_paths() -> dict[str, tuple[bool, str]]:
     cuda = torch.cuda.is_available()
     triton = package_version("triton", "triton") is not None
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    numba = package_version("numba", "numba")
     return {
         "DALI CPU pipeline": (dali_version() is not None, "nvidia.dali imports" if dali_version() else "install nvidia-dali-cuda130"),
         "DALI GPU pipeline (nvJPEG)": (dali_version() is not None and cuda, "needs DALI and a CUDA GPU"),
@@ -146,6 +147,8 @@ def fast_paths() -> dict[str, tuple[bool, str]]:
         "torch.compile": (hasattr(torch, "compile"), f"torch {torch.__version__}"),
         "bf16 autocast": (True, "CUDA" if cuda else "CPU (slower than fp32 on most CPUs)"),
         "apex LARS": (apex_available(), "apex importable" if apex_available() else "not installed: native LARS is used"),
+        "compiled CPU pipeline kernels": (numba is not None, f"numba {numba}" if numba else
+                                          "numba not installed: DALI's slower colour and halving operators"),
     }
 
 

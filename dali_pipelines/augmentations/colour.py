@@ -24,6 +24,7 @@ import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
+from dali_pipelines.augmentations import cpu_kernels
 from dali_pipelines.augmentations.cpu_kernels import VIEWS_PER_OPERATOR, colour_views
 from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, StatsColumns, StatsGroup, View
 from dali_pipelines.draws import Coin, Uniform, Uniforms, as_float, coin_can_vary, constant
@@ -221,8 +222,10 @@ def recoloured(jitter, keep):
     return keep <= jitter   # booleans: true unless kept without jitter
 
 def uses_kernel(record) -> bool:
-    """Whether a view's CPU pass is the compiled kernel: a fused map, applied to some samples at least."""
-    return isinstance(record, ColourView) and record.packed is not None and record.applied is not False
+    """Whether a view's CPU pass is the compiled kernel: a fused map, applied to some samples at least, and numba
+    installed (`cpu_kernels.available`; without it, DALI's `coord_transform` per view, as on the GPU)."""
+    return (isinstance(record, ColourView) and record.packed is not None and record.applied is not False
+            and cpu_kernels.available())
 
 
 class Colour(Augmentation):

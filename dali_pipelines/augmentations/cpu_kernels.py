@@ -11,11 +11,14 @@ make slow: the fused colour map of the views and the crop's halving of large pho
 
 Measured in docs/performance.md (the host-cost section). Compiling costs a few seconds once per process: each
 operator is made once (`compiled`) and every pipeline built after it reuses it; numba is imported only then.
+Where numba is not installed (`available`: a checkout run from PYTHONPATH, such as a GPU machine without network),
+the CPU graph uses DALI's own operators for both passes instead: slower, and within a level of the kernels.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +29,21 @@ VIEWS_PER_OPERATOR = 5
 
 MAP_COLUMNS = 7
 """A view's packed map, (3, 7): [M | A | T], y = M x + A mean(x) + T (`colour.fused_maps`)."""
+
+BOX_2X2 = np.full((2, 2), 0.25, np.float32)
+"""The 2x2 mean of `halved`'s fallback: centred by `fn.filter` on the pixel's lower-right corner, so the odd rows
+and columns of its output are the means of the 2x2 blocks."""
+
+
+@functools.cache
+def available() -> bool:
+    """Whether numba imports here, so that the CPU graph can use the kernels (asked once per process, when a CPU
+    pipeline is first built)."""
+    try:
+        importlib.import_module("numba")
+    except ImportError:
+        return False
+    return True
 
 
 def _colour_view(out, x, packed):
@@ -130,7 +148,13 @@ def colour_views(views: Sequence, packed) -> list:
     return [images(view) for view in outputs[:len(views)]]
 
 
-def halved(image):
-    """`image` (uint8 HWC) at half its size, each pixel the mean of a 2x2 block (an odd last row or column
-    dropped), by one operator."""
-    return images(compiled("halve")(image))
+def halved(image, shape):
+    """`image` (uint8 HWC, of `shape` (H, W, C)) at half its size, each pixel the mean of a 2x2 block (an odd last
+    row or column dropped): the kernel, or without numba a 2x2 `fn.filter` whose odd rows and columns a
+    nearest-neighbour resize to exactly half picks (DALI 2.4's strided subscript `x[1::2, 1::2]` returned wrong
+    rows past the 15th of a 240 px image)."""
+    if available():
+        return images(compiled("halve")(image))
+    half = fn.cast(shape[0:2] // 2, dtype=types.FLOAT)
+    return fn.resize(fn.filter(image, types.Constant(BOX_2X2)), size=half, interp_type=types.INTERP_NN,
+                     antialias=False)

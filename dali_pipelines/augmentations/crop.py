@@ -104,7 +104,7 @@ class Crop(Augmentation):
         if inputs.device != "cpu":
             return image
         if inputs.shape[0] * inputs.shape[1] >= 4.0 * shrink_area(views):
-            image = halved(image)
+            image = halved(image, inputs.shape)
         return image
 
     def apply(self, x, view: View):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nvidia.dali import fn, pipeline_def
 
-from dali_pipelines.augmentations import AUGMENTATIONS
+from dali_pipelines.augmentations import AUGMENTATIONS, cpu_kernels
 from dali_pipelines.augmentations.colour import Colour
 from dali_pipelines.augmentations.cpu_kernels import MAP_COLUMNS, VIEWS_PER_OPERATOR, colour_views
 from dali_pipelines.augmentations.unit import Augmentation
@@ -117,3 +117,22 @@ def test_only_the_cpu_graph_colours_in_the_kernel(photos, device):
         assert kinds.count("NumbaFunction") == 2 + 1 and "CoordTransform" not in kinds and "Mean" not in kinds
     else:
         assert "NumbaFunction" not in kinds and kinds.count("CoordTransform") == 2 * views.num_views
+
+
+def test_without_numba_the_cpu_graph_uses_dali_operators(photos, monkeypatch):
+    """Where numba is not installed (a checkout run from PYTHONPATH) the CPU graph colours each view with DALI's
+    `coord_transform` and halves large photos with its filter: no kernel in the graph, the same views within a
+    level."""
+    views = ViewsConfig(num_large=2, num_small=2, large_size=24, small_size=12, jitter_p=1.0, grayscale_p=0.3,
+                        blur_p=(0.0,), solarize_p=(0.0,), saliency_p=0.0)
+    with_kernels = views_of(photos, views, AUGMENTATIONS)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    dataset = resolve_dataset(str(photos))
+    plan = ReadPlan(dataset, np.arange(dataset.num_samples), masks=False)
+    pipe = multi_view_pipeline(plan, views, "cpu", False, batch_size=2, num_threads=1, device_id=None)
+    kinds = [kind for kind, _ in graph_operators(pipe)]
+    assert "NumbaFunction" not in kinds and kinds.count("CoordTransform") == 2 * views.num_views
+    assert kinds.count("Filter") == 1                     # the halving: 180 x 200 px photos, 24 px views
+    for a, b in zip(with_kernels, views_of(photos, views, AUGMENTATIONS)):
+        difference = np.abs(a - b)
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.02

@@ -10,6 +10,7 @@ import pytest
 from nvidia.dali import pipeline_def, types
 
 from dali_pipelines.augmentations import AUGMENTATIONS
+from dali_pipelines.augmentations import cpu_kernels
 from dali_pipelines.augmentations.cpu_kernels import halved
 from dali_pipelines.augmentations.crop import Crop, shrink_area
 from dali_pipelines.dataset import resolve_dataset
@@ -42,19 +43,27 @@ def photos(tmp_path_factory):
     return root
 
 
+def kinds_of(pipe) -> list[str]:
+    """The kinds of the operators of a constructed pipeline."""
+    return [kind for kind, _ in graph_operators(pipe)]
+
+
 def views_of(folder, units) -> list[np.ndarray]:
     """Every view of one CPU batch of the 4 photos under `folder`, seed 3 (the same draws for any units)."""
     return cpu_views(folder, VIEWS, units, seed=3)
 
 
-def test_halved_is_the_mean_of_each_2x2_block():
+@pytest.mark.parametrize("numba", [True, False], ids=["kernel", "dali operators"])
+def test_halved_is_the_mean_of_each_2x2_block(monkeypatch, numba):
     """Odd sides drop the last row and column; each pixel the rounded mean of its block, all rows (DALI's strided
-    subscript, tried for it, got the first few right only)."""
+    subscript, tried for it, got the first few right only); the compiled kernel, and without numba DALI's own
+    operators."""
+    monkeypatch.setattr(cpu_kernels, "available", lambda: numba)
     image = np.random.default_rng(0).integers(0, 256, (67, 91, 3)).astype(np.uint8)
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipe():
-        return halved(types.Constant(image, layout="HWC"))
+        return halved(types.Constant(image, layout="HWC"), types.Constant(np.asarray(image.shape, np.int64)))
 
     built = pipe()
     built.build()
@@ -62,6 +71,7 @@ def test_halved_is_the_mean_of_each_2x2_block():
     blocks = image[:66, :90].astype(float).reshape(33, 2, 45, 2, 3).mean(axis=(1, 3))
     assert got.shape == (33, 45, 3)
     assert np.abs(got - blocks).max() <= 0.5
+    assert kinds_of(built).count("NumbaFunction") == numba
 
 
 def test_the_smallest_window_keeps_the_view_side():

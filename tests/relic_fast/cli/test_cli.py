@@ -48,5 +48,5 @@ def test_config_error_is_a_clean_exit_naming_the_key():
 def test_info_lists_versions_and_fast_paths():
     result = runner.invoke(app, ["info"])
     assert result.exit_code == 0, result.output
-    for word in ("torch", "dali", "triton", "apex", "fused Triton loss"):
+    for word in ("torch", "dali", "triton", "apex", "fused Triton loss", "compiled CPU pipeline kernels"):
         assert word in result.output
