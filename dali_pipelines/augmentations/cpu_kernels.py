@@ -96,14 +96,24 @@ def _half_shapes(outs, ins):
         outs[0][sample][2] = ins[0][sample][2]
 
 
+def jitted(kernel):
+    """`kernel` compiled by numba, its machine code cached on disk where a cache folder is writable (~1 s of a
+    process's start); compiled afresh where none is."""
+    from numba import njit
+
+    try:
+        return njit(nogil=True, cache=True)(kernel)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return njit(nogil=True)(kernel)
+
+
 @functools.cache
 def compiled(kind: str):
     """The DALI operator of kernel `kind` ("colour" or "halve"), compiled once per process."""
-    from numba import njit
     from nvidia.dali.plugin.numba import NumbaFunction
 
     if kind == "halve":
-        halve = njit(nogil=True)(_halve)
+        halve = jitted(_halve)
 
         def run_halve(out, x):
             halve(out, x)
@@ -112,7 +122,7 @@ def compiled(kind: str):
                              outs_ndim=[3], in_types=[types.UINT8], ins_ndim=[3])
     if kind != "colour":
         raise ValueError(f"no CPU kernel named {kind!r}: colour or halve")
-    colour = njit(nogil=True)(_colour_view)
+    colour = jitted(_colour_view)
 
     def run_colour(out0, out1, out2, out3, out4, x0, x1, x2, x3, x4, packed):
         """One sample: the first `len(packed)` views (the rest are 1 x 1 padding)."""
