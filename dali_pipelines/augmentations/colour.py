@@ -105,17 +105,16 @@ def packed_maps(maps: ColourMaps):
 
 
 def kernel_views(pixels: list, records: list[ColourView]) -> list:
-    """The views `pixels` through their fused maps by the CPU's kernel, `VIEWS_PER_OPERATOR` per operator; every
-    record from one image's `packed_maps`, rows of consecutive views sliced at once."""
+    """The views `pixels` through their fused maps by the CPU's kernel, `VIEWS_PER_OPERATOR` per operator, each
+    operator's maps one slice of the image's `packed_maps`: the records are of consecutive views (every view of
+    an image takes the fused map alike, its probabilities being the same for all views)."""
+    rows = [record.index for record in records]
+    if rows and rows != list(range(rows[0], rows[0] + len(rows))):
+        raise ValueError(f"the colour kernel takes consecutive views of an image, got views {rows}")
     coloured = []
     for first in range(0, len(records), VIEWS_PER_OPERATOR):
-        chunk = records[first:first + VIEWS_PER_OPERATOR]
-        rows = [record.index for record in chunk]
-        packed = chunk[0].packed
-        if rows == list(range(rows[0], rows[-1] + 1)):
-            maps = packed[rows[0]:rows[-1] + 1]
-        else:
-            maps = fn.stack(*[packed[row] for row in rows])
+        chunk = rows[first:first + VIEWS_PER_OPERATOR]
+        maps = records[0].packed[chunk[0]:chunk[-1] + 1]
         coloured += colour_views(pixels[first:first + VIEWS_PER_OPERATOR], maps)
     return coloured
 
