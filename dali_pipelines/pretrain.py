@@ -29,9 +29,10 @@ from typing import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipelines.augmentations import AUGMENTATIONS, view_path
+from dali_pipelines.augmentations import AUGMENTATIONS, cpu_kernels, view_path
+from dali_pipelines.augmentations.fused_pass import FusedPath
 from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, View
-from dali_pipelines.draws import ViewDraws, draw_views, each_view_draws, stats, stats_fields
+from dali_pipelines.draws import ImageDraws, draw_views, each_view_draws, stats, stats_fields
 from dali_pipelines.readers import ReadPlan, read_encoded
 from dali_pipelines.recipe import ViewsConfig
 
@@ -45,16 +46,20 @@ def output_names(views: ViewsConfig, debug: bool = False) -> list[str]:
     return names + ["labels"] + (["stats"] if debug else [])
 
 
-def make_views(image, draws: Sequence[ViewDraws], views: ViewsConfig, device: str,
-               units: Sequence[Augmentation]) -> list:
+def make_views(image, image_draws: ImageDraws, views: ViewsConfig, device: str, units: Sequence[Augmentation]) -> list:
     """Every output view of an image: each augmentation along the views' path (`view_path`) acts on all of them
     at once (`Augmentation.apply_views`: one operator may serve several views), starting from the decoded `image`
-    (the crop cuts each view from it); `draws[k]` is view k's record."""
-    records = [View(spec, view_draws, views, device) for spec, view_draws in zip(views.view_specs(), draws)]
-    pixels = [image] * len(records)
+    (the crop cuts each view from it); on the CPU, a run of units' work on a view is one compiled pass where the
+    units hand it over (`fused_pass`). `image_draws`: every unit's draws of the image."""
+    records = [View(spec, view_draws, views, device)
+               for spec, view_draws in zip(views.view_specs(), each_view_draws(image_draws, views, units))]
+    steps = {}
+    if device == "cpu" and cpu_kernels.available():
+        steps = {unit.name: unit.fused_step(image_draws[unit.name], records) for unit in units}
+    path = FusedPath([image] * len(records), records, steps)
     for unit in view_path(units):
-        pixels = unit.apply_views(pixels, records)
-    return pixels
+        path.through(unit)
+    return path.finish()
 
 
 def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: bool,
@@ -68,7 +73,7 @@ def multi_view_graph(plan: ReadPlan, views: ViewsConfig, device: str, debug: boo
     draws = draw_views(inputs, views, units)
     for unit in units:
         images = unit.prepare(images, inputs, views)
-    outputs = make_views(images, each_view_draws(draws, views, units), views, device, units)
+    outputs = make_views(images, draws, views, device, units)
     outputs.append(encoded.labels)
     if debug:
         outputs.append(stats(draws, views, units))

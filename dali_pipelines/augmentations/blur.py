@@ -5,7 +5,8 @@ narrower (`TRUNCATE_SIGMAS`); below 20 px it is one tap, the identity, and such 
 (its coin is still drawn and reported). CPU: two 1-D `fn.filter` passes with the view's weights, every view's
 kernel made at once per image (`blur_kernels`) and sliced once per view; a view of a varying probability
 blurs inside a conditional from `BRANCH_FROM_SIZE` up, below it every such view is filtered, with a one-tap
-kernel where the blur was not drawn. GPU: DALI's separable `fn.gaussian_blur`, every view blurred, with a
+kernel where the blur was not drawn: below `BRANCH_FROM_SIZE` as a step of the compiled view pass
+(`Blur.fused_step`, the same two passes) where numba is installed. GPU: DALI's separable `fn.gaussian_blur`, every view blurred, with a
 one-tap window where the blur was not drawn. A view whose probability is 1 is blurred without a conditional,
 0 holds no blur.
 """
@@ -19,8 +20,8 @@ import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
-from dali_pipelines.augmentations.unit import (Augmentation, ImageInputs, StatsColumns, StatsGroup, View,
-                                               branch_skips_work)
+from dali_pipelines.augmentations.unit import (Augmentation, FusedStep, ImageInputs, StatsColumns, StatsGroup,
+                                               View, branch_skips_work)
 from dali_pipelines.draws import Coin, Uniform, Uniforms, coin_can_vary, constant
 from dali_pipelines.recipe import ViewsConfig, view_entry
 
@@ -45,6 +46,7 @@ class BlurDraws(NamedTuple):
     width: object
     rows: object = None      # (V, taps) normalized weights (`blur_kernels`)
     filtered: tuple = ()     # per view: filtered whatever its coin (`filtered_views`)
+    half: object = None      # (V, 1) the kept half-widths of `rows` where they are left-aligned (`blur_kernels`)
 
 
 class BlurView(NamedTuple):
@@ -164,7 +166,8 @@ class Blur(Augmentation):
         if not any(self.blurred(views)):
             return BlurDraws(coins, sigma, None, None, filtered)
         width = None if full_windows(views) else fn.cast(2.0 * half + 1.0, dtype=types.INT32)
-        return BlurDraws(coins, sigma, width, blur_kernels(sigma, half, views), filtered)
+        return BlurDraws(coins, sigma, width, blur_kernels(sigma, half, views), filtered,
+                         None if full_windows(views) else half)
 
     def per_view(self, draws: BlurDraws, views: ViewsConfig) -> list[BlurView]:
         """Each view's decision (a Python bool where its probability is 0 or 1, or where the view is filtered
@@ -196,6 +199,22 @@ class Blur(Augmentation):
         if record.blur:
             x = blur(x, record, view.device)
         return x
+
+    def fused_step(self, draws: BlurDraws, views: Sequence[View]) -> FusedStep | None:
+        """On the CPU, the blur of the views below `BRANCH_FROM_SIZE` that are filtered without a conditional (at
+        probability 1, or a one-tap kernel where not drawn) as a step of the view pass; views without a blur are
+        left alone, the others keep their filter passes and conditional."""
+        config = views[0].views
+        blurred = self.blurred(config)
+        probabilities = self.probabilities(config)
+        fused = frozenset(k for k, view in enumerate(views) if blurred[k] and view.spec.size < BRANCH_FROM_SIZE
+                          and (draws.filtered[k] or probabilities[k] >= 1.0))
+        leaves = frozenset(k for k in range(len(views)) if not blurred[k])
+        if not fused:
+            return FusedStep("blur", None, 0, fused, leaves)
+        half = constant(view_halves(config)) if draws.half is None else draws.half
+        return FusedStep("blur", fn.cat(half, draws.rows, axis=1), 1 + 2 * int(view_halves(config).max()) + 1,
+                         fused, leaves)
 
     def stats(self, draws: BlurDraws, views: ViewsConfig) -> tuple:
         """The decisions (a view's probability where it is 0 or 1) and the sigmas."""

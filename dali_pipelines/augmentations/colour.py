@@ -10,23 +10,22 @@ grayscale just zeroes the chroma) in one pass, clipped once. `jitter_clip = "eac
 (`exact_maps`): four passes, one op each in a per-sample random order (`jitter_order`), clipped after
 each, then grayscale. Every piece works on uint8 HWC views; the maps of all views are made once per image
 from the unit's draw columns. The fused pass runs on every view (the identity map where neither jitter nor
-grayscale was drawn): on the CPU in a compiled kernel, several views per operator (`cpu_kernels`: DALI's CPU
-`coord_transform` costs ~10x more), on the GPU as `coord_transform`.
+grayscale was drawn): on the CPU as a step of the compiled view pass (`Colour.fused_step`, `cpu_kernels`: DALI's
+CPU `coord_transform` costs ~10x more), on the GPU as `coord_transform`.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 
-from dali_pipelines.augmentations import cpu_kernels
-from dali_pipelines.augmentations.cpu_kernels import VIEWS_PER_OPERATOR, colour_views
-from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, StatsColumns, StatsGroup, View
+from dali_pipelines.augmentations.cpu_kernels import MAP_COLUMNS
+from dali_pipelines.augmentations.unit import Augmentation, FusedStep, ImageInputs, StatsColumns, StatsGroup, View
 from dali_pipelines.draws import Coin, Uniform, Uniforms, as_float, coin_can_vary, constant
 from dali_pipelines.recipe import ViewsConfig
 
@@ -59,14 +58,11 @@ class ColourMaps(NamedTuple):
 
 class ColourView(NamedTuple):
     """One view's record in the fused form (`ExactView` for the exact one): `applied`, a scalar bool (or a Python
-    bool) for its conditional, its map M (3, 3) and [A | T] (3, 4), and for the CPU's kernel the image's packed
-    maps (`packed_maps`) with the view's row in them."""
+    bool) for its conditional, its map M (3, 3) and [A | T] (3, 4)."""
 
     applied: object
     matrix: object
     mean_shift: object
-    packed: object = None
-    index: int = 0
 
 
 def jitter_changes(uniforms: Uniforms, jitter):
@@ -99,24 +95,9 @@ def fused_maps(views: ViewsConfig, uniforms: Uniforms, jitter, keep) -> ColourMa
     return ColourMaps(base - mean_matrix, fn.cat(mean_matrix, shift, axis=2))
 
 
-def packed_maps(maps: ColourMaps):
-    """(V, 3, 7) every view's map packed for the CPU's kernel: [M | A | T] (`cpu_kernels.MAP_COLUMNS`)."""
-    return fn.cat(maps.matrix, maps.mean_shift, axis=2)
-
-
-def kernel_views(pixels: list, records: list[ColourView]) -> list:
-    """The views `pixels` through their fused maps by the CPU's kernel, `VIEWS_PER_OPERATOR` per operator, each
-    operator's maps one slice of the image's `packed_maps`: the records are of consecutive views (every view of
-    an image takes the fused map alike, its probabilities being the same for all views)."""
-    rows = [record.index for record in records]
-    if rows and rows != list(range(rows[0], rows[0] + len(rows))):
-        raise ValueError(f"the colour kernel takes consecutive views of an image, got views {rows}")
-    coloured = []
-    for first in range(0, len(records), VIEWS_PER_OPERATOR):
-        chunk = rows[first:first + VIEWS_PER_OPERATOR]
-        maps = records[0].packed[chunk[0]:chunk[-1] + 1]
-        coloured += colour_views(pixels[first:first + VIEWS_PER_OPERATOR], maps)
-    return coloured
+def packed_maps(maps: ColourMaps, views: int):
+    """(V, 21) every view's map as a row of the CPU's view pass: [M | A | T] row by row (`cpu_kernels.STEPS`)."""
+    return fn.reshape(fn.cat(maps.matrix, maps.mean_shift, axis=2), shape=[views, 3 * MAP_COLUMNS])
 
 
 def fused_pass(x, view: ColourView, device: str):
@@ -220,13 +201,6 @@ def recoloured(jitter, keep):
         return False
     return keep <= jitter   # booleans: true unless kept without jitter
 
-def uses_kernel(record) -> bool:
-    """Whether a view's CPU pass is the compiled kernel: a fused map, applied to some samples at least, and numba
-    installed (`cpu_kernels.available`; without it, DALI's `coord_transform` per view, as on the GPU)."""
-    return (isinstance(record, ColourView) and record.packed is not None and record.applied is not False
-            and cpu_kernels.available())
-
-
 class Colour(Augmentation):
     """Colour jitter (p = `jitter_p`) then grayscale (p = `grayscale_p`), fused or BYOL's exact passes."""
 
@@ -273,10 +247,8 @@ class Colour(Augmentation):
         if views.jitter_clip == "each" and draws["maps"] is not None:
             return exact_views(draws, views)
         applied, maps = recoloured(draws["jitter"], draws["keep"]), draws["maps"]
-        packed = None if maps is None else packed_maps(maps)
         return [ColourView(applied if isinstance(applied, bool) else applied[k, 0],
-                           None if maps is None else maps.matrix[k], None if maps is None else maps.mean_shift[k],
-                           packed, k)
+                           None if maps is None else maps.matrix[k], None if maps is None else maps.mean_shift[k])
                 for k in range(views.num_views)]
 
     def apply(self, x, view: View):
@@ -296,13 +268,13 @@ class Colour(Augmentation):
             x = grayscale(x)
         return x
 
-    def apply_views(self, pixels: list, views: list[View]) -> list:
-        """Every view by `apply`, except on the CPU the fused maps: all such views of the image through the
-        compiled kernel (`cpu_kernels.colour_views`), a few per operator."""
-        in_kernel = [k for k, view in enumerate(views) if view.device == "cpu" and uses_kernel(view.draws[self.name])]
-        coloured = kernel_views([pixels[k] for k in in_kernel], [views[k].draws[self.name] for k in in_kernel])
-        by_view = dict(zip(in_kernel, coloured))
-        return [by_view[k] if k in by_view else self.apply(x, view) for k, (x, view) in enumerate(zip(pixels, views))]
+    def fused_step(self, draws: dict, views: Sequence[View]) -> FusedStep | None:
+        """On the CPU, every view's fused map as a step of the view pass (the identity map where neither jitter nor
+        grayscale was drawn); none for BYOL's exact passes, nor without jitter (grayscale alone, in a conditional)."""
+        if draws["maps"] is None or views[0].views.jitter_clip != "end":
+            return None
+        every = frozenset(range(len(views)))
+        return FusedStep("colour", packed_maps(draws["maps"], len(views)), 3 * MAP_COLUMNS, every)
 
     def stats(self, draws: dict, views: ViewsConfig) -> tuple:
         """The jitter and grayscale decisions."""

@@ -6,23 +6,24 @@ mask (0..255 -> 0..1) cut with the view's own crop window (same relative ROI, sa
 and mask stay aligned whatever their resolutions). Fills: the dataset mean colour, Gaussian noise
 with the dataset's per-channel mean and std (normalizes to N(0, 1)), or the same view of another
 image of the batch. The mask is decoded only for samples where some large view blends. It acts on
-the cut view, before BYOL's colour changes (`Stage.BACKGROUND`). On the CPU a view blends inside a per-sample
-conditional (10% of views: the branch skips the mask's resize and the blend); on the GPU every large view goes
-through the blend with a weight of 0 where it was not drawn (`unit.branch_skips_work`).
+the cut view, before BYOL's colour changes (`Stage.BACKGROUND`). On the CPU a view cuts its mask inside a per-sample
+conditional (10% of views: the branch skips the mask's resize), and with the mean fill the blend itself is a step
+of the compiled view pass (`Saliency.fused_step`), elsewhere inside the conditional too; on the GPU every large view
+goes through the blend with a weight of 0 where it was not drawn (`unit.branch_skips_work`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
 from dali_pipelines.augmentations.crop import Crop, crop
-from dali_pipelines.augmentations.unit import (Augmentation, ImageInputs, Stage, StatsColumns, StatsGroup, View,
-                                               branch_skips_work)
-from dali_pipelines.draws import Coin, Uniforms, as_float
+from dali_pipelines.augmentations.unit import (Augmentation, FusedStep, ImageInputs, Stage, StatsColumns, StatsGroup,
+                                               View, branch_skips_work)
+from dali_pipelines.draws import Coin, Uniforms, as_float, constant
 from dali_pipelines.recipe import ViewsConfig, pixel_scale
 
 
@@ -86,6 +87,15 @@ def blend(view, record: SaliencyView, window, size: int, views: ViewsConfig, oth
     return fn.cast(fill + (view - fill) * alpha, dtype=types.UINT8)
 
 
+def cut_weights(record: SaliencyView, window, size: int):
+    """The view's cut of its mask where it blends (uint8 (size, size, 1), the view pass's blend weights), the
+    image's masks uncut elsewhere (never read there: a view that does not blend skips the step)."""
+    weights = record.weights
+    if record.blend:
+        weights = crop(record.weights, window, size, types.INTERP_LINEAR)
+    return weights
+
+
 def weighted_blend(view, record: SaliencyView, window, size: int, views: ViewsConfig, other=None):
     """The GPU's blend of every view, no conditional: view + (fill - view) w, w = share (255 - mask) / 255 cut
     with the view's `window`: the blend where the view's share is 1 / 255, the view itself where it is 0."""
@@ -144,6 +154,20 @@ class Saliency(Augmentation):
         if record.blend:
             x = blend(x, record, window, view.spec.size, view.views, other)
         return x
+
+    def fused_step(self, draws: SaliencyDraws, views: Sequence[View]) -> FusedStep | None:
+        """On the CPU with the mean fill, the blend of the large views as a step of the view pass, each view's mask
+        cut in its conditional (`cut_weights`); small views are left alone. None for the other fills (their blend
+        stays in the conditional) and where nothing blends."""
+        config = views[0].views
+        if draws.blend is False or draws.share is not None or config.saliency_fill != "mean":
+            return None
+        large = [k for k, view in enumerate(views) if view.spec.large]
+        weights = {k: cut_weights(views[k].draws[self.name], views[k].draws[Crop.name], views[k].spec.size)
+                   for k in large}
+        fill = constant(np.tile(pixel_scale(config.mean), (len(views), 1)))
+        return FusedStep("blend", fn.cat(draws.blend * 1.0, fill, axis=1), 4, frozenset(large),
+                         frozenset(range(len(views))) - frozenset(large), weights=weights)
 
     def stats(self, draws: SaliencyDraws, views: ViewsConfig) -> tuple:
         """The blend decisions."""

@@ -1,11 +1,14 @@
 """Solarization with probability `solarize_p` per view setting (view k uses entry k mod len): x -> 255 - x
-on the bright half (threshold 0.5 on [0, 1] pixels), one lookup table on uint8 pixels."""
+on the bright half (threshold 0.5 on [0, 1] pixels), one lookup table on uint8 pixels; on the CPU a step of the
+compiled view pass where that pass runs anyway (`Solarize.fused_step`)."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from nvidia.dali import fn, types
 
-from dali_pipelines.augmentations.unit import Augmentation, ImageInputs, StatsColumns, StatsGroup, View
+from dali_pipelines.augmentations.unit import Augmentation, FusedStep, ImageInputs, StatsColumns, StatsGroup, View
 from dali_pipelines.draws import Coin, Uniforms, coin_can_vary, constant
 from dali_pipelines.recipe import ViewsConfig, view_entry
 
@@ -59,6 +62,14 @@ class Solarize(Augmentation):
             if decision:
                 x = solarize(x)
         return x
+
+    def fused_step(self, draws, views: Sequence[View]) -> FusedStep:
+        """On the CPU, the solarization of every view that may take it, as a step of the view pass where the pass
+        runs for other steps (alone, its conditional lookup table costs less than a pass over a large view)."""
+        config = views[0].views
+        taken = [p > 0.0 for p in self.probabilities(config)]
+        return FusedStep("solarize", self.stats(draws, config)[0], 1, frozenset(k for k, t in enumerate(taken) if t),
+                         frozenset(k for k, t in enumerate(taken) if not t), leads=False)
 
     def stats(self, draws, views: ViewsConfig) -> tuple:
         """The decisions (a view's probability where no view's can vary)."""

@@ -11,6 +11,8 @@ A unit owns its augmentation end to end, so that adding one is its own file plus
 - `prepare`: its work on the decoded image, once, before any view is cut from it (the crop's shrink);
 - `apply`: its DALI operators on one view (`apply_views`: on all of an image's views, where one operator serves
   several);
+- `fused_step`: on the CPU, its work on a view as a step of the compiled view pass instead (`FusedStep`,
+  `cpu_kernels.view_pass`): one operator then does a view's blend, colour, blur and solarization;
 - `is_on`, `off`, `ablation_group`, `ablation_advice`: the profiler's ablation of it;
 - `stats_columns`, `stats`: its debug columns (`ViewBatch.stats`).
 
@@ -88,6 +90,27 @@ class View(NamedTuple):
     """Where the view's pixels are processed: "cpu" or "gpu"."""
 
 
+class FusedStep(NamedTuple):
+    """A unit's share of one image's compiled CPU view pass (`cpu_kernels.view_pass`): which views the pass does
+    its work for, and its parameters for them. A view the unit `leaves` alone (no work at all) goes on to the next
+    unit's step; any other view gets the unit's own operators (`apply`)."""
+
+    step: str
+    """Its step of the pass (`cpu_kernels.STEPS`)."""
+    block: Any
+    """(V, `width`) float: every view's parameters for the step, one row per view (`cpu_kernels.STEPS`)."""
+    width: int
+    views: frozenset[int]
+    """The views whose work on this image the step does."""
+    leaves: frozenset[int] = frozenset()
+    """The views the unit does nothing to."""
+    leads: bool = True
+    """Whether the step alone is worth a pass over a view (False: it only joins a pass the other steps make:
+    a large view's solarization alone costs the pass more than its conditional lookup table)."""
+    weights: Mapping[int, Any] = {}
+    """The blend step's weights image of each of its views (uint8 (H, W, 1), `cpu_kernels.view_pass`)."""
+
+
 class Augmentation:
     """One augmentation of the view recipe (see the module docstring). The defaults describe a unit
     that draws nothing, has no operators and reports no column; a unit overrides what it owns."""
@@ -141,9 +164,14 @@ class Augmentation:
 
     def apply_views(self, pixels: list, views: Sequence[View]) -> list:
         """The unit's operators on all of an image's views at once (`pixels[k]`: view k so far, `views[k]`: its
-        record); each view by `apply` by default. A unit overrides it where one operator serves several views
-        (the CPU's colour kernel)."""
+        record); each view by `apply` by default. A unit overrides it where one of its operators can serve several
+        views (the CPU's compiled pass serves several units: `fused_step`)."""
         return [self.apply(x, view) for x, view in zip(pixels, views)]
+
+    def fused_step(self, draws: Any, views: Sequence[View]) -> FusedStep | None:
+        """The unit's step of the CPU's compiled view pass for this image (`draws`: its draws, `views`: every view's
+        record); None where the pass does none of its work (the default: its operators act on every view)."""
+        return None
 
     def stats(self, draws: Any, views: ViewsConfig) -> tuple:
         """One (V, n) float node per entry of `stats_columns`, from the unit's `draws`."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dali_pipelines.augmentations import blur as blur_unit, colour as colour_unit
+from dali_pipelines.augmentations import blur as blur_unit, cpu_kernels
 from dali_pipelines.dataset import resolve_dataset
 from dali_pipelines.batch import normalize_views
 from dali_pipelines.loader import build_pretrain_loader
@@ -114,15 +114,17 @@ def binomial_ok(flags: np.ndarray, p: float, sigmas: float = 4.5) -> bool:
     return abs(flags.mean() - p) <= sigmas * math.sqrt(p * (1 - p) / flags.size) + 1e-9
 
 
-@pytest.fixture(params=["default", "blur in a conditional", "colour by coord_transform"])
+@pytest.fixture(params=["default", "blur in a conditional", "DALI operators"])
 def cpu_paths(request, monkeypatch):
-    """The CPU graph as built (the blur's size rule: no conditional at these 32 px views; colour in the compiled
-    kernel), the blur's conditional forced on every view (its path from `BRANCH_FROM_SIZE` up), or colour by
-    DALI's per-view `coord_transform` (the GPU's pass): the same decisions must show in the pixels every way."""
+    """The CPU graph as built (the blur's size rule: no conditional at these 32 px views; blend, colour, blur and
+    solarize in the compiled view pass), the blur's conditional forced on every view (its path from
+    `BRANCH_FROM_SIZE` up: the pass stops before it, solarize takes its lookup table), or DALI's operators only (no
+    numba: colour by per-view `coord_transform`, the GPU's pass): the same decisions must show in the pixels every
+    way."""
     if request.param == "blur in a conditional":
         monkeypatch.setattr(blur_unit, "BRANCH_FROM_SIZE", 0)
-    if request.param == "colour by coord_transform":
-        monkeypatch.setattr(colour_unit, "uses_kernel", lambda record: False)
+    if request.param == "DALI operators":
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     return request.param
 
 
@@ -183,7 +185,7 @@ def test_jitter_on_gray_is_the_additive_brightness_only(gray_data, clip):
 
 
 @pytest.mark.parametrize("fill", ["mean", "noise", "other_image"])
-def test_saliency_keeps_foreground_and_replaces_background(identity_data, fill):
+def test_saliency_keeps_foreground_and_replaces_background(identity_data, fill, cpu_paths):
     views = plain_views(2, 1, saliency_p=1.0, saliency_fill=fill)
     for batch in batches(identity_data.folder, views, batch_size=8, count=3):
         large, small = views_hwc(batch, 2).astype(int), views_hwc(batch, 1, large=False).astype(int)
