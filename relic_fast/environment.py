@@ -148,7 +148,7 @@ def fast_paths() -> dict[str, tuple[bool, str]]:
         "bf16 autocast": (True, "CUDA" if cuda else "CPU (slower than fp32 on most CPUs)"),
         "apex LARS": (apex_available(), "apex importable" if apex_available() else "not installed: native LARS is used"),
         "compiled CPU pipeline kernels": (numba is not None, f"numba {numba}" if numba else
-                                          "numba not installed: DALI's slower colour and halving operators"),
+                                          "numba not installed: DALI's slower operators for the view pass and the halving"),
     }
 
 

@@ -1,14 +1,13 @@
 """Gaussian blur with probability `blur_p` per view setting (view k uses entry k mod len), sigma ~ U(`blur_sigma`).
 
-BYOL's kernel: radius int(size / 20), i.e. 23 taps at 224 and 9 at 96, cut to +-4 sigma where that is
-narrower (`TRUNCATE_SIGMAS`); below 20 px it is one tap, the identity, and such a view holds no blur operator
-(its coin is still drawn and reported). CPU: two 1-D `fn.filter` passes with the view's weights, every view's
-kernel made at once per image (`blur_kernels`) and sliced once per view; a view of a varying probability
-blurs inside a conditional from `BRANCH_FROM_SIZE` up, below it every such view is filtered, with a one-tap
-kernel where the blur was not drawn: below `BRANCH_FROM_SIZE` as a step of the compiled view pass
-(`Blur.fused_step`, the same two passes) where numba is installed. GPU: DALI's separable `fn.gaussian_blur`, every view blurred, with a
-one-tap window where the blur was not drawn. A view whose probability is 1 is blurred without a conditional,
-0 holds no blur.
+BYOL's kernel: radius int(size / 20), i.e. 23 taps at 224 and 9 at 96, cut to +-4 sigma where that is narrower
+(`TRUNCATE_SIGMAS`); below 20 px it is one tap, the identity, and such a view holds no blur operator (its coin is
+still drawn and reported). CPU: two 1-D `fn.filter` passes with the view's weights, every view's kernel made at once
+per image (`blur_kernels`) and sliced once per view; a view of a varying probability blurs inside a conditional from
+`BRANCH_FROM_SIZE` up, below it every such view is filtered, with a one-tap kernel where the blur was not drawn:
+below `BRANCH_FROM_SIZE` as a step of the compiled view pass (`Blur.fused_step`, the same two passes) where numba is
+installed. GPU: DALI's separable `fn.gaussian_blur`, every view blurred, with a one-tap window where the blur was
+not drawn. A view whose probability is 1 is blurred without a conditional, 0 holds no blur.
 """
 
 from __future__ import annotations

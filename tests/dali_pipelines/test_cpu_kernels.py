@@ -165,8 +165,8 @@ def cpu_kinds(photos, views: ViewsConfig, device: str = "cpu", units=AUGMENTATIO
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_only_the_cpu_graph_makes_the_views_in_the_pass(photos, device):
     """Small views (32 / 16 px): on the CPU one pass operator per two views (and the crop's halving), no
-    `coord_transform`, mean, filter or lookup table left, no conditional but the halving's; the GPU (constructed for device 0, never
-    built) keeps DALI's operators."""
+    `coord_transform`, mean, filter or lookup table left, no conditional but the halving's; the GPU (constructed for
+    device 0, never built) keeps DALI's operators."""
     views = ViewsConfig(num_large=4, num_small=3, large_size=32, small_size=16, saliency_p=0.0)
     kinds = cpu_kinds(photos, views, device)
     if device == "cpu":
