@@ -85,13 +85,18 @@ def half_widths(sigma, views: ViewsConfig):
     return dmath.min(dmath.ceil(TRUNCATE_SIGMAS * sigma), limit)
 
 
+def kernel_taps(views: ViewsConfig) -> int:
+    """Columns of the image's (V, taps) kernel matrix (`blur_kernels`): the widest view's BYOL window."""
+    return int(view_halves(views).max()) * 2 + 1
+
+
 def blur_kernels(sigma, half, views: ViewsConfig):
     """(V, taps) every view's normalized Gaussian weights at its sigma. Left-aligned: view k's kernel is the first
     2 half[k] + 1 entries of row k (centre at half[k]), the rest zeros. Where the windows are full
     (`full_windows`), centred on BYOL's radius r[k] instead, so that a view's kernel is the fixed slice of its
     first 2 r[k] + 1 entries, zeros beyond half[k] from the centre (a one-tap identity where half[k] is 0)."""
     halves = view_halves(views)
-    taps = int(halves.max()) * 2 + 1
+    taps = kernel_taps(views)
     full = full_windows(views)
     offset = constant(np.arange(taps, dtype=np.float32).reshape(1, taps)) - (constant(halves) if full else half)
     kept = dmath.abs(offset) <= half if full else offset <= half
@@ -212,7 +217,7 @@ class Blur(Augmentation):
         if not fused:
             return FusedStep("blur", None, 0, fused, leaves)
         half = constant(view_halves(config)) if draws.half is None else draws.half
-        return FusedStep("blur", fn.cat(half, draws.rows, axis=1), 1 + 2 * int(view_halves(config).max()) + 1,
+        return FusedStep("blur", fn.cat(half, draws.rows, axis=1), 1 + kernel_taps(config),
                          fused, leaves)
 
     def stats(self, draws: BlurDraws, views: ViewsConfig) -> tuple:

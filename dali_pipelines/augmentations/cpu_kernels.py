@@ -109,17 +109,21 @@ def _view(out, x, alpha, params, plan):
         taps = 2 * half + 1
         weights = row[int(plan[6]) + 1:int(plan[6]) + 1 + taps]
         line = 3 * width
+        across = np.empty(width + 2 * half, np.int64)    # the source column / row of each padded position:
+        down = np.empty(height + 2 * half, np.int64)     # reflect-101 (-1 -> 1, size -> size - 2)
+        for table, size in ((across, width), (down, height)):
+            for k in range(size + 2 * half):
+                at = k - half
+                while size > 1 and (at < 0 or at >= size):
+                    at = -at if at < 0 else 2 * size - 2 - at
+                table[k] = 0 if size == 1 else at
         rows = np.empty(3 * pixels, np.uint8)
         padded = np.empty(3 * (width + 2 * half), np.float32)
         total = np.empty(line, np.float32)
-        for i in range(height):                       # along each row: the row padded by reflect-101 (-1 -> 1)
+        for i in range(height):                       # along each row: the row padded, then one sweep per tap
             for k in range(width + 2 * half):
-                at = k - half
-                while width > 1 and (at < 0 or at >= width):
-                    at = -at if at < 0 else 2 * width - 2 - at
-                at = 0 if width == 1 else at
                 for c in range(3):
-                    padded[3 * k + c] = np.float32(flat[i * line + 3 * at + c])
+                    padded[3 * k + c] = np.float32(flat[i * line + 3 * across[k] + c])
             total[:] = 0.0
             for t in range(taps):
                 weight = weights[t]
@@ -128,14 +132,11 @@ def _view(out, x, alpha, params, plan):
             for m in range(line):
                 rows[i * line + m] = np.uint8(min(max(np.floor(total[m] + np.float32(0.5)), np.float32(0.0)),
                                                   np.float32(255.0)))
-        for i in range(height):                       # along each column: rows reflected the same way
+        for i in range(height):                       # along each column: whole rows, one sweep per tap
             total[:] = 0.0
             for t in range(taps):
-                at = i + t - half
-                while height > 1 and (at < 0 or at >= height):
-                    at = -at if at < 0 else 2 * height - 2 - at
-                at = 0 if height == 1 else at
                 weight = weights[t]
+                at = down[i + t]
                 for m in range(line):
                     total[m] += weight * np.float32(rows[at * line + m])
             for m in range(line):
